@@ -1,0 +1,14 @@
+"""adasmooth: adaptive smoothing of a standard and a robust classifier (Bai et al., arXiv 2301.12554)."""
+
+from __future__ import annotations
+
+import logging
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+from .mixing import MixedClassifier  # noqa: E402
+from .pretrained import load_pretrained  # noqa: E402
+
+__all__ = ["MixedClassifier", "__version__", "load_pretrained"]

@@ -1,0 +1,181 @@
+"""Run configuration: frozen dataclasses loaded from YAML. Unknown keys and wrong types are errors that
+name the key and the file."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file has an unknown key, a wrong type or an impossible value."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "fashion-mnist"
+    root: Optional[str] = None  # None: $ADASMOOTH_DATA or the data set's default folder
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str = "small_resnet"
+    args: dict = field(default_factory=lambda: {"width": 16, "blocks": [1, 1, 1]})
+
+
+@dataclass(frozen=True)
+class ThreatConfig:
+    norm: str = "Linf"  # "Linf" or "L2"
+    eps: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True  # random 2-pixel shifts and horizontal flips
+    seed: int = 0
+    attack_steps: int = 10  # adversarial training only
+    attack_step_size: float = 0.025  # adversarial training only; absolute, in the input's [0, 1] scale
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    n: int = 1000  # test points for the robust accuracy
+    pgd_steps: int = 20
+    pgd_step_size: float = 0.01
+    pgd_restarts: int = 1
+    batch_size: int = 500
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    alphas: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+    standard_scales: tuple[float, ...] = (1.0,)
+    robust_scales: tuple[float, ...] = (1.0,)
+    n_robust: int = 500  # validation points attacked for each grid point
+    attack: str = "apgd"  # "apgd" (APGD-CE + APGD-T) or "pgd"
+    attack_steps: int = 20
+    keep_robust: float = 0.97  # keep at least this fraction of the robust model's robust accuracy
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    n_autoattack: int = 100  # test points under standard AutoAttack (the slow part)
+    autoattack_version: str = "standard"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    threat: ThreatConfig = field(default_factory=ThreatConfig)
+    train_standard: TrainConfig = field(default_factory=TrainConfig)
+    train_adversarial: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6))
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML file into a :class:`Config`; missing keys take their defaults."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return config_from_dict(raw or {}, source=str(path))
+
+
+def config_from_dict(raw: dict, *, source: str = "<dict>") -> Config:
+    cfg = _build(Config, raw, source, "")
+    _check_values(cfg, source)
+    return cfg
+
+
+def _build(cls, raw: Any, source: str, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{where or '<top>'}' must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"{source}: unknown key '{key}' (known here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, source, key)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, source: str, key: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, source, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        (elem, _) = typing.get_args(tp)
+        return tuple(_coerce(elem, v, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: '{key}' has an unsupported type {tp}")  # pragma: no cover
+
+
+def _check_values(cfg: Config, source: str) -> None:
+    if cfg.threat.norm not in ("Linf", "L2"):
+        raise ConfigError(f"{source}: 'threat.norm' must be Linf or L2, got {cfg.threat.norm!r}")
+    if cfg.threat.eps < 0:
+        raise ConfigError(f"{source}: 'threat.eps' must be >= 0, got {cfg.threat.eps}")
+    for name in ("train_standard", "train_adversarial"):
+        t = getattr(cfg, name)
+        if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
+            raise ConfigError(f"{source}: '{name}' needs epochs >= 1, batch_size >= 1 and lr > 0")
+    if any(not 0.0 <= a <= 1.0 for a in cfg.sweep.alphas):
+        raise ConfigError(f"{source}: 'sweep.alphas' must lie in [0, 1], got {list(cfg.sweep.alphas)}")
+    if cfg.sweep.attack not in ("apgd", "pgd"):
+        raise ConfigError(f"{source}: 'sweep.attack' must be apgd or pgd, got {cfg.sweep.attack!r}")
+    if cfg.demo.autoattack_version not in ("standard", "plus", "rand"):
+        raise ConfigError(f"{source}: 'demo.autoattack_version' must be standard, plus or rand")

@@ -1,0 +1,147 @@
+"""Checkpoints as safetensors weights plus a JSON sidecar of metadata; every write is atomic.
+
+A checkpoint ``name`` is the pair ``name.safetensors`` + ``name.json``. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+try:
+    from safetensors import SafetensorError
+except ImportError:  # older safetensors
+    from safetensors.safetensors_rust import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .models import build
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not match what the caller expects."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _paths(stem: str | os.PathLike) -> tuple[Path, Path]:
+    stem = Path(stem)
+    if stem.suffix in (".safetensors", ".json"):
+        stem = stem.with_suffix("")
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def save_tensors(stem: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Write ``tensors`` and ``metadata`` atomically: the weights first, the JSON sidecar last."""
+    weights_path, meta_path = _paths(stem)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=weights_path.parent, prefix=f".{weights_path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, weights_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    meta = {"format_version": FORMAT_VERSION, "adasmooth_version": __version__, **metadata}
+    meta["sha256"] = file_sha256(weights_path)
+    atomic_write_json(meta_path, meta)
+
+
+def load_tensors(stem: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    weights_path, meta_path = _paths(stem)
+    for p in (weights_path, meta_path):
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint file {p} not found (a checkpoint is a .safetensors + .json pair)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint metadata {meta_path} is not valid JSON: {exc}") from None
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint weights {weights_path} are unreadable: {exc}") from None
+    return tensors, meta
+
+
+def save_model(stem: str | os.PathLike, model: nn.Module, *, architecture: str, arch_args: dict, **metadata) -> None:
+    """Save a registered architecture's weights with what is needed to rebuild it."""
+    save_tensors(stem, model.state_dict(), {"architecture": architecture, "arch_args": arch_args, **metadata})
+
+
+def load_model(
+    stem: str | os.PathLike,
+    *,
+    expect_architecture: str | None = None,
+    expect_num_classes: int | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict]:
+    """Rebuild a model from its checkpoint; returns ``(model in eval mode, metadata)``.
+
+    Raises :class:`CheckpointError` when the sidecar names another architecture or class count than
+    expected, or when the weights do not fit the architecture the sidecar names.
+    """
+    tensors, meta = load_tensors(stem)
+    _, meta_path = _paths(stem)
+    arch = meta.get("architecture")
+    args = meta.get("arch_args", {})
+    if arch is None:
+        raise CheckpointError(f"{meta_path} names no 'architecture'")
+    if expect_architecture is not None and arch != expect_architecture:
+        raise CheckpointError(f"{meta_path} holds a {arch!r} model, expected {expect_architecture!r}")
+    n_classes = args.get("num_classes")
+    if expect_num_classes is not None and n_classes != expect_num_classes:
+        raise CheckpointError(f"{meta_path} holds a model with {n_classes} classes, expected {expect_num_classes}")
+    try:
+        model = build(arch, **args)
+    except ValueError as exc:
+        raise CheckpointError(f"{meta_path}: {exc}") from None
+    missing, unexpected = _key_mismatch(model.state_dict(), tensors)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights do not fit {arch!r} as described in {meta_path}: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not fit {arch!r} as described in {meta_path}: {exc}") from None
+    return model.to(map_location).eval(), meta
+
+
+def _key_mismatch(expected: dict, got: dict) -> tuple[list[str], list[str]]:
+    return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

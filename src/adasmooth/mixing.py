@@ -1,0 +1,108 @@
+"""The fixed-α mixed classifier: mix the two base models' output probabilities, return their log.
+
+    f_α(x) = log( (1-α)·softmax(s_g·g(x)) + α·softmax(s_h·h(x)) )
+
+α = 0 is the standard model ``g``, α = 1 the robust model ``h`` (Bai et al., arXiv 2301.12554).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .validation import check_alpha
+
+
+def mix_log_probs(
+    standard_logits: torch.Tensor,
+    robust_logits: torch.Tensor,
+    alpha: float | torch.Tensor,
+    *,
+    standard_scale: float = 1.0,
+    robust_scale: float = 1.0,
+) -> torch.Tensor:
+    """Log of the α-mixture of two softmaxes, computed in log space.
+
+    ``alpha`` is a float, a per-example tensor of shape (N,), or any tensor broadcastable to the
+    leading dimensions of the logits (e.g. shape (A, 1, 1) against logits (N, K) gives (A, N, K), one
+    mixture per α). α = 0 and α = 1 return exactly the scaled base models' log-softmax.
+    """
+    log_g = torch.log_softmax(standard_scale * standard_logits, dim=-1)
+    log_h = torch.log_softmax(robust_scale * robust_logits, dim=-1)
+    if not torch.is_tensor(alpha):
+        if alpha == 0.0:
+            return log_g
+        if alpha == 1.0:
+            return log_h
+        return torch.logaddexp(log_g + math.log1p(-alpha), log_h + math.log(alpha))
+    a = alpha.to(log_g.dtype)
+    if a.dim() == 1 and a.shape[0] == log_g.shape[0]:
+        a = a[:, None]
+    # log(0) = -inf is fine inside logaddexp as long as the other term is finite; where a is exactly
+    # 0 or 1 select the base model directly so that no -inf + finite arithmetic can leave a NaN.
+    mixed = torch.logaddexp(log_g + torch.log1p(-a), log_h + torch.log(a))
+    mixed = torch.where(a == 0, log_g.expand_as(mixed), mixed)
+    return torch.where(a == 1, log_h.expand_as(mixed), mixed)
+
+
+class MixedClassifier(nn.Module):
+    """Fixed-α mixture of a standard and a robust classifier, usable wherever logits are expected.
+
+    Parameters
+    ----------
+    standard, robust : modules mapping images in [0, 1] to logits over the same classes.
+    alpha : weight of the robust model, a float in [0, 1] or a per-example tensor.
+    standard_scale, robust_scale : logit scales (inverse temperatures) applied before each softmax.
+
+    ``forward(x)`` returns log-probabilities (N, K): normalised, so ``exp`` sums to one per row.
+    """
+
+    def __init__(self, standard: nn.Module, robust: nn.Module, *, alpha: float | torch.Tensor,
+                 standard_scale: float = 1.0, robust_scale: float = 1.0):
+        super().__init__()
+        check_alpha(alpha)
+        if standard_scale <= 0 or robust_scale <= 0:
+            raise ValueError(f"logit scales must be > 0, got {standard_scale}, {robust_scale}")
+        for name, m in (("standard", standard), ("robust", robust)):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(m).__name__}")
+        n_g, n_h = _num_classes(standard), _num_classes(robust)
+        if n_g is not None and n_h is not None and n_g != n_h:
+            raise ValueError(f"base models disagree on the number of classes: standard {n_g}, robust {n_h}")
+        self.standard = standard
+        self.robust = robust
+        self.alpha = alpha
+        self.standard_scale = float(standard_scale)
+        self.robust_scale = float(robust_scale)
+
+    def base_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both base models' logits, one forward pass each: reuse them for many α via :func:`mix_log_probs`."""
+        return self.standard(x), self.robust(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, h = self.base_logits(x)
+        if g.shape != h.shape:
+            raise ValueError(f"base models returned logits of shapes {tuple(g.shape)} and {tuple(h.shape)}")
+        return mix_log_probs(g, h, self.alpha, standard_scale=self.standard_scale, robust_scale=self.robust_scale)
+
+    def describe(self) -> dict:
+        alpha = self.alpha if not torch.is_tensor(self.alpha) else "per-example"
+        return {"type": "MixedClassifier", "alpha": alpha, "standard_scale": self.standard_scale,
+                "robust_scale": self.robust_scale}
+
+    def extra_repr(self) -> str:
+        a = self.alpha if not torch.is_tensor(self.alpha) else "tensor"
+        return f"alpha={a}, standard_scale={self.standard_scale}, robust_scale={self.robust_scale}"
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last.out_features if last is not None else None

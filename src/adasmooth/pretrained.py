@@ -1,0 +1,46 @@
+"""The base models shipped with the package for the embedded default (Fashion-MNIST)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from .io import CheckpointError, load_model
+
+PRETRAINED_NAMES = ("fashion-mnist",)
+
+
+def pretrained_dir() -> Path:
+    """Folder of the shipped checkpoints: ``$ADASMOOTH_PRETRAINED``, else ``pretrained/`` in the source tree."""
+    env = os.environ.get("ADASMOOTH_PRETRAINED")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "pretrained"
+
+
+@dataclass
+class PretrainedPair:
+    """A standard and a robust model (eval mode) and their checkpoint metadata."""
+
+    standard: nn.Module
+    robust: nn.Module
+    metadata: dict = field(default_factory=dict)
+
+
+def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> PretrainedPair:
+    """Load the shipped pair for ``name`` (only ``"fashion-mnist"`` today)."""
+    if name not in PRETRAINED_NAMES:
+        raise ValueError(f"no pretrained models for {name!r}; available: {', '.join(PRETRAINED_NAMES)}")
+    folder = pretrained_dir() / name
+    try:
+        standard, meta_s = load_model(folder / "standard", expect_num_classes=10, map_location=device)
+        robust, meta_r = load_model(folder / "adversarial", expect_num_classes=10, map_location=device)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{exc}. The shipped models live in the source tree's pretrained/ folder "
+            f"(or set ADASMOOTH_PRETRAINED); see pretrained/README.md for the command that makes them"
+        ) from None
+    return PretrainedPair(standard=standard, robust=robust, metadata={"standard": meta_s, "robust": meta_r})

@@ -1,0 +1,215 @@
+"""Training of base models: standard (clean) training and PGD adversarial training (Madry et al. 2018).
+
+Stateless schedules (learning rate from the global step, data order and augmentation from a generator
+seeded by ``seed`` and the epoch) make a resumed run equal an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import data as data_mod
+from ..attacks import pgd
+from ..config import Config, TrainConfig
+from ..evaluation.accuracy import accuracy, attack_batched
+from ..io import CheckpointError, load_tensors, save_model, save_tensors
+from ..models import build
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("standard", "adversarial")
+WARMUP_FRACTION = 0.05
+
+
+def train_config_for(cfg: Config, kind: str) -> TrainConfig:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return cfg.train_standard if kind == "standard" else cfg.train_adversarial
+
+
+def lr_at(step: int, total: int, base_lr: float) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to zero."""
+    warm = max(1, int(WARMUP_FRACTION * total))
+    if step < warm:
+        return base_lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, *, shift: int = 2) -> torch.Tensor:
+    """Random translations by up to ``shift`` pixels (zero padding) and random horizontal flips."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift))
+    oy = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+    ox = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+    rows = (oy[:, None] + torch.arange(h))[:, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, :]
+    out = padded[torch.arange(n)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out.contiguous()
+
+
+def train_base(
+    cfg: Config,
+    kind: str,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    config_source: str | None = None,
+    max_epochs: int | None = None,
+) -> tuple[nn.Module, dict]:
+    """Train a base model of ``kind`` ("standard" or "adversarial") as ``cfg`` says.
+
+    Writes ``out_dir/<kind>-last`` after every epoch (weights, optimiser state, epoch) and
+    ``out_dir/<kind>`` at the end, both atomically. With ``resume=True`` training continues from
+    ``<kind>-last``; its recorded settings must equal this run's. ``max_epochs`` stops early after that
+    many epochs in total (to split a long run; the schedule still spans the configured epochs).
+    Returns the trained model (eval mode) and its checkpoint metadata.
+    """
+    tcfg = train_config_for(cfg, kind)
+    out_dir = Path(out_dir)
+    state_stem = out_dir / f"{kind}-last"
+    settings = _settings(cfg, kind)
+
+    x_train, y_train = data_mod.load(cfg.data.name, "train", root=cfg.data.root)
+    n_classes = data_mod.num_classes(cfg.data.name)
+    arch_args = {"in_channels": x_train.shape[1], "num_classes": n_classes, **cfg.model.args}
+    model = build(cfg.model.architecture, **arch_args).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay, nesterov=True
+    )
+    start_epoch = 0
+    elapsed = 0.0
+    if resume:
+        start_epoch, elapsed = _restore(state_stem, settings, model, optimizer, device)
+        logger.info("resuming %s training at epoch %d from %s", kind, start_epoch, state_stem)
+
+    torch.manual_seed(tcfg.seed)
+    steps_per_epoch = math.ceil(len(x_train) / tcfg.batch_size)
+    total_steps = steps_per_epoch * tcfg.epochs
+    last_epoch = tcfg.epochs if max_epochs is None else min(tcfg.epochs, max_epochs)
+    for epoch in range(start_epoch, last_epoch):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(x_train), generator=gen)
+        bar = tqdm(range(steps_per_epoch), desc=f"{kind} epoch {epoch + 1}/{tcfg.epochs}", disable=not progress)
+        run_loss = run_acc = 0.0
+        for i in bar:
+            idx = perm[i * tcfg.batch_size : (i + 1) * tcfg.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if tcfg.augment:
+                xb = augment(xb, gen)
+            xb, yb = xb.to(device), yb.to(device)
+            if kind == "adversarial":
+                model.eval()
+                xb = pgd(
+                    model, xb, yb, eps=cfg.threat.eps, norm=cfg.threat.norm, steps=tcfg.attack_steps,
+                    step_size=tcfg.attack_step_size, generator=gen,
+                )
+            model.train()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + i, total_steps, tcfg.lr)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {i}; last good state in {state_stem}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            run_loss = 0.95 * run_loss + 0.05 * loss.item() if i else loss.item()
+            run_acc = 0.95 * run_acc + 0.05 * (logits.argmax(1) == yb).float().mean().item() if i else 0.0
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}")
+        elapsed += time.perf_counter() - t0
+        model.eval()
+        _save_state(state_stem, model, optimizer, epoch + 1, elapsed, settings, arch_args, cfg)
+        logger.info("%s epoch %d done, loss %.4f, %.0f s so far", kind, epoch + 1, run_loss, elapsed)
+
+    model.eval()
+    if last_epoch < tcfg.epochs:
+        return model, {"epochs_done": last_epoch}
+    meta = _final_metadata(model, cfg, kind, settings, elapsed, device, progress, config_source)
+    save_model(out_dir / kind, model, architecture=cfg.model.architecture, arch_args=arch_args, **meta)
+    return model, meta
+
+
+def _settings(cfg: Config, kind: str) -> dict:
+    """What must match for a resume to be valid."""
+    return {
+        "kind": kind,
+        "data": dataclasses.asdict(cfg.data) | {"root": None},
+        "model": dataclasses.asdict(cfg.model),
+        "threat": dataclasses.asdict(cfg.threat),
+        "train": dataclasses.asdict(train_config_for(cfg, kind)),
+    }
+
+
+def _save_state(stem, model, optimizer, epoch, elapsed, settings, arch_args, cfg) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"optim.momentum.{i}"] = buf
+    save_tensors(stem, tensors, {
+        "architecture": cfg.model.architecture, "arch_args": arch_args,
+        "epoch": epoch, "seconds": elapsed, "settings": settings,
+    })
+
+
+def _restore(stem, settings, model, optimizer, device) -> tuple[int, float]:
+    try:
+        tensors, meta = load_tensors(stem)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot resume: {exc}") from None
+    if meta.get("settings") != settings:
+        diff = sorted(k for k in settings if meta.get("settings", {}).get(k) != settings[k])
+        raise CheckpointError(
+            f"cannot resume from {stem}: it was written with other settings (differing: {', '.join(diff)}). "
+            f"Use the config it was started with, or start afresh without --resume"
+        )
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
+        key = f"optim.momentum.{i}"
+        if key in tensors:
+            optimizer.state[p]["momentum_buffer"] = tensors[key].to(device)
+    return int(meta["epoch"]), float(meta.get("seconds", 0.0))
+
+
+def _final_metadata(model, cfg, kind, settings, elapsed, device, progress, config_source) -> dict:
+    x_val, y_val = data_mod.load(cfg.data.name, "val", root=cfg.data.root)
+    x_test, y_test = data_mod.load(cfg.data.name, "test", root=cfg.data.root)
+    ev = cfg.evaluate
+    acc = {
+        "val_clean": accuracy(model, x_val, y_val, device=device, batch_size=ev.batch_size),
+        "test_clean": accuracy(model, x_test, y_test, device=device, batch_size=ev.batch_size),
+    }
+    n = min(ev.n, len(y_test))
+    x_adv = attack_batched(
+        pgd, model, x_test[:n], y_test[:n], device=device, batch_size=ev.batch_size, progress=progress,
+        desc="PGD-20 check", eps=cfg.threat.eps, norm=cfg.threat.norm, steps=ev.pgd_steps,
+        step_size=ev.pgd_step_size, generator=torch.Generator().manual_seed(ev.seed),
+    )
+    acc[f"test_pgd{ev.pgd_steps}_first{n}"] = accuracy(model, x_adv, y_test[:n], device=device)
+    return {
+        "dataset": cfg.data.name,
+        "kind": kind,
+        "settings": settings,
+        "accuracies": acc,
+        "attack": {"name": "pgd", "norm": cfg.threat.norm, "eps": cfg.threat.eps, "steps": ev.pgd_steps,
+                   "step_size": ev.pgd_step_size, "random_start": True, "n": n, "seed": ev.seed},
+        "train_seconds": round(elapsed, 1),
+        "device": str(device),
+        "config": config_source,
+    }
