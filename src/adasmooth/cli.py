@@ -36,6 +36,151 @@ def cmd_train_base(args) -> int:
     return 0
 
 
+def _timestamped(base: str | None, prefix: str) -> Path:
+    import datetime
+
+    if base:
+        return Path(base)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("results") / f"{prefix}-{stamp}" if prefix else Path("results") / stamp
+
+
+def _pair(args, device):
+    """The shipped pair, or --standard / --robust checkpoints when given."""
+    from .io import load_model
+    from .pretrained import load_pretrained
+
+    std = rob = None
+    if getattr(args, "standard", None):
+        std, _ = load_model(args.standard, map_location=device)
+    if getattr(args, "robust", None):
+        rob, _ = load_model(args.robust, map_location=device)
+    if std is None or rob is None:
+        pair = load_pretrained("fashion-mnist", device=device)
+        std = std or pair.standard
+        rob = rob or pair.robust
+    return std, rob
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from . import data as data_mod
+    from .evaluation import AutoAttackSpec, PGDAttack, accuracy, evaluate_robustness
+    from .evaluation.runner import write_json
+    from .io import load_model
+
+    cfg, _ = _load_cfg(args.config)
+    ev = cfg.evaluate
+    n = args.n if args.n is not None else ev.n
+    x, y = data_mod.load(cfg.data.name, args.split, root=args.data_root or cfg.data.root)
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(ev.seed))[: min(n, len(y))]
+    out = _timestamped(args.out, "evaluate")
+    attacks = [PGDAttack(steps=ev.pgd_steps, step_size=ev.pgd_step_size, restarts=ev.pgd_restarts, seed=ev.seed,
+                         name=f"pgd{ev.pgd_steps}-ce")]
+    if args.autoattack:
+        attacks.append(AutoAttackSpec(version=args.autoattack, seed=ev.seed))
+    checkpoints = args.checkpoint or ["pretrained/fashion-mnist/standard", "pretrained/fashion-mnist/adversarial"]
+    rows = []
+    for ckpt in checkpoints:
+        model, meta = load_model(ckpt, map_location=args.device)
+        clean_full = accuracy(model, x, y, device=args.device, batch_size=ev.batch_size, progress=True)
+        rep = evaluate_robustness(model, x[idx], y[idx], attacks, eps=cfg.threat.eps, norm=cfg.threat.norm,
+                                  device=args.device, batch_size=ev.batch_size, dataset=cfg.data.name,
+                                  split=args.split, indices=idx,
+                                  model_info={"checkpoint": str(ckpt), "architecture": meta.get("architecture"),
+                                              "arch_args": meta.get("arch_args"), "kind": meta.get("kind")})
+        name = Path(ckpt).name
+        write_json(out / f"{name}.json", {**rep.to_dict(), "clean_accuracy_full_split": clean_full,
+                                          "n_full_split": len(y)})
+        rows.append((name, clean_full, rep))
+    print(f"{cfg.data.name} {args.split}: clean on {len(y)} images; robust on {len(idx)} seeded images, "
+          f"{cfg.threat.norm} eps={cfg.threat.eps:g}")
+    print(f"{'model':<16s} {'clean':>8s} " + " ".join(f"{a['name']:>22s}" for a in rows[0][2].attacks) + f" {'worst':>8s}")
+    for name, clean_full, rep in rows:
+        print(f"{name:<16s} {100 * clean_full:7.2f}% " + " ".join(f"{100 * a['accuracy']:21.2f}%" for a in rep.attacks)
+              + f" {100 * rep.robust_accuracy:7.2f}%")
+    print(f"results in {out}/")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from . import data as data_mod
+    from .evaluation.runner import write_json
+    from .evaluation.sweep import fast_attacks, sweep
+    from .plots import plot_tradeoff
+
+    cfg, _ = _load_cfg(args.config)
+    sw = cfg.sweep
+    std, rob = _pair(args, args.device)
+    x, y = data_mod.load(cfg.data.name, "val", root=args.data_root or cfg.data.root)
+    alphas = tuple(args.alphas) if args.alphas else sw.alphas
+    res = sweep(std, rob, x, y, alphas=alphas, eps=cfg.threat.eps, norm=cfg.threat.norm,
+                standard_scales=tuple(args.standard_scales or sw.standard_scales),
+                robust_scales=tuple(args.robust_scales or sw.robust_scales),
+                n_robust=args.n or sw.n_robust, attacks=fast_attacks(sw.attack, steps=sw.attack_steps, seed=sw.seed),
+                keep_robust=sw.keep_robust, seed=sw.seed, device=args.device, batch_size=cfg.evaluate.batch_size)
+    out = _timestamped(args.out, "sweep")
+    write_json(out / "sweep.json", res.to_dict())
+    plot_tradeoff(res, out / "tradeoff.png")
+    print(f"validation split: clean on {res.settings['n_clean']}, robust on {res.settings['n_robust']} "
+          f"({cfg.threat.norm} eps={cfg.threat.eps:g}, {sw.attack} {sw.attack_steps} steps)")
+    print(f"{'alpha':>6s} {'s_g':>5s} {'s_h':>5s} {'clean':>8s} {'robust':>8s}")
+    for p in res.points:
+        mark = "  <- chosen" if p == res.chosen else ""
+        print(f"{p.alpha:6.3f} {p.standard_scale:5g} {p.robust_scale:5g} {100 * p.clean_accuracy:7.2f}% "
+              f"{100 * p.robust_accuracy:7.2f}%{mark}")
+    print(f"results in {out}/")
+    return 0
+
+
+def cmd_margins(args) -> int:
+    import torch
+
+    from . import data as data_mod
+    from .evaluation import PGDAttack, batched_logits, evaluate_robustness
+    from .evaluation.margins import margin_groups, margin_summary
+    from .evaluation.runner import write_json
+    from .plots import plot_margins
+
+    cfg, _ = _load_cfg(args.config)
+    _, rob = _pair(args, args.device)
+    x, y = data_mod.load(cfg.data.name, args.split, root=args.data_root or cfg.data.root)
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.evaluate.seed))[: min(args.n, len(y))]
+    xs, ys = x[idx], y[idx]
+    kept = {}
+    attack = PGDAttack(steps=cfg.evaluate.pgd_steps, step_size=cfg.evaluate.pgd_step_size, seed=cfg.evaluate.seed)
+    evaluate_robustness(rob, xs, ys, [attack], eps=cfg.threat.eps, norm=cfg.threat.norm, device=args.device,
+                        sanity_checks=False, on_outcome=lambda n, o: kept.__setitem__(n, o.x_adv))
+    groups = margin_groups(batched_logits(rob, xs, device=args.device), batched_logits(rob, kept[attack.name], device=args.device), ys)
+    summary = margin_summary(groups, alpha=args.alpha)
+    summary["setup"] = {"split": args.split, "n": len(ys), "attack": attack.settings(), "eps": cfg.threat.eps,
+                        "norm": cfg.threat.norm}
+    out = _timestamped(args.out, "margins")
+    write_json(out / "margins.json", summary)
+    plot_margins(groups, out / "margins.png", alpha=args.alpha,
+                 title=f"robust model's margins ({args.split}, n={len(ys)}, PGD-{attack.steps} eps={cfg.threat.eps:g})")
+    for g in ("clean_correct", "clean_wrong", "attacked_correct", "attacked_wrong"):
+        s = summary[g]
+        extra = f", {100 * s['share_above_threshold']:.1f}% above (1-a)/a" if "share_above_threshold" in s else ""
+        print(f"{g:<17s} n={s['count']:5d}  median margin {s.get('median', float('nan')):.3f}{extra}")
+    print(f"results in {out}/")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import format_table, run_demo
+
+    cfg, _ = _load_cfg(args.config)
+    if args.data_root:
+        cfg = _with_data_root(cfg, args.data_root)
+    out = _timestamped(args.out, "")
+    results = run_demo(cfg, out, n=args.n, n_sweep=args.n_sweep, device=args.device)
+    print(format_table(results))
+    print(f"results, trade-off and margin plots in {out}/  ({results['seconds']:.0f} s)")
+    return 0
+
+
 def _with_data_root(cfg: Config, root: str) -> Config:
     import dataclasses
 
@@ -56,6 +201,50 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", default=None)
     t.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs (resume later)")
     t.set_defaults(func=cmd_train_base)
+
+    e = sub.add_parser("evaluate", help="clean accuracy and PGD (optionally AutoAttack) robust accuracy of checkpoints")
+    e.add_argument("--config", default="configs/fmnist.yaml")
+    e.add_argument("--checkpoint", action="append", help="checkpoint stem (repeatable); default: both shipped models")
+    e.add_argument("--n", type=int, default=None, help="points attacked (default: evaluate.n in the config)")
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--autoattack", choices=("standard", "plus", "rand"), default=None, help="add AutoAttack")
+    e.add_argument("--out", default=None, help="results folder (default: results/evaluate-<time>)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--data-root", default=None)
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sweep", help="trade-off sweep over alpha (and logit scales) on the validation split")
+    s.add_argument("--config", default="configs/fmnist.yaml")
+    s.add_argument("--alphas", type=float, nargs="+", default=None)
+    s.add_argument("--standard-scales", type=float, nargs="+", default=None)
+    s.add_argument("--robust-scales", type=float, nargs="+", default=None)
+    s.add_argument("--n", type=int, default=None, help="validation points attacked per grid point")
+    s.add_argument("--standard", default=None, help="standard model checkpoint (default: shipped)")
+    s.add_argument("--robust", default=None, help="robust model checkpoint (default: shipped)")
+    s.add_argument("--out", default=None)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--data-root", default=None)
+    s.set_defaults(func=cmd_sweep)
+
+    m = sub.add_parser("margins", help="histograms of the robust model's probability margin (benign confidence)")
+    m.add_argument("--config", default="configs/fmnist.yaml")
+    m.add_argument("--alpha", type=float, default=None, help="draw the (1-alpha)/alpha threshold")
+    m.add_argument("--n", type=int, default=1000)
+    m.add_argument("--split", default="val", choices=("train", "val", "test"))
+    m.add_argument("--robust", default=None)
+    m.add_argument("--out", default=None)
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--data-root", default=None)
+    m.set_defaults(func=cmd_margins)
+
+    d = sub.add_parser("demo", help="the main job: choose alpha on validation, AutoAttack on test, plots")
+    d.add_argument("--config", default=None, help="default: the built-in Fashion-MNIST settings")
+    d.add_argument("--n", type=int, default=None, help="test points under AutoAttack (default 100)")
+    d.add_argument("--n-sweep", type=int, default=None, help="validation points attacked per sweep point")
+    d.add_argument("--out", default=None, help="results folder (default: results/<time>)")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--data-root", default=None)
+    d.set_defaults(func=cmd_demo)
     return p
 
 

@@ -1,5 +1,11 @@
 """Evaluation: accuracies, attacks over data sets, AutoAttack, worst case over attacks."""
 
 from .accuracy import accuracy, attack_batched, batched_logits, correct_mask
+from .autoattack import AutoAttackResult, run_autoattack
+from .runner import (AttackOutcome, AutoAttackSpec, PGDAttack, RobustnessReport, TransferAttack,
+                     evaluate_robustness)
 
-__all__ = ["accuracy", "attack_batched", "batched_logits", "correct_mask"]
+__all__ = [
+    "AttackOutcome", "AutoAttackResult", "AutoAttackSpec", "PGDAttack", "RobustnessReport", "TransferAttack",
+    "accuracy", "attack_batched", "batched_logits", "correct_mask", "evaluate_robustness", "run_autoattack",
+]

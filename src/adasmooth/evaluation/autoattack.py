@@ -1,0 +1,149 @@
+"""Adapter over the official AutoAttack (PyPI ``pyautoattack``): one call, a result object, nothing lost.
+
+AutoAttack seeds the *global* torch RNG and logs its checks (randomness, gradient masking, output range)
+to the ``auto-attack`` logger. This adapter restores the caller's RNG state afterwards, puts the model in
+eval mode, keeps data on the CPU (AutoAttack moves each batch to ``device``), and captures every warning
+and the accuracy after each sub-attack into the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+VERSIONS = ("standard", "plus", "rand", "custom")
+SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+_AFTER = re.compile(r"robust accuracy after (\S+): ([\d.]+)%")
+
+
+@dataclass
+class AutoAttackResult:
+    """What one AutoAttack run found.
+
+    ``robust[i]`` is True when example ``i`` was classified correctly before and after every sub-attack.
+    ``per_attack`` maps each sub-attack to the robust accuracy after it had run (cumulative, as AutoAttack
+    reports). ``warnings`` holds AutoAttack's own checks that fired.
+    """
+
+    robust: torch.Tensor
+    x_adv: torch.Tensor
+    clean_correct: torch.Tensor
+    settings: dict
+    per_attack: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean()) if len(self.robust) else float("nan")
+
+
+class _Collector(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def run_autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "Linf",
+    version: str = "standard",
+    attacks: list[str] | None = None,
+    seed: int = 0,
+    batch_size: int = 250,
+    device: str | torch.device = "cpu",
+    options: dict | None = None,
+) -> AutoAttackResult:
+    """Run the official AutoAttack on ``model`` (any module returning one logits tensor).
+
+    Parameters
+    ----------
+    model : module mapping images in [0, 1] to logits; it is put in eval mode.
+    x, y : CPU (or device) tensors; batches move to ``device``.
+    eps, norm : the threat model ("Linf", "L2" or "L1").
+    version : "standard" (APGD-CE, APGD-T, FAB-T, Square), "plus", "rand", or "custom" with ``attacks``.
+    attacks : sub-attacks for ``version="custom"``, from ``SUB_ATTACKS``.
+    seed : AutoAttack's seed; the caller's global RNG state is restored afterwards.
+    options : attribute overrides on the sub-attack objects, e.g. ``{"apgd.n_iter": 20,
+        "apgd_targeted.n_target_classes": 3}``.
+    """
+    from pyautoattack import AutoAttack
+
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    if version == "custom":
+        if not attacks:
+            raise ValueError("version='custom' needs a list of attacks, e.g. ['apgd-ce', 'apgd-t']")
+        bad = [a for a in attacks if a not in SUB_ATTACKS]
+        if bad:
+            raise ValueError(f"unknown AutoAttack sub-attacks {bad}; known: {', '.join(SUB_ATTACKS)}")
+    elif attacks is not None:
+        raise ValueError(f"attacks=... only goes with version='custom' (got version={version!r})")
+
+    model.eval()
+    aa_logger = logging.getLogger("auto-attack")
+    collector = _Collector()
+    old_level = aa_logger.level
+    aa_logger.addHandler(collector)
+    aa_logger.setLevel(logging.DEBUG)
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    t0 = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=devices), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            adversary = AutoAttack(model, attacks=attacks if version == "custom" else None, device=device,
+                                   eps=eps, norm=norm, seed=seed, version=version)
+            for key, value in (options or {}).items():
+                obj_name, _, attr = key.partition(".")
+                obj = getattr(adversary, obj_name, None)
+                if obj is None or not attr or not hasattr(obj, attr):
+                    raise ValueError(f"unknown AutoAttack option {key!r}")
+                setattr(obj, attr, value)
+            x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    finally:
+        aa_logger.removeHandler(collector)
+        aa_logger.setLevel(old_level)
+    seconds = time.perf_counter() - t0
+
+    # Score the returned images ourselves: an example is robust only if correct before and after.
+    from .accuracy import correct_mask
+
+    clean_ok = correct_mask(model, x, y, batch_size=batch_size, device=device)
+    adv_ok = correct_mask(model, x_adv, y, batch_size=batch_size, device=device)
+    per_attack = {}
+    for rec in collector.records:
+        m = _AFTER.search(rec.getMessage())
+        if m:
+            per_attack[m.group(1).lower()] = float(m.group(2)) / 100
+    caught_msgs = [str(w.message) for w in caught]
+    logged = [rec.getMessage() for rec in collector.records if rec.levelno >= logging.WARNING]
+    settings = {
+        "name": "autoattack", "version": version, "attacks": list(adversary.attacks_to_run), "eps": eps,
+        "norm": norm, "seed": seed, "options": dict(options or {}), "package": _package_version(),
+    }
+    return AutoAttackResult(
+        robust=clean_ok & adv_ok, x_adv=x_adv.detach().cpu(), clean_correct=clean_ok, settings=settings,
+        per_attack=per_attack, warnings=list(dict.fromkeys(logged + caught_msgs)), seconds=seconds,
+    )
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"pyautoattack {version('pyautoattack')}"
+    except PackageNotFoundError:  # pragma: no cover
+        return "pyautoattack (version unknown)"

@@ -1,0 +1,91 @@
+"""Figures: the clean-vs-robust trade-off curve and the robust model's margin histograms (PNG)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
+        raise ImportError("plots need matplotlib: pip install matplotlib") from exc
+    return plt
+
+
+def plot_tradeoff(sweep_result, path: str | Path, *, title: str = "", extra_points: dict | None = None) -> Path:
+    """Clean accuracy (x) vs robust accuracy (y): one point per α, one curve per logit-scale pair,
+    the two base models marked and the straight line between them drawn. ``extra_points`` maps a label
+    to ``(clean, robust)`` for additional markers (e.g. the chosen mixture on the test set)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    std, rob = sweep_result.standard, sweep_result.robust
+    ax.plot([100 * std["clean_accuracy"], 100 * rob["clean_accuracy"]],
+            [100 * std["robust_accuracy"], 100 * rob["robust_accuracy"]], "--", color="grey", lw=1,
+            label="straight line between base models")
+    curves: dict[tuple, list] = {}
+    for p in sweep_result.points:
+        if p.robust_accuracy is not None:
+            curves.setdefault((p.standard_scale, p.robust_scale), []).append(p)
+    for (sg, sh), pts in curves.items():
+        pts = sorted(pts, key=lambda p: p.alpha)
+        label = "fixed-α mixture" if len(curves) == 1 else f"mixture s_g={sg:g}, s_h={sh:g}"
+        ax.plot([100 * p.clean_accuracy for p in pts], [100 * p.robust_accuracy for p in pts], "o-", ms=4, label=label)
+        if len(curves) == 1:
+            for p in pts:
+                ax.annotate(f"{p.alpha:g}", (100 * p.clean_accuracy, 100 * p.robust_accuracy), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+    ax.plot(100 * std["clean_accuracy"], 100 * std["robust_accuracy"], "s", color="tab:red", ms=8, label="standard model")
+    ax.plot(100 * rob["clean_accuracy"], 100 * rob["robust_accuracy"], "D", color="tab:green", ms=8, label="robust model")
+    c = sweep_result.chosen
+    if c is not None:
+        ax.plot(100 * c.clean_accuracy, 100 * c.robust_accuracy, "*", color="black", ms=14,
+                label=f"chosen α={c.alpha:g} (s_g={c.standard_scale:g}, s_h={c.robust_scale:g})")
+    for label, (cl, rb) in (extra_points or {}).items():
+        ax.plot(100 * cl, 100 * rb, "P", ms=10, label=label)
+    st = sweep_result.settings
+    ax.set_xlabel(f"clean accuracy (%), n={st.get('n_clean')}")
+    ax.set_ylabel(f"robust accuracy (%), {st.get('norm')} eps={st.get('eps')}, n={st.get('n_robust')}")
+    ax.set_title(title or "accuracy-robustness trade-off (validation split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
+def plot_margins(groups: dict, path: str | Path, *, alpha: float | None = None, title: str = "") -> Path:
+    """Histograms of the robust model's probability margin on clean and attacked inputs, split by
+    correct/wrong; a vertical line at (1-α)/α when ``alpha`` >= 1/2."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    bins = [i / 40 for i in range(41)]
+    for ax, kind in zip(axes, ("clean", "attacked")):
+        for outcome, color in (("correct", "tab:green"), ("wrong", "tab:red")):
+            m = groups[f"{kind}_{outcome}"].float().numpy()
+            ax.hist(m, bins=bins, alpha=0.6, color=color, density=True, label=f"{outcome} (n={len(m)})")
+        if alpha is not None and alpha >= 0.5:
+            ax.axvline((1 - alpha) / alpha, color="black", ls="--", lw=1, label=f"(1-α)/α, α={alpha:g}")
+        ax.set_xlabel("robust model's margin p_top1 − p_top2")
+        ax.set_ylabel("density")
+        ax.set_title(f"{kind} inputs")
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "benign confidence of the robust model")
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    logger.info("wrote %s", path)
+    return path

@@ -1,0 +1,65 @@
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adasmooth import data as data_mod
+
+FMNIST = data_mod.FASHION_MNIST_DIR
+needs_fmnist = pytest.mark.skipif(
+    not (FMNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist; scripts/setup.sh does it)",
+)
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool = True) -> Path:
+    codes = {np.dtype(np.uint8): 0x08}
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = header + array.tobytes()
+    path = Path(str(path) + ".gz") if gz else Path(path)
+    if gz:
+        with gzip.open(path, "wb") as fh:
+            fh.write(raw)
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Separable 28x28 images: class k lights a 4x4 patch at a class-specific place, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.uint8)
+    x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for k in range(10):
+        r, c = 2 + 6 * (k // 4), 2 + 6 * (k % 4)
+        x[y == k, r : r + 4, c : c + 4] = 230
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def tiny_fmnist(tmp_path_factory) -> Path:
+    """A Fashion-MNIST-shaped idx folder with 5,600 training and 500 test synthetic images."""
+    root = tmp_path_factory.mktemp("tiny-fmnist")
+    xtr, ytr = synthetic_images(5600, seed=1)
+    xte, yte = synthetic_images(500, seed=2)
+    write_idx(root / "train-images-idx3-ubyte", xtr)
+    write_idx(root / "train-labels-idx1-ubyte", ytr)
+    write_idx(root / "t10k-images-idx3-ubyte", xte)
+    write_idx(root / "t10k-labels-idx1-ubyte", yte)
+    return root
+
+
+class LinearModel(torch.nn.Module):
+    """logits = W x + b on flattened images: worst cases are known in closed form."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+        self.bias = torch.nn.Parameter(bias if bias is not None else torch.zeros(weight.shape[0]), requires_grad=False)
+        self.num_classes = weight.shape[0]
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.T + self.bias
