@@ -61,11 +61,11 @@ def test_loader_shapes_ranges_and_env_override(tiny_fmnist, monkeypatch):
     x, y = load("fashion-mnist", "train")
     xv, yv = load("fashion-mnist", "val")
     xt, yt = load("fashion-mnist", "test")
-    assert x.shape == (600, 1, 28, 28) and xv.shape == (5000, 1, 28, 28) and xt.shape == (500, 1, 28, 28)
+    assert x.shape == (1500, 1, 28, 28) and xv.shape == (5000, 1, 28, 28) and xt.shape == (500, 1, 28, 28)
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
-    raw, labels = synthetic_images(5600, seed=1)
-    val_idx, train_idx = split_indices(5600)
+    raw, labels = synthetic_images(6500, seed=1)
+    val_idx, train_idx = split_indices(6500)
     assert torch.equal(y, torch.from_numpy(labels.astype(np.int64))[train_idx])
     assert torch.allclose(xv[0, 0], torch.from_numpy(raw[val_idx[0].item()]).float() / 255)
 

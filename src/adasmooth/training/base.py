@@ -86,7 +86,9 @@ def train_base(
     x_train, y_train = data_mod.load(cfg.data.name, "train", root=cfg.data.root)
     n_classes = data_mod.num_classes(cfg.data.name)
     arch_args = {"in_channels": x_train.shape[1], "num_classes": n_classes, **cfg.model.args}
-    model = build(cfg.model.architecture, **arch_args).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(tcfg.seed)
+        model = build(cfg.model.architecture, **arch_args).to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay, nesterov=True
     )
@@ -96,7 +98,6 @@ def train_base(
         start_epoch, elapsed = _restore(state_stem, settings, model, optimizer, device)
         logger.info("resuming %s training at epoch %d from %s", kind, start_epoch, state_stem)
 
-    torch.manual_seed(tcfg.seed)
     steps_per_epoch = math.ceil(len(x_train) / tcfg.batch_size)
     total_steps = steps_per_epoch * tcfg.epochs
     last_epoch = tcfg.epochs if max_epochs is None else min(tcfg.epochs, max_epochs)

@@ -1,0 +1,66 @@
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adasmooth import data as data_mod
+from adasmooth.config import Config, ConfigError, config_from_dict
+from adasmooth.io import CheckpointError, load_model
+from adasmooth.training import augment, lr_at, train_base
+
+
+def _cfg(root, **train):
+    base = {"data": {"name": "fashion-mnist", "root": str(root)},
+            "model": {"architecture": "small_resnet", "args": {"width": 4, "blocks": [1, 1, 1]}},
+            "evaluate": {"n": 100, "pgd_steps": 3, "batch_size": 250}}
+    t = {"epochs": 2, "batch_size": 100, "lr": 0.1, "augment": False, "seed": 0, **train}
+    base["train_standard"] = t
+    base["train_adversarial"] = {**t, "attack_steps": 2, "attack_step_size": 0.05}
+    return config_from_dict(base)
+
+
+def _ce(model, x, y):
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x), y))
+
+
+def test_standard_training_lowers_the_loss_and_writes_a_checkpoint(tiny_fmnist, tmp_path):
+    cfg = _cfg(tiny_fmnist)
+    x, y = data_mod.load("fashion-mnist", "val", root=tiny_fmnist)
+    before, _ = train_base(cfg, "standard", tmp_path / "a", progress=False, max_epochs=0)
+    loss0 = _ce(before.eval(), x[:1000], y[:1000])
+    model, meta = train_base(cfg, "standard", tmp_path / "b", progress=False)
+    assert _ce(model, x[:1000], y[:1000]) < 0.7 * loss0
+    assert meta["accuracies"]["val_clean"] > 0.5  # chance is 0.1 on this separable synthetic set
+    loaded, meta2 = load_model(tmp_path / "b" / "standard")
+    assert meta2["kind"] == "standard" and meta2["dataset"] == "fashion-mnist"
+    assert torch.equal(loaded(x[:5]), model(x[:5]))
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_fmnist, tmp_path):
+    cfg = _cfg(tiny_fmnist)
+    full, _ = train_base(cfg, "adversarial", tmp_path / "full", progress=False)
+    train_base(cfg, "adversarial", tmp_path / "split", progress=False, max_epochs=1)
+    resumed, _ = train_base(cfg, "adversarial", tmp_path / "split", progress=False, resume=True)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+
+
+def test_resume_with_another_config_is_refused(tiny_fmnist, tmp_path):
+    train_base(_cfg(tiny_fmnist), "standard", tmp_path, progress=False, max_epochs=1)
+    with pytest.raises(CheckpointError, match="other settings.*train"):
+        train_base(_cfg(tiny_fmnist, lr=0.2), "standard", tmp_path, progress=False, resume=True)
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        train_base(_cfg(tiny_fmnist), "adversarial", tmp_path, progress=False, resume=True)
+
+
+def test_schedule_and_augmentation():
+    assert lr_at(0, 100, 1.0) == pytest.approx(0.2)
+    assert lr_at(99, 100, 1.0) < 0.01
+    x = torch.rand(8, 1, 28, 28)
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.equal(out, augment(x, torch.Generator().manual_seed(0)))
+    # a shift by at most 2 pixels and a flip keeps the pixel mass of the central region
+    assert torch.allclose(out[:, :, 4:-4, 4:-4].sum() / x[:, :, 4:-4, 4:-4].sum(), torch.tensor(1.0), atol=0.2)
