@@ -1,9 +1,8 @@
 import pytest
 import torch
+from conftest import LinearModel
 
 from adasmooth.attacks import pgd, ranked_target, targeted_dlr
-
-from conftest import LinearModel
 
 
 def _two_class_linear(d=16, seed=0):

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fmnist, synthetic_images, write_idx
 
 from adasmooth import data as data_mod
 from adasmooth.data import DataError, load, read_idx, split_indices
-
-from conftest import needs_fmnist, synthetic_images, write_idx
 
 
 def test_idx_reader_reads_what_was_written(tmp_path):
@@ -59,8 +58,8 @@ def test_split_is_disjoint_deterministic_and_complete():
 def test_loader_shapes_ranges_and_env_override(tiny_fmnist, monkeypatch):
     monkeypatch.setenv("ADASMOOTH_DATA", str(tiny_fmnist))
     x, y = load("fashion-mnist", "train")
-    xv, yv = load("fashion-mnist", "val")
-    xt, yt = load("fashion-mnist", "test")
+    xv, _ = load("fashion-mnist", "val")
+    xt, _ = load("fashion-mnist", "test")
     assert x.shape == (1500, 1, 28, 28) and xv.shape == (5000, 1, 28, 28) and xt.shape == (500, 1, 28, 28)
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0

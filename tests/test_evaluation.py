@@ -2,14 +2,18 @@ import json
 
 import pytest
 import torch
+from conftest import LinearModel
 
 from adasmooth import MixedClassifier
-from adasmooth.evaluation import AttackOutcome, AutoAttackSpec, PGDAttack, TransferAttack, evaluate_robustness, run_autoattack
+from adasmooth.evaluation import (
+    AttackOutcome,
+    PGDAttack,
+    TransferAttack,
+    evaluate_robustness,
+    run_autoattack,
+)
 from adasmooth.evaluation.margins import margin_groups, margin_summary
 from adasmooth.evaluation.sweep import SweepPoint, choose_point, clean_accuracy_grid, sweep
-from adasmooth.mixing import mix_log_probs
-
-from conftest import LinearModel
 
 
 class FixedMask:

@@ -2,12 +2,11 @@ import math
 
 import pytest
 import torch
+from conftest import LinearModel
 
 from adasmooth import MixedClassifier
 from adasmooth.evaluation.margins import alpha_threshold, probability_margin
 from adasmooth.mixing import mix_log_probs
-
-from conftest import LinearModel
 
 
 def _pair(k=6, d=16, seed=0):

@@ -1,11 +1,10 @@
-import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from adasmooth import data as data_mod
-from adasmooth.config import Config, ConfigError, config_from_dict
+from adasmooth.config import config_from_dict
 from adasmooth.io import CheckpointError, load_model
 from adasmooth.training import augment, lr_at, train_base
 

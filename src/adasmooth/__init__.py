@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-from .mixing import MixedClassifier  # noqa: E402
-from .pretrained import load_pretrained  # noqa: E402
+from .mixing import MixedClassifier
+from .pretrained import load_pretrained
 
 __all__ = ["MixedClassifier", "__version__", "load_pretrained"]

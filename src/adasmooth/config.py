@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "fashion-mnist"
-    root: Optional[str] = None  # None: $ADASMOOTH_DATA or the data set's default folder
+    root: str | None = None  # None: $ADASMOOTH_DATA or the data set's default folder
 
 
 @dataclass(frozen=True)

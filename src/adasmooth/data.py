@@ -174,13 +174,13 @@ _CIFAR_FILES = {
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Unpickler for CIFAR batch files that refuses every class except numpy's array reconstruction."""
 
-    _ALLOWED = {
+    _ALLOWED = frozenset({
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),
-    }
+    })
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:

@@ -160,8 +160,8 @@ def format_table(results: dict) -> str:
     names = {"standard": "Standard base model", "robust": "Robust base model (PGD-AT)",
              "mixed": f"Mixed, α={ch['alpha']:g} s_g={ch['standard_scale']:g} s_h={ch['robust_scale']:g}"}
     head = f"{'Model':<40s} {'Clean':>8s} {'AutoAttack':>11s} {'Worst case':>11s}"
-    lines = [f"{results['dataset']}, {thr['norm']} eps={thr['eps']:g}; clean on {n_clean} test images, "
-             f"robust on {n} seeded test images", head, "-" * len(head)]
+    lines = [(f"{results['dataset']}, {thr['norm']} eps={thr['eps']:g}; clean on {n_clean} test images, "
+              f"robust on {n} seeded test images"), head, "-" * len(head)]
     for key in ("standard", "robust", "mixed"):
         r = rob[key]
         aa = next(a["accuracy"] for a in r["attacks"] if a["type"] == "autoattack")

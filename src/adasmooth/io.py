@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 try:
     from safetensors import SafetensorError
 except ImportError:  # older safetensors

@@ -2,8 +2,7 @@
 
 from .accuracy import accuracy, attack_batched, batched_logits, correct_mask
 from .autoattack import AutoAttackResult, run_autoattack
-from .runner import (AttackOutcome, AutoAttackSpec, PGDAttack, RobustnessReport, TransferAttack,
-                     evaluate_robustness)
+from .runner import AttackOutcome, AutoAttackSpec, PGDAttack, RobustnessReport, TransferAttack, evaluate_robustness
 
 __all__ = [
     "AttackOutcome", "AutoAttackResult", "AutoAttackSpec", "PGDAttack", "RobustnessReport", "TransferAttack",

@@ -11,9 +11,10 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ class Attack(Protocol):
     def settings(self) -> dict: ...
 
     def robust_mask(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
-                    device, batch_size: int, progress: bool) -> "AttackOutcome": ...
+                    device, batch_size: int, progress: bool) -> AttackOutcome: ...
 
 
 @dataclass
@@ -62,8 +63,8 @@ class PGDAttack:
 
     def robust_mask(self, model, x, y, *, eps, norm, device, batch_size, progress):
         gen = torch.Generator().manual_seed(self.seed)
-        opts = dict(eps=eps, norm=norm, steps=self.steps, step_size=self.step_size, restarts=self.restarts,
-                    generator=gen, batch_size=batch_size, device=device, progress=progress, desc=self.name)
+        opts = {"eps": eps, "norm": norm, "steps": self.steps, "step_size": self.step_size, "restarts": self.restarts,
+                "generator": gen, "batch_size": batch_size, "device": device, "progress": progress, "desc": self.name}
         if self.loss != "dlr-targeted":
             x_adv = attack_batched(pgd, model, x, y, loss=self.loss, **opts)
             return AttackOutcome(robust=correct_mask(model, x_adv, y, device=device, batch_size=batch_size), x_adv=x_adv)

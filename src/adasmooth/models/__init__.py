@@ -6,7 +6,7 @@ that back into a module without unpickling anything.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -6,7 +6,7 @@ early and a middle stage by name without editing the architecture.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -47,7 +47,7 @@ def lr_at(step: int, total: int, base_lr: float) -> float:
 
 def augment(x: torch.Tensor, generator: torch.Generator, *, shift: int = 2) -> torch.Tensor:
     """Random translations by up to ``shift`` pixels (zero padding) and random horizontal flips."""
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     padded = F.pad(x, (shift, shift, shift, shift))
     oy = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
     ox = torch.randint(0, 2 * shift + 1, (n,), generator=generator)

@@ -1,0 +1,39 @@
+import pytest
+import torch
+from conftest import needs_fmnist
+
+from adasmooth import load_pretrained
+from adasmooth.attacks import pgd
+from adasmooth.data import load
+from adasmooth.evaluation import accuracy, attack_batched
+from adasmooth.io import CheckpointError
+
+
+@needs_fmnist
+def test_shipped_models_reach_their_recorded_accuracy():
+    pair = load_pretrained("fashion-mnist")
+    assert not pair.standard.training and not pair.robust.training
+    x, y = load("fashion-mnist", "test")
+    x, y = x[:1000], y[:1000]
+    for model, meta in ((pair.standard, pair.metadata["standard"]), (pair.robust, pair.metadata["robust"])):
+        recorded = meta["accuracies"]
+        assert accuracy(model, x, y) == pytest.approx(recorded["test_clean"], abs=0.03)
+        # the recorded PGD-20 number was measured on exactly these 1,000 points with this seed
+        att = meta["attack"]
+        x_adv = attack_batched(pgd, model, x[: att["n"]], y[: att["n"]], eps=att["eps"], norm=att["norm"],
+                               steps=att["steps"], step_size=att["step_size"], batch_size=500,
+                               generator=torch.Generator().manual_seed(att["seed"]))
+        key = f"test_pgd{att['steps']}_first{att['n']}"
+        assert accuracy(model, x_adv, y[: att["n"]]) == pytest.approx(recorded[key], abs=0.005)
+    # the targets, so a retrained model that misses them fails loudly
+    assert pair.metadata["standard"]["accuracies"]["test_clean"] >= 0.92
+    assert pair.metadata["robust"]["accuracies"]["test_clean"] >= 0.80
+    assert pair.metadata["robust"]["accuracies"]["test_pgd20_first1000"] >= 0.70
+
+
+def test_unknown_name_and_missing_folder(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="no pretrained models"):
+        load_pretrained("imagenet")
+    monkeypatch.setenv("ADASMOOTH_PRETRAINED", str(tmp_path))
+    with pytest.raises(CheckpointError, match="pretrained/README.md"):
+        load_pretrained("fashion-mnist")
