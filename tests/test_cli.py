@@ -37,3 +37,26 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert rob["standard"]["robust_accuracy"] <= 0.1  # an undefended model falls to AutoAttack
     assert res["test"]["clean_accuracy_full"]["n"] == 10000
     assert res["sweep_validation"]["settings"]["n_robust"] == 40
+
+
+@needs_fmnist
+def test_evaluate_sweep_and_margins_commands(tmp_path, capsys):
+    assert main(["evaluate", "--n", "50", "--out", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr().out
+    assert "standard" in printed and "adversarial" in printed and "pgd20-ce" in printed
+    ev = json.loads((tmp_path / "ev" / "adversarial.json").read_text())
+    assert ev["n"] == 50 and ev["n_full_split"] == 10000 and ev["attacks"][0]["steps"] == 20
+    assert ev["robust_accuracy"] <= ev["clean_accuracy"]
+
+    assert main(["sweep", "--alphas", "0", "0.8", "1", "--n", "30", "--out", str(tmp_path / "sw")]) == 0
+    sw = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [p["alpha"] for p in sw["points"]] == [0.0, 0.8, 1.0]
+    assert sw["settings"]["n_clean"] == 5000  # validation split, never the test set
+    assert (tmp_path / "sw" / "tradeoff.png").is_file()
+
+    assert main(["margins", "--n", "100", "--alpha", "0.8", "--out", str(tmp_path / "mg")]) == 0
+    mg = json.loads((tmp_path / "mg" / "margins.json").read_text())
+    assert mg["setup"]["split"] == "val" and mg["threshold"]["margin"] == pytest.approx(0.25)
+    # benign confidence: the robust model is more confident where it is right than where it is wrong
+    assert mg["clean_correct"]["median"] > mg["clean_wrong"]["median"]
+    assert mg["attacked_correct"]["median"] > mg["attacked_wrong"]["median"]

@@ -1,0 +1,176 @@
+"""Adaptive smoothing: a mixing network picks α per input from both base models' intermediate features.
+
+    γ_raw = gate(features of g, features of h)         # any module with this signature
+    γ     = k · BN(γ_raw) + b                           # BatchNorm without affine parameters
+    α(x)  = σ(γ), confined at evaluation to [α_lo, α_hi] by α ← α_lo + (α_hi − α_lo)·α
+    f(x)  = log((1 − α(x))·softmax(s_g·g(x)) + α(x)·softmax(s_h·h(x)))
+
+Each base model runs once per call; the gate reads the features captured by forward hooks during that
+same pass (Bai et al., arXiv 2301.12554, Sec. 4).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .features import FeatureTap
+from .mixing import _num_classes, mix_log_probs
+
+
+class Gate(Protocol):
+    """What the composite needs of a detector: features of both models in, one raw score per example out.
+
+    ``standard_features`` and ``robust_features`` are lists of tensors (N, C_i, H_i, W_i) in the order the
+    layers were named; the return value has shape (N,). Larger means "more likely attacked".
+    """
+
+    def __call__(self, standard_features: list[torch.Tensor], robust_features: list[torch.Tensor]) -> torch.Tensor: ...
+
+
+class _PreActBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(ch), nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(ch), nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        out = self.conv1(F.relu(self.bn1(x)))
+        return x + self.conv2(F.relu(self.bn2(out)))
+
+
+class MixingNetwork(nn.Module):
+    """The paper's mixer: per depth, concatenate both models' features and project them with a 1x1
+    convolution; bring every depth to the spatial size of the deepest one; run a small pre-activation
+    ResNet head; pool to one scalar γ_raw per example.
+
+    Parameters
+    ----------
+    depth_channels : channels per depth, each the sum over both models (see :meth:`from_models`).
+    width : channels of the head.
+    blocks : pre-activation blocks in the head.
+    """
+
+    def __init__(self, depth_channels: Sequence[int], *, width: int = 32, blocks: int = 2):
+        super().__init__()
+        if not depth_channels:
+            raise ValueError("MixingNetwork needs at least one feature depth")
+        self.depth_channels = tuple(int(c) for c in depth_channels)
+        self.project = nn.ModuleList(nn.Conv2d(c, width, 1, bias=False) for c in self.depth_channels)
+        self.head = nn.Sequential(*[_PreActBlock(width) for _ in range(blocks)])
+        self.bn = nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, 1)
+
+    @classmethod
+    def from_models(cls, standard: nn.Module, robust: nn.Module, *, standard_layers: Sequence[str],
+                    robust_layers: Sequence[str], input_shape: Sequence[int], **kwargs) -> "MixingNetwork":
+        """Infer the channel widths from a dry run of both models on zeros of ``input_shape`` (C, H, W)."""
+        if len(standard_layers) != len(robust_layers):
+            raise ValueError("tap the same number of depths in both models")
+        feats = []
+        for model, layers in ((standard, standard_layers), (robust, robust_layers)):
+            with FeatureTap(model, layers) as tap, torch.no_grad():
+                was_training = model.training
+                model.eval()
+                p = next(model.parameters(), None)
+                model(torch.zeros(2, *input_shape, device=p.device if p is not None else "cpu"))
+                model.train(was_training)
+                feats.append([f.shape for f in tap.features()])
+        return cls([fs[1] + fr[1] for fs, fr in zip(*feats)], **kwargs)
+
+    def forward(self, standard_features: list[torch.Tensor], robust_features: list[torch.Tensor]) -> torch.Tensor:
+        if len(standard_features) != len(self.project) or len(robust_features) != len(self.project):
+            raise ValueError(f"expected {len(self.project)} feature depths from each model")
+        target = min(min(f.shape[-2:]) for f in standard_features + robust_features)
+        out = 0
+        for proj, fs, fr in zip(self.project, standard_features, robust_features):
+            fs = F.adaptive_avg_pool2d(fs, target) if fs.shape[-1] != target else fs
+            fr = F.adaptive_avg_pool2d(fr, target) if fr.shape[-1] != target else fr
+            out = out + proj(torch.cat([fs, fr], dim=1))
+        out = F.relu(self.bn(self.head(out)))
+        return self.fc(out.mean(dim=(2, 3))).squeeze(1)
+
+
+class AdaptiveMixedClassifier(nn.Module):
+    """Mixture of a standard and a robust classifier with an input-dependent weight α(x).
+
+    ``forward(x)`` returns log-probabilities (one tensor, so AutoAttack and RobustBench take it as it is);
+    ``alpha(x)`` and ``gamma(x)`` return the per-example mixing weight and its logit. Gradients flow
+    through the gate, so a white-box attacker sees the whole composite.
+
+    Parameters
+    ----------
+    standard, robust : base classifiers over the same classes (kept frozen: their parameters are set
+        to ``requires_grad=False``).
+    gate : a :class:`Gate` (e.g. :class:`MixingNetwork`).
+    standard_layers, robust_layers : names of the tapped submodules, one per depth.
+    gamma_scale, gamma_bias : ``k`` and ``b`` in ``γ = k·BN(γ_raw) + b``.
+    alpha_range : ``(α_lo, α_hi)`` applied in eval mode.
+    standard_scale, robust_scale : logit scales applied before each softmax.
+    """
+
+    def __init__(self, standard: nn.Module, robust: nn.Module, gate: nn.Module, *,
+                 standard_layers: Sequence[str], robust_layers: Sequence[str], gamma_scale: float = 2.0,
+                 gamma_bias: float = 0.4, alpha_range: tuple[float, float] = (0.0, 1.0),
+                 standard_scale: float = 1.0, robust_scale: float = 1.0):
+        super().__init__()
+        n_g, n_h = _num_classes(standard), _num_classes(robust)
+        if n_g is not None and n_h is not None and n_g != n_h:
+            raise ValueError(f"base models disagree on the number of classes: standard {n_g}, robust {n_h}")
+        lo, hi = alpha_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"alpha_range must satisfy 0 <= lo <= hi <= 1, got {alpha_range}")
+        self.standard, self.robust, self.gate = standard, robust, gate
+        for p in list(standard.parameters()) + list(robust.parameters()):
+            p.requires_grad_(False)
+        self.gamma_bn = nn.BatchNorm1d(1, affine=False)
+        self.gamma_scale, self.gamma_bias = float(gamma_scale), float(gamma_bias)
+        self.alpha_range = (float(lo), float(hi))
+        self.standard_scale, self.robust_scale = float(standard_scale), float(robust_scale)
+        self.standard_layers, self.robust_layers = tuple(standard_layers), tuple(robust_layers)
+        self._tap_standard = FeatureTap(standard, standard_layers)
+        self._tap_robust = FeatureTap(robust, robust_layers)
+
+    def train(self, mode: bool = True):
+        """Only the gate and its BatchNorm train; the base models stay in eval mode."""
+        super().train(mode)
+        self.standard.eval()
+        self.robust.eval()
+        return self
+
+    def components(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(standard logits, robust logits, γ)`` from one forward pass of each base model."""
+        self._tap_standard.clear()
+        self._tap_robust.clear()
+        g = self.standard(x)
+        h = self.robust(x)
+        raw = self.gate(self._tap_standard.features(), self._tap_robust.features())
+        gamma = self.gamma_scale * self.gamma_bn(raw.view(-1, 1)).view(-1) + self.gamma_bias
+        return g, h, gamma
+
+    def alpha_from_gamma(self, gamma: torch.Tensor) -> torch.Tensor:
+        a = torch.sigmoid(gamma)
+        if not self.training:
+            lo, hi = self.alpha_range
+            a = lo + (hi - lo) * a
+        return a
+
+    def gamma(self, x: torch.Tensor) -> torch.Tensor:
+        return self.components(x)[2]
+
+    def alpha(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha_from_gamma(self.gamma(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, h, gamma = self.components(x)
+        return mix_log_probs(g, h, self.alpha_from_gamma(gamma), standard_scale=self.standard_scale,
+                             robust_scale=self.robust_scale)
+
+    def describe(self) -> dict:
+        return {"type": "AdaptiveMixedClassifier", "gate": type(self.gate).__name__,
+                "standard_layers": list(self.standard_layers), "robust_layers": list(self.robust_layers),
+                "gamma_scale": self.gamma_scale, "gamma_bias": self.gamma_bias, "alpha_range": list(self.alpha_range),
+                "standard_scale": self.standard_scale, "robust_scale": self.robust_scale}

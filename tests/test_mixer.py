@@ -1,0 +1,79 @@
+import pytest
+import torch
+from torch import nn
+
+from adasmooth.mixer import AdaptiveMixedClassifier, MixingNetwork
+from adasmooth.mixing import mix_log_probs
+from adasmooth.models import SmallResNet
+
+LAYERS = ("stage1", "stage2")
+
+
+class CountingModel(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+        self.num_classes = inner.num_classes
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+def _composite(**kw):
+    torch.manual_seed(0)
+    std, rob = CountingModel(SmallResNet(width=4)), CountingModel(SmallResNet(width=4))
+    layers = tuple(f"inner.{n}" for n in LAYERS)
+    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers,
+                                     input_shape=(1, 28, 28), width=8, blocks=1)
+    return AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers, **kw)
+
+
+def test_channels_are_inferred_from_a_dry_run():
+    model = _composite()
+    assert model.gate.depth_channels == (8, 16)  # 4 + 4 at stage1, 8 + 8 at stage2
+
+
+def test_one_forward_pass_per_base_model_and_output_is_the_mixture():
+    model = _composite(alpha_range=(0.2, 0.9)).eval()
+    x = torch.rand(5, 1, 28, 28)
+    model.standard.calls = model.robust.calls = 0
+    out = model(x)
+    assert model.standard.calls == 1 and model.robust.calls == 1
+    g, h, gamma = model.components(x)
+    a = model.alpha_from_gamma(gamma)
+    assert torch.allclose(out, mix_log_probs(g, h, a), atol=1e-6)
+    assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)
+
+
+def test_alpha_stays_in_its_range_at_evaluation():
+    model = _composite(alpha_range=(0.84, 0.99), gamma_scale=50.0)
+    model.train()
+    model(torch.rand(16, 1, 28, 28))  # BN statistics
+    model.eval()
+    a = model.alpha(torch.rand(64, 1, 28, 28) * torch.linspace(0, 1, 64).view(-1, 1, 1, 1))
+    assert (a >= 0.84).all() and (a <= 0.99).all()
+
+
+def test_gradients_reach_the_gate_and_the_input_but_not_the_base_models():
+    model = _composite().train()
+    x = torch.rand(4, 1, 28, 28, requires_grad=True)
+    loss = model(x)[:, 0].sum()
+    loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.gate.parameters())
+    assert all(p.grad is None for p in model.standard.parameters())
+    assert not model.standard.training and not model.robust.training  # base models stay frozen in eval mode
+
+
+def test_bad_configuration():
+    std, rob = SmallResNet(width=4), SmallResNet(width=4, num_classes=7)
+    gate = MixingNetwork([8, 16], width=8)
+    with pytest.raises(ValueError, match="number of classes"):
+        AdaptiveMixedClassifier(std, rob, gate, standard_layers=LAYERS, robust_layers=LAYERS)
+    with pytest.raises(ValueError, match="alpha_range"):
+        AdaptiveMixedClassifier(std, SmallResNet(width=4), gate, standard_layers=LAYERS, robust_layers=LAYERS,
+                                alpha_range=(0.9, 0.1))
+    with pytest.raises(KeyError, match="close matches"):
+        AdaptiveMixedClassifier(std, SmallResNet(width=4), gate, standard_layers=("stage9",), robust_layers=LAYERS)
