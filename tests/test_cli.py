@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from conftest import needs_fmnist
 
 from adasmooth.cli import main

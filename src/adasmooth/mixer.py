@@ -11,7 +11,8 @@ same pass (Bai et al., arXiv 2301.12554, Sec. 4).
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ class MixingNetwork(nn.Module):
 
     @classmethod
     def from_models(cls, standard: nn.Module, robust: nn.Module, *, standard_layers: Sequence[str],
-                    robust_layers: Sequence[str], input_shape: Sequence[int], **kwargs) -> "MixingNetwork":
+                    robust_layers: Sequence[str], input_shape: Sequence[int], **kwargs) -> MixingNetwork:
         """Infer the channel widths from a dry run of both models on zeros of ``input_shape`` (C, H, W)."""
         if len(standard_layers) != len(robust_layers):
             raise ValueError("tap the same number of depths in both models")
