@@ -103,6 +103,8 @@ def test_bad_inputs_fail_before_any_work():
                      (torch.full_like(x, float("nan")), "NaN")):
         with pytest.raises(ValueError, match=msg):
             evaluate_robustness(model, bad, y, [], eps=0.1, progress=False)
+    with pytest.raises(ValueError, match="cannot take images of shape"):
+        evaluate_robustness(model, torch.rand(4, 3, 4, 4), y, [], eps=0.1, progress=False)
     with pytest.raises(ValueError, match="labels must lie"):
         evaluate_robustness(model, x, torch.tensor([0, 1, 2, 9]), [], eps=0.1, progress=False)
 

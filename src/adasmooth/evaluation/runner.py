@@ -235,8 +235,15 @@ def evaluate_robustness(
 
 
 def _probe_classes(model, x, device) -> int:
-    with torch.no_grad():
-        return int(model(x.to(device)).shape[1])
+    """Run the model on two images to learn its class count; a shape it cannot take is a clear error."""
+    try:
+        with torch.no_grad():
+            out = model(x.to(device))
+    except RuntimeError as exc:
+        raise ValueError(f"the model cannot take images of shape {tuple(x.shape[1:])} (C, H, W): {exc}") from None
+    if out.dim() != 2:
+        raise ValueError(f"the model must return logits of shape (N, classes), got {tuple(out.shape)}")
+    return int(out.shape[1])
 
 
 def _epsilon_checks(model, x, y, *, eps, norm, device, batch_size, n: int = 100) -> dict:
