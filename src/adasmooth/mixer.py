@@ -165,10 +165,13 @@ class AdaptiveMixedClassifier(nn.Module):
     def alpha(self, x: torch.Tensor) -> torch.Tensor:
         return self.alpha_from_gamma(self.gamma(x))
 
+    def mix(self, standard_logits: torch.Tensor, robust_logits: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the mixture from already computed components (no extra forward pass)."""
+        return mix_log_probs(standard_logits, robust_logits, self.alpha_from_gamma(gamma),
+                             standard_scale=self.standard_scale, robust_scale=self.robust_scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g, h, gamma = self.components(x)
-        return mix_log_probs(g, h, self.alpha_from_gamma(gamma), standard_scale=self.standard_scale,
-                             robust_scale=self.robust_scale)
+        return self.mix(*self.components(x))
 
     def describe(self) -> dict:
         return {"type": "AdaptiveMixedClassifier", "gate": type(self.gate).__name__,

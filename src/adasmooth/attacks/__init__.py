@@ -5,3 +5,7 @@ from .pgd import pgd
 from .transfer import transfer_attack
 
 __all__ = ["cross_entropy", "dlr", "pgd", "ranked_target", "targeted_dlr", "transfer_attack"]
+
+from .adaptive import composite_attack_loss, gate_bce, randomized_attack
+
+__all__ += ["composite_attack_loss", "gate_bce", "randomized_attack"]
