@@ -78,6 +78,38 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class MixerConfig:
+    """The mixing network and its training (paper values in comments where ours differ)."""
+
+    standard_layers: tuple[str, ...] = ("stage1", "stage2")  # an early and a middle stage
+    robust_layers: tuple[str, ...] = ("stage1", "stage2")
+    width: int = 32
+    blocks: int = 2
+    gamma_scale: float = 2.0  # k in γ = k·BN(γ_raw) + b (paper: 2)
+    gamma_bias: float = 0.4  # b (paper: 0.4 in training)
+    standard_scale: float = 1.0
+    robust_scale: float = 1.0
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 1e-3  # paper: 5e-5 to 1e-4 for a few epochs on CIFAR; a fresh small mixer wants more
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    c_bce: float = 1.5
+    c_ce: float = 0.0
+    c_prod: float = 0.25  # paper: 0.2 to 0.3
+    attack_max_iters: int = 10  # paper: χ²(75) iterations, uncapped; capped here for CPU
+    attack_iters_df: float = 75.0
+    attack_eps_low: float = 0.4
+    attack_eps_high: float = 1.1
+    attack_w_max: float = 0.4
+    attack_n_targets: int = 9
+    attack_untargeted_share: float = 0.5
+    checkpoint_every: int = 100  # optimiser steps
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -87,6 +119,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    mixer: MixerConfig = field(default_factory=MixerConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,186 @@
+"""Training the mixing network (adaptive smoothing): base models frozen, each clean batch paired with
+adversarial copies made against the current composite, loss ``c_bce·BCE(γ, t) + c_ce·CE + c_prod·BCE·CE``
+(t = 0 clean, 1 attacked). AdamW, linear warm-up then cosine decay, gradient clipping.
+
+Every random draw of step ``s`` comes from a generator seeded by ``(seed, s)`` and the data order of an
+epoch from ``(seed, epoch)``, so a run resumed from any checkpoint equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..attacks.adaptive import gate_bce, randomized_attack
+from ..config import MixerConfig
+from ..io import CheckpointError, load_tensors, save_tensors
+from ..mixer import AdaptiveMixedClassifier
+
+logger = logging.getLogger(__name__)
+
+
+def mixer_loss(log_probs, gamma, labels, is_attacked, *, c_bce: float, c_ce: float, c_prod: float) -> torch.Tensor:
+    """Mean over examples of ``c_bce·BCE(γ, t) + c_ce·CE(f(x), y) + c_prod·BCE·CE``."""
+    bce = gate_bce(gamma, is_attacked.to(gamma.dtype))
+    ce = F.nll_loss(log_probs, labels, reduction="none")
+    return (c_bce * bce + c_ce * ce + c_prod * bce * ce).mean()
+
+
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over a module's state (names, shapes, bytes): ties a mixer to the base models it was fit on."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
+    warm = max(1, int(warmup_fraction * total))
+    if step < warm:
+        return base * (step + 1) / warm
+    return 0.5 * base * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+def _trainable(model: AdaptiveMixedClassifier) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def fit_mixer(
+    model: AdaptiveMixedClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: MixerConfig,
+    out_dir: str | Path,
+    *,
+    eps: float,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    max_steps: int | None = None,
+    attack: Callable | None = None,
+) -> dict:
+    """Train ``model``'s gate on ``(x, y)`` (training split). Writes ``out_dir/mixer-last`` every
+    ``cfg.checkpoint_every`` steps and at the end, and appends metrics to ``out_dir/metrics.jsonl``.
+
+    ``attack(model, x, y, generator)`` makes the attacked copies; default: the paper's randomized attack
+    with ``eps`` and ``cfg``'s distributions. ``max_steps`` stops early (the schedule still spans all
+    epochs). Returns a summary dict.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / "mixer-last"
+    params = _trainable(model)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    settings = {"mixer": json.loads(json.dumps(cfg.__dict__)), "eps": eps, "n_train": len(x),
+                "standard": state_fingerprint(model.standard), "robust": state_fingerprint(model.robust)}
+    step = 0
+    if resume:
+        step = _restore(stem, model, opt, settings, device)
+        logger.info("resuming mixer training at step %d", step)
+    if attack is None:
+        def attack(m, xb, yb, gen):
+            return randomized_attack(
+                m, xb, yb, eps=eps, generator=gen, eps_range=(cfg.attack_eps_low, cfg.attack_eps_high),
+                iters_df=cfg.attack_iters_df, max_iters=cfg.attack_max_iters, w_max=cfg.attack_w_max,
+                n_targets=cfg.attack_n_targets, untargeted_share=cfg.attack_untargeted_share)
+
+    metrics_path = out_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, step)
+    end = total if max_steps is None else min(total, max_steps)
+    bar = tqdm(total=end, initial=step, desc="fit mixer", disable=not progress)
+    t0 = time.perf_counter()
+    last = {}
+    while step < end:
+        epoch, i = divmod(step, steps_per_epoch)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_000_007 + step)
+        model.eval()
+        x_adv = attack(model, xb, yb, gen)
+        model.train()
+        inputs = torch.cat([xb, x_adv])
+        labels = torch.cat([yb, yb])
+        is_adv = torch.cat([torch.zeros(len(yb)), torch.ones(len(yb))]).to(device)
+        g, h, gamma = model.components(inputs)
+        log_p = model.mix(g, h, gamma)
+        loss = mixer_loss(log_p, gamma, labels, is_adv, c_bce=cfg.c_bce, c_ce=cfg.c_ce, c_prod=cfg.c_prod)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"mixer loss became {loss.item()} at step {step}; the last good checkpoint is {stem}")
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, total, cfg.lr, cfg.warmup_fraction)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            detect = ((gamma > 0).float() == is_adv).float().mean()
+            alpha = model.alpha_from_gamma(gamma)
+        last = {"step": step, "loss": loss.item(), "detect_acc": float(detect), "grad_norm": float(grad_norm),
+                "alpha_clean": float(alpha[: len(yb)].mean()), "alpha_attacked": float(alpha[len(yb):].mean()),
+                "lr": opt.param_groups[0]["lr"]}
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(last) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{last['loss']:.3f}", detect=f"{last['detect_acc']:.2f}")
+        if step % cfg.checkpoint_every == 0 or step == end:
+            _save(stem, model, opt, step, settings)
+    bar.close()
+    model.eval()
+    return {"steps": step, "total_steps": total, "seconds": round(time.perf_counter() - t0, 1), "last": last}
+
+
+def _save(stem, model, opt, step, settings) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()
+               if not (k.startswith("standard.") or k.startswith("robust."))}
+    for i, p in enumerate(_trainable(model)):
+        st = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in st:
+                tensors[f"optim.{i}.{key}"] = st[key]
+        if "step" in st:
+            tensors[f"optim.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    save_tensors(stem, tensors, {"kind": "mixer-state", "step": step, "settings": settings})
+
+
+def _restore(stem, model, opt, settings, device) -> int:
+    try:
+        tensors, meta = load_tensors(stem)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot resume: {exc}") from None
+    if meta.get("settings") != settings:
+        diff = sorted(k for k in settings if meta.get("settings", {}).get(k) != settings[k])
+        raise CheckpointError(f"cannot resume from {stem}: written with other settings or base models "
+                              f"(differing: {', '.join(diff)})")
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing = model.load_state_dict(state, strict=False)
+    if missing.unexpected_keys:
+        raise CheckpointError(f"{stem} does not fit this mixer: unexpected {missing.unexpected_keys[:3]}")
+    for i, p in enumerate(_trainable(model)):
+        if f"optim.{i}.exp_avg" in tensors:
+            opt.state[p] = {"exp_avg": tensors[f"optim.{i}.exp_avg"].to(device),
+                            "exp_avg_sq": tensors[f"optim.{i}.exp_avg_sq"].to(device),
+                            "step": tensors[f"optim.{i}.step"].reshape(()).clone()}
+    return int(meta["step"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (left by a run killed after its last checkpoint)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))

@@ -1,0 +1,93 @@
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from adasmooth.config import MixerConfig
+from adasmooth.io import CheckpointError
+from adasmooth.mixer import AdaptiveMixedClassifier, MixingNetwork
+from adasmooth.models import SmallResNet
+from adasmooth.training import fit_mixer, mixer_loss
+
+LAYERS = ("stage1", "stage2")
+
+
+def _composite(seed=0):
+    torch.manual_seed(seed)
+    std, rob = SmallResNet(width=4).eval(), SmallResNet(width=4).eval()
+    gate = MixingNetwork.from_models(std, rob, standard_layers=LAYERS, robust_layers=LAYERS,
+                                     input_shape=(1, 28, 28), width=8, blocks=1)
+    return AdaptiveMixedClassifier(std, rob, gate, standard_layers=LAYERS, robust_layers=LAYERS)
+
+
+def _marker_attack(model, x, y, gen):
+    """'Attacked' inputs carry a bright corner: a detector that reads features can learn it."""
+    out = x.clone()
+    out[:, :, :6, :6] = 1.0
+    return out
+
+
+def _data(n=256):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 28, 28, generator=g) * 0.5, torch.randint(0, 10, (n,), generator=g)
+
+
+CFG = MixerConfig(epochs=2, batch_size=32, lr=1e-2, warmup_fraction=0.1, checkpoint_every=5, c_prod=0.0)
+
+
+def test_mixer_loss_matches_a_hand_computation():
+    log_p = torch.log_softmax(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), 1)
+    gamma = torch.tensor([0.5, -0.5])
+    y = torch.tensor([0, 0])
+    t = torch.tensor([0.0, 1.0])
+    got = mixer_loss(log_p, gamma, y, t, c_bce=1.5, c_ce=0.5, c_prod=0.2)
+    bce = torch.tensor([math.log1p(math.exp(0.5)), math.log1p(math.exp(0.5))])
+    ce = -log_p[:, 0]
+    assert got == pytest.approx(float((1.5 * bce + 0.5 * ce + 0.2 * bce * ce).mean()), rel=1e-6)
+
+
+def test_mixer_learns_to_raise_alpha_on_attacked_inputs(tmp_path):
+    model = _composite()
+    x, y = _data()
+    summary = fit_mixer(model, x, y, CFG, tmp_path, eps=0.1, attack=_marker_attack, progress=False)
+    assert summary["steps"] == 16
+    xt, yt = _data(64)
+    with torch.no_grad():
+        a_clean = model.alpha(xt)
+        a_att = model.alpha(_marker_attack(model, xt, yt, None))
+    assert float(a_att.min()) > float(a_clean.max())  # every attacked input gets more weight on h
+    assert float(a_att.mean()) > float(a_clean.mean()) + 0.1
+    lines = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines] == list(range(1, 17))
+
+
+def test_resume_equals_uninterrupted_training(tmp_path):
+    x, y = _data(128)
+    full = _composite()
+    fit_mixer(full, x, y, CFG, tmp_path / "full", eps=0.1, progress=False, attack=_marker_attack)
+    part = _composite()
+    fit_mixer(part, x, y, CFG, tmp_path / "part", eps=0.1, progress=False, attack=_marker_attack, max_steps=5)
+    resumed = _composite()
+    fit_mixer(resumed, x, y, CFG, tmp_path / "part", eps=0.1, progress=False, attack=_marker_attack, resume=True)
+    for (k, a), b in zip(full.gate.state_dict().items(), resumed.gate.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    assert torch.allclose(full.gamma_bn.running_mean, resumed.gamma_bn.running_mean)
+
+
+def test_resume_against_other_base_models_is_refused(tmp_path):
+    x, y = _data(64)
+    fit_mixer(_composite(), x, y, CFG, tmp_path, eps=0.1, progress=False, attack=_marker_attack, max_steps=5)
+    with pytest.raises(CheckpointError, match="robust|standard"):
+        fit_mixer(_composite(seed=1), x, y, CFG, tmp_path, eps=0.1, progress=False, attack=_marker_attack, resume=True)
+    with pytest.raises(CheckpointError, match="mixer"):
+        fit_mixer(_composite(), x, y, dataclasses.replace(CFG, lr=0.5), tmp_path, eps=0.1, progress=False,
+                  attack=_marker_attack, resume=True)
+
+
+def test_default_randomized_attack_runs_inside_training(tmp_path):
+    x, y = _data(32)
+    cfg = dataclasses.replace(CFG, epochs=1, attack_max_iters=2)
+    summary = fit_mixer(_composite(), x, y, cfg, tmp_path, eps=0.1, progress=False)
+    assert summary["steps"] == 1 and math.isfinite(summary["last"]["loss"])
