@@ -146,7 +146,7 @@ def fit_mixer(
 
 def _save(stem, model, opt, step, settings) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()
-               if not (k.startswith("standard.") or k.startswith("robust."))}
+               if not k.startswith(("standard.", "robust."))}
     for i, p in enumerate(_trainable(model)):
         st = opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):
