@@ -39,3 +39,27 @@ def test_randomized_attack_stays_in_the_ball_and_is_seeded():
     assert torch.equal(a, b)
     assert (a - x).abs().max() <= 0.11 + 1e-6 and a.min() >= 0 and a.max() <= 1
     assert (a != x).any()
+
+
+def test_gate_pgd_lowers_gamma_and_the_runner_reports_it():
+    from adasmooth.attacks import gate_pgd
+    from adasmooth.evaluation import PGDAttack, evaluate_robustness
+
+    torch.manual_seed(0)
+    std, rob = SmallResNet(width=4).eval(), SmallResNet(width=4).eval()
+    layers = ("stage1", "stage2")
+    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
+    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        gamma0 = model.gamma(x)
+    # with w = 1 the attack only pushes the gate toward "clean": γ must go down
+    x_adv = gate_pgd(model, x, (y + 1) % 10, eps=0.1, w=1.0, steps=10, step_size=0.02,
+                     generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert model.gamma(x_adv).mean() < gamma0.mean()
+    rep = evaluate_robustness(model, x, y, [PGDAttack(steps=3, gate_weight=0.5, name="gate-pgd"),
+                                            PGDAttack(steps=3, gate_weight=0.5, loss="dlr-targeted", name="gate-pgd-t")],
+                              eps=0.1, sanity_checks=False, progress=False)
+    assert [a["type"] for a in rep.attacks] == ["gate-pgd", "gate-pgd"] and rep.attacks[0]["gate_weight"] == 0.5

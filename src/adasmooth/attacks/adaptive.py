@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .losses import ranked_target, targeted_dlr
+from .pgd import pgd
 
 
 def gate_bce(gamma: torch.Tensor, target: float | torch.Tensor) -> torch.Tensor:
@@ -104,3 +105,32 @@ def randomized_attack(
             x_new = torch.min(torch.max(x_new, x - eps_i.view(view)), x + eps_i.view(view)).clamp(0, 1)
         x_adv = x_new.detach()
     return x_adv.detach()
+
+
+def gate_pgd(
+    composite,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    w: float = 0.5,
+    loss: str = "ce",
+    targets: torch.Tensor | None = None,
+    **pgd_options,
+) -> torch.Tensor:
+    """PGD on ``(1-w)·(CE or targeted DLR) + w·BCE(γ, 1)`` against an adaptive composite: besides
+    misclassifying, it pushes the gate toward calling the input clean (trusting the standard model).
+    ``pgd_options`` go to :func:`adasmooth.attacks.pgd` (norm, steps, step_size, restarts, generator)."""
+
+    if loss not in ("ce", "dlr-targeted"):
+        raise ValueError(f"gate_pgd supports loss 'ce' or 'dlr-targeted', got {loss!r}")
+    if loss == "dlr-targeted" and targets is None:
+        raise ValueError("loss='dlr-targeted' needs targets")
+    targets = targets if loss == "dlr-targeted" else None
+
+    def objective(x_adv):
+        g, h, gamma = composite.components(x_adv)
+        log_p = composite.mix(g, h, gamma)
+        return log_p, composite_attack_loss(log_p, gamma, y, w=w, targets=targets)
+
+    return pgd(composite, x, y, eps=eps, objective=objective, **pgd_options)

@@ -26,6 +26,7 @@ def pgd(
     random_start: bool = True,
     restarts: int = 1,
     generator: torch.Generator | None = None,
+    objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """PGD attack: maximise ``loss`` within the ``norm`` ball of radius ``eps`` around ``x``, inside [0, 1].
 
@@ -45,6 +46,8 @@ def pgd(
     random_start : start from a uniform point in the ball (l-inf) or a random point in it (l2).
     restarts : independent random restarts; an example counts as broken if any restart breaks it.
     generator : torch.Generator for the random starts (on ``x``'s device or the CPU).
+    objective : optional ``objective(x_adv) -> (logits, per-example loss)`` replacing ``model`` and
+        ``loss`` (e.g. a loss that also reads an adaptive model's gate); the logits decide success.
 
     Returns
     -------
@@ -71,7 +74,7 @@ def pgd(
     else:
         step_t = _per_example(step_size, n, x).view(view)
 
-    def objective(logits):
+    def objective_default(logits):
         if loss == "ce":
             return cross_entropy(logits, y)
         if loss == "dlr":
@@ -85,14 +88,18 @@ def pgd(
         x_adv = (x + delta).clamp(0, 1)
         for step in range(steps + 1):
             x_adv.requires_grad_(True)
-            logits = model(x_adv)
+            if objective is None:
+                logits = model(x_adv)
+                value = objective_default(logits)
+            else:
+                logits, value = objective(x_adv)
             wrong = logits.detach().argmax(1) != y
             newly = wrong & ~found
             best[newly] = x_adv.detach()[newly]
             found |= wrong
             if step == steps:
                 break
-            (grad,) = torch.autograd.grad(objective(logits).sum(), x_adv)
+            (grad,) = torch.autograd.grad(value.sum(), x_adv)
             with torch.no_grad():
                 x_adv = _step(x_adv.detach(), grad, step_t, norm)
                 x_adv = _project(x_adv, x, eps_t, norm)

@@ -7,6 +7,7 @@ every attack. Each attack's own accuracy is reported beside the worst case, with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import platform
@@ -19,7 +20,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..attacks import pgd, ranked_target
+from ..attacks import gate_pgd, pgd, ranked_target
 from ..io import atomic_write_json
 from .accuracy import attack_batched, correct_mask
 
@@ -55,18 +56,21 @@ class PGDAttack:
     restarts: int = 1
     seed: int = 0
     name: str = "pgd"
+    gate_weight: float | None = None  # adaptive models: add w·BCE(γ, 1), pushing the gate toward "clean"
 
     def settings(self) -> dict:
-        return {"name": self.name, "type": "pgd", "steps": self.steps, "step_size": self.step_size,
-                "loss": self.loss, "targets_top": self.targets_top if self.loss == "dlr-targeted" else None,
-                "restarts": self.restarts, "random_start": True, "seed": self.seed}
+        return {"name": self.name, "type": "pgd" if self.gate_weight is None else "gate-pgd", "steps": self.steps,
+                "step_size": self.step_size, "loss": self.loss,
+                "targets_top": self.targets_top if self.loss == "dlr-targeted" else None,
+                "gate_weight": self.gate_weight, "restarts": self.restarts, "random_start": True, "seed": self.seed}
 
     def robust_mask(self, model, x, y, *, eps, norm, device, batch_size, progress):
+        attack = pgd if self.gate_weight is None else functools.partial(gate_pgd, w=self.gate_weight)
         gen = torch.Generator().manual_seed(self.seed)
         opts = {"eps": eps, "norm": norm, "steps": self.steps, "step_size": self.step_size, "restarts": self.restarts,
                 "generator": gen, "batch_size": batch_size, "device": device, "progress": progress, "desc": self.name}
         if self.loss != "dlr-targeted":
-            x_adv = attack_batched(pgd, model, x, y, loss=self.loss, **opts)
+            x_adv = attack_batched(attack, model, x, y, loss=self.loss, **opts)
             return AttackOutcome(robust=correct_mask(model, x_adv, y, device=device, batch_size=batch_size), x_adv=x_adv)
         robust = torch.ones(len(y), dtype=torch.bool)
         x_worst = x.clone()
@@ -76,16 +80,16 @@ class PGDAttack:
             idx = robust.nonzero().squeeze(1)
             if len(idx) == 0:
                 break
-            x_adv = attack_batched(_targeted, model, x[idx], torch.stack([y[idx], targets[idx]], 1),
-                                   loss="dlr-targeted", **opts)
+            x_adv = attack_batched(functools.partial(_targeted, attack), model, x[idx],
+                                   torch.stack([y[idx], targets[idx]], 1), loss="dlr-targeted", **opts)
             ok = correct_mask(model, x_adv, y[idx], device=device, batch_size=batch_size)
             x_worst[idx[~ok]] = x_adv[~ok]
             robust[idx[~ok]] = False
         return AttackOutcome(robust=robust, x_adv=x_worst)
 
 
-def _targeted(model, x, yt, **kw):
-    return pgd(model, x, yt[:, 0], targets=yt[:, 1], **kw)
+def _targeted(attack, model, x, yt, **kw):
+    return attack(model, x, yt[:, 0], targets=yt[:, 1], **kw)
 
 
 @dataclass
