@@ -61,3 +61,29 @@ def test_evaluate_sweep_and_margins_commands(tmp_path, capsys):
     # benign confidence: the robust model is more confident where it is right than where it is wrong
     assert mg["clean_correct"]["median"] > mg["clean_wrong"]["median"]
     assert mg["attacked_correct"]["median"] > mg["attacked_wrong"]["median"]
+
+
+def test_fit_mixer_command_trains_calibrates_and_saves(tmp_path, tiny_fmnist, capsys):
+    import torch
+
+    from adasmooth.io import load_model, save_model
+    from adasmooth.mixer import load_adaptive
+    from adasmooth.models import SmallResNet
+
+    for i, name in enumerate(("std", "rob")):
+        torch.manual_seed(i)
+        save_model(tmp_path / name, SmallResNet(width=4), architecture="small_resnet", arch_args={"width": 4})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("mixer:\n  width: 8\n  blocks: 1\n  batch_size: 500\n  attack_max_iters: 2\n")
+    args = ["fit-mixer", "--config", str(cfg), "--out", str(tmp_path / "mix"), "--data-root", str(tiny_fmnist),
+            "--standard", str(tmp_path / "std"), "--robust", str(tmp_path / "rob"), "--n-calibrate", "40"]
+    assert main(args) == 0
+    assert "calibrated on 40 validation points" in capsys.readouterr().out
+    std, _ = load_model(tmp_path / "std")
+    rob, _ = load_model(tmp_path / "rob")
+    model = load_adaptive(tmp_path / "mix" / "mixer", std, rob)
+    meta = json.loads((tmp_path / "mix" / "mixer.json").read_text())
+    assert meta["training"]["steps"] == 3 and meta["calibration"]["n"] == 40
+    lo, hi = model.alpha_range
+    a = model.alpha(torch.rand(5, 1, 28, 28))
+    assert ((a >= lo) & (a <= hi)).all()

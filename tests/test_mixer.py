@@ -77,3 +77,19 @@ def test_bad_configuration():
                                 alpha_range=(0.9, 0.1))
     with pytest.raises(KeyError, match="close matches"):
         AdaptiveMixedClassifier(std, SmallResNet(width=4), gate, standard_layers=("stage9",), robust_layers=LAYERS)
+
+
+def test_save_and_load_adaptive_roundtrip_and_refuse_other_bases(tmp_path):
+    from adasmooth.io import CheckpointError
+    from adasmooth.mixer import load_adaptive, save_adaptive
+
+    model = _composite(alpha_range=(0.3, 0.95), gamma_bias=1.1).train()
+    model(torch.rand(8, 1, 28, 28))  # move the BN statistics away from their initial values
+    model.eval()
+    save_adaptive(tmp_path / "mixer", model, note="t")
+    loaded = load_adaptive(tmp_path / "mixer", model.standard, model.robust)
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(loaded(x), model(x), atol=1e-6) and torch.allclose(loaded.alpha(x), model.alpha(x))
+    other = CountingModel(SmallResNet(width=4))
+    with pytest.raises(CheckpointError, match="another standard model"):
+        load_adaptive(tmp_path / "mixer", other, model.robust)

@@ -178,3 +178,50 @@ class AdaptiveMixedClassifier(nn.Module):
                 "standard_layers": list(self.standard_layers), "robust_layers": list(self.robust_layers),
                 "gamma_scale": self.gamma_scale, "gamma_bias": self.gamma_bias, "alpha_range": list(self.alpha_range),
                 "standard_scale": self.standard_scale, "robust_scale": self.robust_scale}
+
+
+def save_adaptive(stem, model: AdaptiveMixedClassifier, **metadata) -> None:
+    """Save the gate (a :class:`MixingNetwork`) and γ's BatchNorm, with fingerprints of both base models
+    so that the mixer is never paired with other base models by mistake."""
+    from .io import save_tensors
+    from .training.mixer import state_fingerprint
+
+    if not isinstance(model.gate, MixingNetwork):
+        raise TypeError("save_adaptive stores MixingNetwork gates; save a custom gate's state_dict yourself")
+    tensors = {f"gate.{k}": v for k, v in model.gate.state_dict().items()}
+    tensors.update({f"gamma_bn.{k}": v for k, v in model.gamma_bn.state_dict().items()})
+    gate = model.gate
+    meta = {
+        "kind": "adaptive-mixer",
+        "gate": {"type": "MixingNetwork", "depth_channels": list(gate.depth_channels), "width": gate.project[0].out_channels,
+                 "blocks": len(gate.head)},
+        "composite": model.describe(),
+        "base_fingerprints": {"standard": state_fingerprint(model.standard), "robust": state_fingerprint(model.robust)},
+        **metadata,
+    }
+    save_tensors(stem, tensors, meta)
+
+
+def load_adaptive(stem, standard: nn.Module, robust: nn.Module) -> AdaptiveMixedClassifier:
+    """Rebuild an :class:`AdaptiveMixedClassifier` saved by :func:`save_adaptive` around ``standard`` and
+    ``robust``; refuses base models whose weights differ from those the mixer was fit on."""
+    from .io import CheckpointError, load_tensors
+    from .training.mixer import state_fingerprint
+
+    tensors, meta = load_tensors(stem)
+    if meta.get("kind") != "adaptive-mixer":
+        raise CheckpointError(f"{stem} is not an adaptive mixer checkpoint (kind={meta.get('kind')!r})")
+    fp = meta["base_fingerprints"]
+    for name, m in (("standard", standard), ("robust", robust)):
+        if state_fingerprint(m) != fp[name]:
+            raise CheckpointError(f"the mixer in {stem} was fit on another {name} model (its weights differ); "
+                                  f"pair it with the base models it was trained with")
+    g, c = meta["gate"], meta["composite"]
+    gate = MixingNetwork(g["depth_channels"], width=g["width"], blocks=g["blocks"])
+    gate.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")})
+    model = AdaptiveMixedClassifier(
+        standard, robust, gate, standard_layers=c["standard_layers"], robust_layers=c["robust_layers"],
+        gamma_scale=c["gamma_scale"], gamma_bias=c["gamma_bias"], alpha_range=tuple(c["alpha_range"]),
+        standard_scale=c["standard_scale"], robust_scale=c["robust_scale"])
+    model.gamma_bn.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("gamma_bn.")})
+    return model.eval()
