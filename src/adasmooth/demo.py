@@ -17,12 +17,12 @@ import torch
 
 from . import data as data_mod
 from .config import Config
-from .evaluation import AutoAttackSpec, TransferAttack, batched_logits, evaluate_robustness
+from .evaluation import AutoAttackSpec, PGDAttack, TransferAttack, batched_logits, evaluate_robustness
 from .evaluation.margins import margin_groups, margin_summary
 from .evaluation.runner import environment, write_json
 from .evaluation.sweep import fast_attacks, sweep
 from .mixing import MixedClassifier, mix_log_probs
-from .plots import plot_margins, plot_tradeoff
+from .plots import plot_alpha_hist, plot_margins, plot_tradeoff
 from .pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,17 @@ def run_demo(
         ("mixed", mixed, [aa, TransferAttack(std, "standard", seed=cfg.demo.seed),
                           TransferAttack(rob, "robust", seed=cfg.demo.seed)], mixed.describe()),
     ]
+    if pair.adaptive is not None:
+        ada = pair.adaptive.eval()
+        plans.append(("adaptive", ada, [
+            aa, PGDAttack(steps=cfg.evaluate.pgd_steps, gate_weight=0.5, seed=cfg.demo.seed, name="gate-pgd-ce"),
+            PGDAttack(steps=cfg.evaluate.pgd_steps, gate_weight=0.5, loss="dlr-targeted", targets_top=3,
+                      seed=cfg.demo.seed, name="gate-pgd-dlr-t3"),
+            TransferAttack(std, "standard", seed=cfg.demo.seed), TransferAttack(rob, "robust", seed=cfg.demo.seed),
+        ], ada.describe()))
+        with torch.no_grad():
+            clean_full["adaptive"] = float((batched_logits(ada, x_test, batch_size=bs, device=device, progress=progress,
+                                                           desc="test: adaptive").argmax(1) == y_test).float().mean())
     for name, model, attacks, info in plans:
         logger.info("attacking the %s model on %d test points", name, len(ys))
         kept.clear()
@@ -111,6 +122,8 @@ def run_demo(
         reports[name] = rep
         if name == "robust":
             robust_adv = kept[aa.name]
+        if name == "adaptive":
+            adaptive_adv = kept[aa.name]
 
     # 4. the robust model's margins on the subset: clean vs its own AutoAttack examples
     with torch.no_grad():
@@ -121,9 +134,19 @@ def run_demo(
 
     merit = figure_of_merit(clean_full["standard"], clean_full["robust"], clean_full["mixed"],
                             reports["robust"].robust_accuracy, reports["mixed"].robust_accuracy)
-    plot_tradeoff(result, out_dir / "tradeoff.png", extra_points={
-        f"mixture on test (clean n={len(y_test)}, robust n={len(ys)}, worst case)":
-            (clean_full["mixed"], reports["mixed"].robust_accuracy)})
+    extra = {f"fixed α on test (clean n={len(y_test)}, robust n={len(ys)}, worst case)":
+             (clean_full["mixed"], reports["mixed"].robust_accuracy)}
+    if "adaptive" in reports:
+        extra[f"adaptive on test (clean n={len(y_test)}, robust n={len(ys)}, worst case)"] = (
+            clean_full["adaptive"], reports["adaptive"].robust_accuracy)
+        merit_adaptive = figure_of_merit(clean_full["standard"], clean_full["robust"], clean_full["adaptive"],
+                                         reports["robust"].robust_accuracy, reports["adaptive"].robust_accuracy)
+        with torch.no_grad():
+            a_clean = torch.cat([ada.alpha(xs[i:i + bs].to(device)).cpu() for i in range(0, len(xs), bs)])
+            a_adv = torch.cat([ada.alpha(adaptive_adv[i:i + bs].to(device)).cpu() for i in range(0, len(xs), bs)])
+        plot_alpha_hist(a_clean, a_adv, out_dir / "alpha.png",
+                        title=f"adaptive α(x) on test subset n={len(ys)}: clean vs AutoAttack ({norm} eps={eps:g})")
+    plot_tradeoff(result, out_dir / "tradeoff.png", extra_points=extra)
     plot_margins(groups, out_dir / "margins.png", alpha=alpha if alpha >= 0.5 else None,
                  title=f"robust model's margins, test subset n={len(ys)}, attacked by AutoAttack ({norm} eps={eps:g})")
     results = {
@@ -139,6 +162,7 @@ def run_demo(
             "subset_seed": cfg.demo.seed,
         },
         "figure_of_merit": merit,
+        "figure_of_merit_adaptive": merit_adaptive if "adaptive" in reports else None,
         "margins": margins,
         "config": dataclasses.asdict(cfg),
         "environment": environment(device),
@@ -162,7 +186,10 @@ def format_table(results: dict) -> str:
     head = f"{'Model':<40s} {'Clean':>8s} {'AutoAttack':>11s} {'Worst case':>11s}"
     lines = [(f"{results['dataset']}, {thr['norm']} eps={thr['eps']:g}; clean on {n_clean} test images, "
               f"robust on {n} seeded test images"), head, "-" * len(head)]
-    for key in ("standard", "robust", "mixed"):
+    if "adaptive" in rob:
+        c = rob["adaptive"]["model"]
+        names["adaptive"] = f"Adaptive, α in [{c['alpha_range'][0]:g}, {c['alpha_range'][1]:g}]"
+    for key in [k for k in ("standard", "robust", "mixed", "adaptive") if k in rob]:
         r = rob[key]
         aa = next(a["accuracy"] for a in r["attacks"] if a["type"] == "autoattack")
         lines.append(f"{names[key]:<40s} {100 * t['clean_accuracy_full'][key]:7.2f}% {100 * aa:10.2f}% "
@@ -170,6 +197,10 @@ def format_table(results: dict) -> str:
     m = results["figure_of_merit"]
     lines.append(f"gap closed {100 * m['gap_closed']:.1f}%, robust kept {100 * m['robust_kept']:.1f}% "
                  f"(worst case over AutoAttack-{rob['mixed']['attacks'][0]['version']} and transfer from each base model)")
+    if results.get("figure_of_merit_adaptive"):
+        ma = results["figure_of_merit_adaptive"]
+        lines.append(f"adaptive: gap closed {100 * ma['gap_closed']:.1f}%, robust kept {100 * ma['robust_kept']:.1f}% "
+                     f"(worst case over AutoAttack, gate-aware PGD (w=0.5) and transfer from each base model)")
     warn = [w for r in rob.values() for w in r["sanity"].get("autoattack_warnings", [])]
     bad = [f"{k}:{c}" for k, r in rob.items() for c, v in r["sanity"].items() if isinstance(v, dict) and not v.get("ok", True)]
     if bad:

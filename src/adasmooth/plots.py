@@ -78,6 +78,21 @@ def plot_margins(groups: dict, path: str | Path, *, alpha: float | None = None, 
     return _save(fig, path)
 
 
+def plot_alpha_hist(alpha_clean, alpha_attacked, path: str | Path, *, title: str = "") -> Path:
+    """Histograms of the adaptive model's α(x) on clean and on attacked inputs."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    bins = [i / 50 for i in range(51)]
+    for a, label, color in ((alpha_clean, "clean", "tab:blue"), (alpha_attacked, "attacked", "tab:orange")):
+        a = a.float().numpy()
+        ax.hist(a, bins=bins, alpha=0.6, color=color, density=True, label=f"{label} (n={len(a)}, mean {a.mean():.3f})")
+    ax.set_xlabel("α(x), weight of the robust model")
+    ax.set_ylabel("density")
+    ax.set_title(title or "mixing weight chosen by the mixer")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _save(fig, path) -> Path:
     plt = _pyplot()
     path = Path(path)

@@ -23,11 +23,12 @@ def pretrained_dir() -> Path:
 
 @dataclass
 class PretrainedPair:
-    """A standard and a robust model (eval mode) and their checkpoint metadata."""
+    """A standard and a robust model (eval mode), the adaptive mixture when a mixer is shipped, metadata."""
 
     standard: nn.Module
     robust: nn.Module
     metadata: dict = field(default_factory=dict)
+    adaptive: nn.Module | None = None
 
 
 def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> PretrainedPair:
@@ -43,4 +44,12 @@ def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> Pret
             f"{exc}. The shipped models live in the source tree's pretrained/ folder "
             f"(or set ADASMOOTH_PRETRAINED); see pretrained/README.md for the command that makes them"
         ) from None
-    return PretrainedPair(standard=standard, robust=robust, metadata={"standard": meta_s, "robust": meta_r})
+    adaptive = None
+    meta = {"standard": meta_s, "robust": meta_r}
+    if (folder / "mixer.safetensors").is_file():
+        from .io import load_tensors
+        from .mixer import load_adaptive
+
+        adaptive = load_adaptive(folder / "mixer", standard, robust).to(device)
+        meta["adaptive"] = load_tensors(folder / "mixer")[1]
+    return PretrainedPair(standard=standard, robust=robust, metadata=meta, adaptive=adaptive)
