@@ -31,6 +31,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not match what the caller expects."""
 
 
+def _publish(tmp: str | os.PathLike, path: Path) -> None:
+    """Give a finished temporary file ordinary permissions (mkstemp makes it 0600) and rename it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -41,7 +49,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -66,7 +74,7 @@ def save_tensors(stem: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, weights_path)
+        _publish(tmp, weights_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
