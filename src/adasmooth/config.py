@@ -63,7 +63,7 @@ class SweepConfig:
     alphas: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
     standard_scales: tuple[float, ...] = (1.0,)
     robust_scales: tuple[float, ...] = (1.0,)
-    n_robust: int = 300  # validation points attacked for each grid point
+    n_robust: int = 200  # validation points attacked for each grid point
     attack: str = "apgd"  # "apgd" (APGD-CE + APGD-T) or "pgd"
     attack_steps: int = 20
     keep_robust: float = 0.97  # keep at least this fraction of the robust model's robust accuracy
