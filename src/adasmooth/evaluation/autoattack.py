@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+logger = logging.getLogger(__name__)
+
 VERSIONS = ("standard", "plus", "rand", "custom")
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 _AFTER = re.compile(r"robust accuracy after (\S+): ([\d.]+)%")
@@ -96,9 +98,11 @@ def run_autoattack(
     model.eval()
     aa_logger = logging.getLogger("auto-attack")
     collector = _Collector()
-    old_level = aa_logger.level
+    old_level, old_propagate = aa_logger.level, aa_logger.propagate
     aa_logger.addHandler(collector)
     aa_logger.setLevel(logging.DEBUG)
+    # collect AutoAttack's messages into the result; pass them on only when our own logging asks for them
+    aa_logger.propagate = logger.isEnabledFor(logging.DEBUG)
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     t0 = time.perf_counter()
     try:
@@ -116,6 +120,7 @@ def run_autoattack(
     finally:
         aa_logger.removeHandler(collector)
         aa_logger.setLevel(old_level)
+        aa_logger.propagate = old_propagate
     seconds = time.perf_counter() - t0
 
     # Score the returned images ourselves: an example is robust only if correct before and after.
