@@ -1,8 +1,9 @@
 """Calibrate an adaptive mixture's test-time γ bias and α range on validation data.
 
 The attacked copies are crafted once with a gate-aware PGD against the composite at its training
-settings; every candidate (b, α_lo) is then scored from cached base logits and γ_raw, with no further
-forward passes. The chosen candidate is re-attacked afresh and that number is reported. Validation only.
+settings; every candidate (b, α_lo) is then scored from cached base logits and γ_raw (a cheap, optimistic
+proxy). Candidates that pass the proxy are re-attacked afresh, most clean-accurate first, and the first
+that still meets the target is chosen; its re-attacked number is reported. Validation only.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def calibrate_gate(
     device="cpu",
     batch_size: int = 250,
     seed: int = 0,
+    max_checks: int = 6,
 ) -> dict:
     """Choose ``gamma_bias`` and ``alpha_range`` for the most clean accuracy whose robust accuracy (gate-aware
     PGD, w = 0.5) keeps ``keep_robust`` of ``robust_reference``; sets them on ``model`` and returns a report."""
@@ -65,14 +67,36 @@ def calibrate_gate(
         c = _accuracy(model, *clean, y, b, lo, alpha_hi)
         r = min(c, _accuracy(model, *adv, y, b, lo, alpha_hi))
         rows.append({"gamma_bias": b, "alpha_lo": lo, "alpha_hi": alpha_hi, "clean": c, "robust_proxy": r})
-    ok = [r for r in rows if r["robust_proxy"] >= keep_robust * robust_reference]
-    best = max(ok or rows, key=lambda r: (r["clean"], r["robust_proxy"]) if ok else (r["robust_proxy"], r["clean"]))
+    # The proxy scores every candidate against images crafted for another setting, so it is optimistic
+    # (a fresh attack on the candidate can do far worse). Re-attack candidates in order of clean accuracy
+    # and keep the first whose own attack leaves the target met.
+    need = keep_robust * robust_reference
+    candidates = sorted((r for r in rows if r["robust_proxy"] >= need), key=lambda r: -r["clean"])[:max_checks]
+    best, checked_rows = None, []
+    for i, cand in enumerate(candidates):
+        model.gamma_bias = float(cand["gamma_bias"])
+        model.alpha_range = (float(cand["alpha_lo"]), float(alpha_hi))
+        x_check = attack_batched(gate_pgd, model, x, y, eps=eps, w=0.5, steps=steps,
+                                 generator=torch.Generator().manual_seed(seed + 1 + i), device=device,
+                                 batch_size=batch_size, desc="re-attack candidate")
+        robust = min(cand["clean"], _accuracy(model, *_cached(model, x_check, device, batch_size), y,
+                                              model.gamma_bias, *model.alpha_range))
+        checked_rows.append({**cand, "robust_reattacked": robust})
+        if robust >= need:
+            best = checked_rows[-1]
+            break
+    if best is None:  # nothing verified: fall back to the most robust setting in the grid
+        best = max(rows, key=lambda r: (r["alpha_lo"], r["gamma_bias"]))
+        model.gamma_bias = float(best["gamma_bias"])
+        model.alpha_range = (float(best["alpha_lo"]), float(alpha_hi))
+        x_check = attack_batched(gate_pgd, model, x, y, eps=eps, w=0.5, steps=steps,
+                                 generator=torch.Generator().manual_seed(seed), device=device,
+                                 batch_size=batch_size, desc="re-attack fallback")
+        best = {**best, "robust_reattacked": min(best["clean"], _accuracy(
+            model, *_cached(model, x_check, device, batch_size), y, model.gamma_bias, *model.alpha_range))}
     model.gamma_bias = float(best["gamma_bias"])
     model.alpha_range = (float(best["alpha_lo"]), float(alpha_hi))
-    x_check = attack_batched(gate_pgd, model, x, y, eps=eps, w=0.5, steps=steps,
-                             generator=torch.Generator().manual_seed(seed + 1), device=device,
-                             batch_size=batch_size, desc="re-attack chosen")
-    checked = _accuracy(model, *_cached(model, x_check, device, batch_size), y, model.gamma_bias, *model.alpha_range)
-    return {"chosen": best, "target_met": bool(ok), "robust_reference": robust_reference, "keep_robust": keep_robust,
-            "robust_reattacked": min(best["clean"], checked), "n": len(y), "eps": eps,
+    return {"chosen": best, "target_met": best["robust_reattacked"] >= need, "robust_reference": robust_reference,
+            "keep_robust": keep_robust, "robust_reattacked": best["robust_reattacked"], "checked": checked_rows,
+            "n": len(y), "eps": eps,
             "attack": {"name": "gate-pgd", "w": 0.5, "steps": steps, "seed": seed}, "grid": rows}
