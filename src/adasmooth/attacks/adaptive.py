@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .losses import ranked_target, targeted_dlr
+from .losses import targeted_dlr
 from .pgd import pgd
 
 
@@ -84,7 +84,8 @@ def randomized_attack(
         log_p0 = composite(x)
     rank = torch.randint(1, max(2, min(n_targets, log_p0.shape[1] - 1) + 1), (n,), generator=generator,
                          device=generator.device).to(dev)
-    targets = torch.stack([ranked_target(log_p0, y, int(r))[i] for i, r in enumerate(rank.tolist())]) if n else y
+    wrong_ranked = log_p0.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
+    targets = wrong_ranked.gather(1, (rank - 1)[:, None]).squeeze(1)
     untargeted = u(0.0, 1.0) < untargeted_share
     targets = torch.where(untargeted, torch.full_like(y, -1), targets)
 
