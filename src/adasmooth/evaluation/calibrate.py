@@ -52,7 +52,7 @@ def calibrate_gate(
     device="cpu",
     batch_size: int = 250,
     seed: int = 0,
-    max_checks: int = 6,
+    max_checks: int = 12,
 ) -> dict:
     """Choose ``gamma_bias`` and ``alpha_range`` for the most clean accuracy whose robust accuracy (gate-aware
     PGD, w = 0.5) keeps ``keep_robust`` of ``robust_reference``; sets them on ``model`` and returns a report."""
