@@ -127,7 +127,7 @@ def run_demo(
 
     # 4. the robust model's margins on the subset: clean vs its own AutoAttack examples
     with torch.no_grad():
-        h_clean = batched_logits(rob, xs, batch_size=bs, device=device)
+        h_clean = h[idx]  # already computed on the whole test set above
         h_adv = batched_logits(rob, robust_adv, batch_size=bs, device=device)
     groups = margin_groups(h_clean, h_adv, ys, scale=s_h)
     margins = margin_summary(groups, alpha=alpha if alpha >= 0.5 else None)

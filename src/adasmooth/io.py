@@ -99,6 +99,21 @@ def load_tensors(stem: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return tensors, meta
 
 
+def load_resume_state(stem: str | os.PathLike, settings: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a training state for ``--resume``; refuse one written with other ``settings`` (names the keys)."""
+    try:
+        tensors, meta = load_tensors(stem)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot resume: {exc}") from None
+    if meta.get("settings") != settings:
+        diff = sorted(k for k in settings if meta.get("settings", {}).get(k) != settings[k])
+        raise CheckpointError(
+            f"cannot resume from {stem}: it was written with other settings (differing: {', '.join(diff)}). "
+            f"Use the config and base models it was started with, or start afresh without --resume"
+        )
+    return tensors, meta
+
+
 def save_model(stem: str | os.PathLike, model: nn.Module, *, architecture: str, arch_args: dict, **metadata) -> None:
     """Save a registered architecture's weights with what is needed to rebuild it."""
     save_tensors(stem, model.state_dict(), {"architecture": architecture, "arch_args": arch_args, **metadata})

@@ -21,7 +21,7 @@ from .. import data as data_mod
 from ..attacks import pgd
 from ..config import Config, TrainConfig
 from ..evaluation.accuracy import accuracy, attack_batched
-from ..io import CheckpointError, load_tensors, save_model, save_tensors
+from ..io import load_resume_state, save_model, save_tensors
 from ..models import build
 
 logger = logging.getLogger(__name__)
@@ -170,16 +170,7 @@ def _save_state(stem, model, optimizer, epoch, elapsed, settings, arch_args, cfg
 
 
 def _restore(stem, settings, model, optimizer, device) -> tuple[int, float]:
-    try:
-        tensors, meta = load_tensors(stem)
-    except CheckpointError as exc:
-        raise CheckpointError(f"cannot resume: {exc}") from None
-    if meta.get("settings") != settings:
-        diff = sorted(k for k in settings if meta.get("settings", {}).get(k) != settings[k])
-        raise CheckpointError(
-            f"cannot resume from {stem}: it was written with other settings (differing: {', '.join(diff)}). "
-            f"Use the config it was started with, or start afresh without --resume"
-        )
+    tensors, meta = load_resume_state(stem, settings)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
         key = f"optim.momentum.{i}"

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..attacks.adaptive import gate_bce, randomized_attack
 from ..config import MixerConfig
-from ..io import CheckpointError, load_tensors, save_tensors
+from ..io import CheckpointError, load_resume_state, save_tensors
 from ..mixer import AdaptiveMixedClassifier
 
 logger = logging.getLogger(__name__)
@@ -158,14 +158,7 @@ def _save(stem, model, opt, step, settings) -> None:
 
 
 def _restore(stem, model, opt, settings, device) -> int:
-    try:
-        tensors, meta = load_tensors(stem)
-    except CheckpointError as exc:
-        raise CheckpointError(f"cannot resume: {exc}") from None
-    if meta.get("settings") != settings:
-        diff = sorted(k for k in settings if meta.get("settings", {}).get(k) != settings[k])
-        raise CheckpointError(f"cannot resume from {stem}: written with other settings or base models "
-                              f"(differing: {', '.join(diff)})")
+    tensors, meta = load_resume_state(stem, settings)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     missing = model.load_state_dict(state, strict=False)
     if missing.unexpected_keys:
