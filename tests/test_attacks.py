@@ -85,3 +85,13 @@ def test_seeded_random_start_is_reproducible_and_bad_options_fail():
         pgd(model, x, y, eps=0.1, loss="dlr-targeted")
     with pytest.raises(ValueError, match="shape"):
         pgd(model, x, y, eps=torch.ones(3))
+
+
+def test_pgd_refuses_a_model_whose_gradient_is_not_finite():
+    class SqrtAtZero(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([x.flatten(1).sqrt().sum(1), -x.flatten(1).sum(1)], 1)
+
+    x = torch.zeros(3, 1, 2, 2)
+    with pytest.raises(FloatingPointError, match="non-finite input gradient"):
+        pgd(SqrtAtZero(), x, torch.zeros(3, dtype=torch.long), eps=0.1, steps=2, random_start=False)

@@ -46,6 +46,21 @@ def test_extreme_logits_stay_finite_with_finite_gradients():
         assert torch.isfinite(dg).all() and torch.isfinite(dh).all()
 
 
+def test_alpha_that_reaches_zero_or_one_inside_the_graph_keeps_gradients_finite():
+    # An adaptive gate can output α exactly 0 or 1 (a saturated sigmoid, or a zero-width α range).
+    # The gradient must stay finite for every example, or an attack silently breaks on them.
+    g = torch.randn(4, 5, requires_grad=True)
+    h = torch.randn(4, 5, requires_grad=True)
+    raw = torch.tensor([0.3, -0.2, 0.1, 0.0], requires_grad=True)
+    alpha = torch.stack([raw[0] * 0, raw[1] * 0 + 1, torch.sigmoid(raw[2]), torch.sigmoid(raw[3] + 200.0)])
+    assert alpha[3] == 1.0  # float32 sigmoid saturates
+    out = mix_log_probs(g, h, alpha)
+    dg, dh, draw = torch.autograd.grad(out[:, 0].sum(), (g, h, raw))
+    assert torch.isfinite(dg).all() and torch.isfinite(dh).all() and torch.isfinite(draw).all()
+    assert torch.allclose(out[0], torch.log_softmax(g[0], 0)) and torch.allclose(out[1], torch.log_softmax(h[1], 0))
+    assert dh[0].abs().sum() == 0 and dg[1].abs().sum() == 0 and dg[2].abs().sum() > 0
+
+
 def test_per_example_alpha_matches_scalar_alpha_row_by_row():
     std, rob = _pair()
     x = torch.rand(4, 1, 4, 4)

@@ -40,9 +40,12 @@ def mix_log_probs(
     a = alpha.to(log_g.dtype)
     if a.dim() == 1 and a.shape[0] == log_g.shape[0]:
         a = a[:, None]
-    # log(0) = -inf is fine inside logaddexp as long as the other term is finite; where a is exactly
-    # 0 or 1 select the base model directly so that no -inf + finite arithmetic can leave a NaN.
-    mixed = torch.logaddexp(log_g + torch.log1p(-a), log_h + torch.log(a))
+    # Where a is exactly 0 or 1 select the base model directly. The mixed branch must not even be
+    # evaluated at those points: its log(0) has an infinite derivative, and 0·inf in the backward pass
+    # would turn the input gradient into NaN (silently breaking any attack on an α that saturates).
+    at_end = (a == 0) | (a == 1)
+    a_in = torch.where(at_end, torch.full_like(a, 0.5), a)
+    mixed = torch.logaddexp(log_g + torch.log1p(-a_in), log_h + torch.log(a_in))
     mixed = torch.where(a == 0, log_g.expand_as(mixed), mixed)
     return torch.where(a == 1, log_h.expand_as(mixed), mixed)
 

@@ -99,6 +99,8 @@ def randomized_attack(
         log_p = composite.mix(g, h, gamma)
         loss = composite_attack_loss(log_p, gamma, y, w=w, targets=targets)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        if not bool(torch.isfinite(grad).all()):
+            raise FloatingPointError("the composite attack loss has a non-finite input gradient")
         with torch.no_grad():
             grad = grad / grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(view)
             velocity = mu.view(view) * velocity + grad

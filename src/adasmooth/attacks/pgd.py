@@ -100,6 +100,10 @@ def pgd(
             if step == steps:
                 break
             (grad,) = torch.autograd.grad(value.sum(), x_adv)
+            if not bool(torch.isfinite(grad).all()):
+                raise FloatingPointError(
+                    "the attack loss has a non-finite input gradient; PGD cannot be trusted on this model "
+                    "(check the model for log(0) or division by zero in its forward pass)")
             with torch.no_grad():
                 x_adv = _step(x_adv.detach(), grad, step_t, norm)
                 x_adv = _project(x_adv, x, eps_t, norm)
