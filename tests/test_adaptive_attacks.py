@@ -63,3 +63,90 @@ def test_gate_pgd_lowers_gamma_and_the_runner_reports_it():
                                             PGDAttack(steps=3, gate_weight=0.5, loss="dlr-targeted", name="gate-pgd-t")],
                               eps=0.1, sanity_checks=False, progress=False)
     assert [a["type"] for a in rep.attacks] == ["gate-pgd", "gate-pgd"] and rep.attacks[0]["gate_weight"] == 0.5
+
+
+class _LinearWithStages(torch.nn.Module):
+    """Linear logits (easy to break inside a small l-inf ball) plus two conv stages for the gate to tap."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.stage1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.stage2 = torch.nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.head = torch.nn.Linear(28 * 28, 10)
+        with torch.no_grad():
+            self.head.weight.mul_(scale * 28)
+
+    def forward(self, x):
+        features = self.stage2(self.stage1(x))
+        return self.head(x.flatten(1)) + 0.0 * features.mean()
+
+
+def test_gate_apgd_runs_the_official_apgd_on_the_composite_loss():
+    from adasmooth.evaluation import GateAPGDAttack, evaluate_robustness
+    from adasmooth.evaluation.gate_apgd import gate_apgd
+
+    torch.manual_seed(0)
+    std, rob = _LinearWithStages(scale=3.0).eval(), _LinearWithStages(scale=1.0).eval()
+    layers = ("stage1", "stage2")
+    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
+    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        gamma0 = model.gamma(x)
+    # the interface APGD calls returns the composite loss and its exact input gradient
+    from adasmooth.evaluation.gate_apgd import _CompositeLoss
+
+    logits, loss, grad = _CompositeLoss(model, 0.5, "cpu").get_logits_loss_grad_xent(x, y)
+    xr = x.clone().requires_grad_(True)
+    g, h, gamma = model.components(xr)
+    ref = composite_attack_loss(model.mix(g, h, gamma), gamma, y, w=0.5)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), xr)
+    assert torch.allclose(loss, ref.detach()) and torch.allclose(grad, ref_grad, atol=1e-6)
+    assert torch.allclose(logits, model(x), atol=1e-6) and (gamma0 == gamma.detach()).all()
+    state = torch.get_rng_state()
+    # w = 0, CE: the untrained composite is fragile, APGD breaks it
+    x_ce = gate_apgd(model, x, y, eps=0.1, w=0.0, n_iter=10)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert (x_ce - x).abs().max() <= 0.1 + 1e-6 and x_ce.min() >= 0 and x_ce.max() <= 1
+    with torch.no_grad():
+        assert (model(x_ce).argmax(1) != y).float().mean() > 0.5
+    rep = evaluate_robustness(model, x, y, [GateAPGDAttack(n_iter=5), GateAPGDAttack(loss="dlr-targeted", n_iter=5,
+                                                                                       n_target_classes=2)],
+                              eps=0.1, sanity_checks=False, progress=False)
+    assert [a["name"] for a in rep.attacks] == ["gate-apgd-ce", "gate-apgd-t2"]
+    assert rep.robust_accuracy <= min(a["accuracy"] for a in rep.attacks)
+
+
+def test_calibration_bisects_to_a_verified_setting_and_flags_a_fallback():
+    from adasmooth.evaluation import accuracy
+    from adasmooth.evaluation.calibrate import calibrate_gate
+
+    torch.manual_seed(0)
+    std, rob = _LinearWithStages(scale=0.05).eval(), _LinearWithStages(scale=0.05).eval()
+    layers = ("stage1", "stage2")
+    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
+    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
+    x = torch.rand(40, 1, 28, 28)
+    with torch.no_grad():  # labels half from each base model: clean accuracy depends on the gate's settings
+        y = torch.cat([std(x[:20]).argmax(1), rob(x[20:]).argmax(1)])
+    rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.0, steps=1,
+                         verify=lambda m, xs, ys: torch.ones(len(ys), dtype=torch.bool))
+    cleans = sorted({r["clean"] for r in rep["grid"]})
+    assert len(cleans) >= 3
+    threshold = cleans[len(cleans) // 2]
+    calls = []
+
+    def verify(m, xs, ys):  # a stand-in attack whose verdict falls as clean accuracy rises
+        calls.append(1)
+        return torch.full((len(ys),), accuracy(m, xs, ys) <= threshold + 1e-9)
+
+    rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, keep_robust=1.0, steps=1, verify=verify)
+    assert rep["target_met"] and not rep["fallback"]
+    assert rep["chosen"]["clean"] == max(r["clean"] for r in rep["grid"] if r["clean"] <= threshold + 1e-9)
+    assert len(calls) <= len(rep["grid"]).bit_length() + 1  # bisection, not a scan
+    assert model.alpha_range == (rep["chosen"]["alpha_lo"], 1.0) and model.gamma_bias == rep["chosen"]["gamma_bias"]
+
+    rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, steps=1,
+                         verify=lambda m, xs, ys: torch.zeros(len(ys), dtype=torch.bool))
+    assert rep["fallback"] and not rep["target_met"] and rep["chosen"]["alpha_lo"] == 0.9

@@ -76,7 +76,8 @@ def test_fit_mixer_command_trains_calibrates_and_saves(tmp_path, tiny_fmnist, ca
     cfg = tmp_path / "c.yaml"
     cfg.write_text("mixer:\n  width: 8\n  blocks: 1\n  batch_size: 500\n  attack_max_iters: 2\n")
     args = ["fit-mixer", "--config", str(cfg), "--out", str(tmp_path / "mix"), "--data-root", str(tiny_fmnist),
-            "--standard", str(tmp_path / "std"), "--robust", str(tmp_path / "rob"), "--n-calibrate", "40"]
+            "--standard", str(tmp_path / "std"), "--robust", str(tmp_path / "rob"), "--n-calibrate", "40",
+            "--verify-iters", "3"]
     assert main(args) == 0
     assert "calibrated on 40 validation points" in capsys.readouterr().out
     std, _ = load_model(tmp_path / "std")
@@ -84,6 +85,15 @@ def test_fit_mixer_command_trains_calibrates_and_saves(tmp_path, tiny_fmnist, ca
     model = load_adaptive(tmp_path / "mix" / "mixer", std, rob)
     meta = json.loads((tmp_path / "mix" / "mixer.json").read_text())
     assert meta["training"]["steps"] == 3 and meta["calibration"]["n"] == 40
+    assert meta["calibration"]["checked"] and "robust_verified" in meta["calibration"]["chosen"]
     lo, hi = model.alpha_range
     a = model.alpha(torch.rand(5, 1, 28, 28))
     assert ((a >= lo) & (a <= hi)).all()
+    # re-calibration keeps the training record and writes a loadable mixer
+    args = ["calibrate-mixer", "--config", str(cfg), "--mixer", str(tmp_path / "mix" / "mixer"), "--out",
+            str(tmp_path / "mix" / "again"), "--data-root", str(tiny_fmnist), "--standard", str(tmp_path / "std"),
+            "--robust", str(tmp_path / "rob"), "--n-calibrate", "30", "--verify-iters", "3"]
+    assert main(args) == 0
+    again = json.loads((tmp_path / "mix" / "again.json").read_text())
+    assert again["training"] == meta["training"] and again["calibration"]["n"] == 30
+    load_adaptive(tmp_path / "mix" / "again", std, rob)

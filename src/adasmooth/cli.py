@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -62,13 +63,40 @@ def _pair(args, device):
     return std, rob
 
 
+def _evaluation_targets(args, cfg):
+    """(name, model, plan kind, model info) for each model that ``evaluate`` was asked to attack."""
+    from .io import load_model
+
+    if args.mixer or args.alpha is not None:
+        if args.checkpoint:
+            raise ValueError("--checkpoint evaluates base models; it does not go with --mixer or --alpha")
+        std, rob = _pair(args, args.device)
+        if args.mixer:
+            from .mixer import load_adaptive
+
+            model = load_adaptive(args.mixer, std, rob).to(args.device)
+            return [(Path(args.mixer).name, model, "adaptive", {"mixer": str(args.mixer), **model.describe()})], std, rob
+        from .mixing import MixedClassifier
+
+        model = MixedClassifier(std, rob, alpha=args.alpha, standard_scale=args.standard_scale,
+                                robust_scale=args.robust_scale).eval()
+        return [(f"mixed-alpha{args.alpha:g}", model, "mixed", model.describe())], std, rob
+    targets = []
+    for ckpt in args.checkpoint or ["pretrained/fashion-mnist/standard", "pretrained/fashion-mnist/adversarial"]:
+        model, meta = load_model(ckpt, map_location=args.device)
+        targets.append((Path(ckpt).name, model, "base",
+                        {"checkpoint": str(ckpt), "architecture": meta.get("architecture"),
+                         "arch_args": meta.get("arch_args"), "kind": meta.get("kind")}))
+    return targets, None, None
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
     from . import data as data_mod
-    from .evaluation import AutoAttackSpec, PGDAttack, accuracy, evaluate_robustness
+    from .evaluation import accuracy, evaluate_robustness
+    from .evaluation.plans import attack_plan
     from .evaluation.runner import write_json
-    from .io import load_model
 
     cfg, _ = _load_cfg(args.config)
     ev = cfg.evaluate
@@ -76,32 +104,57 @@ def cmd_evaluate(args) -> int:
     x, y = data_mod.load(cfg.data.name, args.split, root=args.data_root or cfg.data.root)
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(ev.seed))[: min(n, len(y))]
     out = _timestamped(args.out, "evaluate")
-    attacks = [PGDAttack(steps=ev.pgd_steps, step_size=ev.pgd_step_size, restarts=ev.pgd_restarts, seed=ev.seed,
-                         name=f"pgd{ev.pgd_steps}-ce")]
-    if args.autoattack:
-        attacks.append(AutoAttackSpec(version=args.autoattack, seed=ev.seed))
-    checkpoints = args.checkpoint or ["pretrained/fashion-mnist/standard", "pretrained/fashion-mnist/adversarial"]
+    targets, std, rob = _evaluation_targets(args, cfg)
     rows = []
-    for ckpt in checkpoints:
-        model, meta = load_model(ckpt, map_location=args.device)
+    for name, model, kind, info in targets:
+        attacks = attack_plan(kind, standard=std, robust=rob, pgd_steps=ev.pgd_steps, pgd_step_size=ev.pgd_step_size,
+                              pgd_restarts=ev.pgd_restarts, autoattack=args.autoattack, seed=ev.seed)
         clean_full = accuracy(model, x, y, device=args.device, batch_size=ev.batch_size, progress=True)
+        kept: dict = {}
         rep = evaluate_robustness(model, x[idx], y[idx], attacks, eps=cfg.threat.eps, norm=cfg.threat.norm,
                                   device=args.device, batch_size=ev.batch_size, dataset=cfg.data.name,
-                                  split=args.split, indices=idx,
-                                  model_info={"checkpoint": str(ckpt), "architecture": meta.get("architecture"),
-                                              "arch_args": meta.get("arch_args"), "kind": meta.get("kind")})
-        name = Path(ckpt).name
-        write_json(out / f"{name}.json", {**rep.to_dict(), "clean_accuracy_full_split": clean_full,
-                                          "n_full_split": len(y)})
+                                  split=args.split, indices=idx, model_info=info,
+                                  on_outcome=functools.partial(_keep_adversarials, kept))
+        result = {**rep.to_dict(), "clean_accuracy_full_split": clean_full, "n_full_split": len(y)}
+        if kind == "adaptive":
+            result["alpha"] = _alpha_report(model, x[idx], kept, rep, out / f"{name}-alpha.png", cfg, args.device,
+                                            ev.batch_size)
+        write_json(out / f"{name}.json", result)
         rows.append((name, clean_full, rep))
     print(f"{cfg.data.name} {args.split}: clean on {len(y)} images; robust on {len(idx)} seeded images, "
           f"{cfg.threat.norm} eps={cfg.threat.eps:g}")
-    print(f"{'model':<16s} {'clean':>8s} " + " ".join(f"{a['name']:>22s}" for a in rows[0][2].attacks) + f" {'worst':>8s}")
     for name, clean_full, rep in rows:
-        print(f"{name:<16s} {100 * clean_full:7.2f}% " + " ".join(f"{100 * a['accuracy']:21.2f}%" for a in rep.attacks)
-              + f" {100 * rep.robust_accuracy:7.2f}%")
+        print(f"{name}: clean {100 * clean_full:.2f}%, worst case {100 * rep.robust_accuracy:.2f}% "
+              f"(clean on the subset {100 * rep.clean_accuracy:.2f}%)")
+        for a in rep.attacks:
+            print(f"  {a['name']:<28s} {100 * a['accuracy']:6.2f}%  ({a['seconds']:.0f} s)")
     print(f"results in {out}/")
     return 0
+
+
+def _keep_adversarials(store: dict, attack_name: str, outcome) -> None:
+    store[attack_name] = outcome.x_adv
+
+
+def _alpha_report(model, x, kept: dict, rep, png, cfg, device, batch_size) -> dict:
+    """α(x) on the clean subset and on the examples of the attack that broke the most (plot + quantiles)."""
+    import torch
+
+    from .plots import plot_alpha_hist
+
+    def alphas(images):
+        with torch.no_grad():
+            return torch.cat([model.alpha(images[i:i + batch_size].to(device)).cpu()
+                              for i in range(0, len(images), batch_size)])
+
+    strongest = min(rep.attacks, key=lambda a: a["accuracy"])["name"]
+    a_clean, a_adv = alphas(x), alphas(kept[strongest])
+    plot_alpha_hist(a_clean, a_adv, png, title=f"α(x), n={len(x)}: clean vs {strongest} "
+                                                f"({cfg.threat.norm} eps={cfg.threat.eps:g})")
+    q = torch.tensor([0.1, 0.5, 0.9])
+    return {"attack": strongest, "clean_mean": float(a_clean.mean()), "attacked_mean": float(a_adv.mean()),
+            "clean_quantiles_10_50_90": a_clean.quantile(q).tolist(),
+            "attacked_quantiles_10_50_90": a_adv.quantile(q).tolist(), "plot": str(png)}
 
 
 def cmd_sweep(args) -> int:
@@ -185,10 +238,7 @@ def cmd_fit_mixer(args) -> int:
     import torch
 
     from . import data as data_mod
-    from .evaluation import PGDAttack, evaluate_robustness
-    from .evaluation.calibrate import calibrate_gate
-    from .evaluation.runner import write_json
-    from .mixer import AdaptiveMixedClassifier, MixingNetwork, save_adaptive
+    from .mixer import AdaptiveMixedClassifier, MixingNetwork
     from .training import fit_mixer
 
     cfg, source = _load_cfg(args.config)
@@ -208,19 +258,49 @@ def cmd_fit_mixer(args) -> int:
     if summary["steps"] < summary["total_steps"]:
         print(f"stopped at step {summary['steps']}/{summary['total_steps']}; continue with --resume")
         return 0
+    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s")
+    _calibrate_and_save(model, cfg, args, rob, out / "mixer", {"training": summary, "config": source})
+    return 0
+
+
+def _calibrate_and_save(model, cfg, args, rob, stem: Path, metadata: dict) -> None:
+    """Calibrate the gate's γ bias and α range on validation points (never test), save the mixer."""
+    import torch
+
+    from . import data as data_mod
+    from .evaluation.calibrate import calibrate_gate, robust_reference
+    from .evaluation.runner import write_json
+    from .mixer import save_adaptive
+
+    seed = cfg.mixer.seed
     xv, yv = data_mod.load(cfg.data.name, "val", root=args.data_root or cfg.data.root)
-    idx = torch.randperm(len(yv), generator=torch.Generator().manual_seed(mc.seed))[: args.n_calibrate]
-    ref = evaluate_robustness(rob, xv[idx], yv[idx], [PGDAttack(steps=20, seed=mc.seed)], eps=cfg.threat.eps,
-                              norm=cfg.threat.norm, device=args.device, sanity_checks=False, progress=False)
-    cal = calibrate_gate(model, xv[idx], yv[idx], eps=cfg.threat.eps, robust_reference=ref.robust_accuracy,
-                         keep_robust=cfg.sweep.keep_robust, device=args.device, seed=mc.seed)
-    save_adaptive(out / "mixer", model, training=summary, calibration=cal, config=source, dataset=cfg.data.name)
-    write_json(out / "calibration.json", cal)
+    idx = torch.randperm(len(yv), generator=torch.Generator().manual_seed(seed))[: args.n_calibrate]
+    ref = robust_reference(rob, xv[idx], yv[idx], eps=cfg.threat.eps, device=args.device, seed=seed,
+                           n_iter=args.verify_iters)
+    cal = calibrate_gate(model, xv[idx], yv[idx], eps=cfg.threat.eps, robust_reference=ref,
+                         keep_robust=cfg.sweep.keep_robust, device=args.device, seed=seed,
+                         verify_iters=args.verify_iters)
+    save_adaptive(stem, model, calibration=cal, dataset=cfg.data.name, **metadata)
+    write_json(stem.parent / "calibration.json", cal)
     ch = cal["chosen"]
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f} s; saved {out / 'mixer'}.safetensors (+ .json)")
+    print(f"saved {stem}.safetensors (+ .json)")
     print(f"calibrated on {cal['n']} validation points: gamma_bias={ch['gamma_bias']:g}, alpha range "
-          f"[{ch['alpha_lo']:g}, {ch['alpha_hi']:g}]: clean {100 * ch['clean']:.2f}%, gate-PGD robust "
-          f"{100 * cal['robust_reattacked']:.2f}% (robust model alone: PGD-20 {100 * ref.robust_accuracy:.2f}%)")
+          f"[{ch['alpha_lo']:g}, {ch['alpha_hi']:g}]: clean {100 * ch['clean']:.2f}%, robust "
+          f"{100 * cal['robust_verified']:.2f}% under gate-aware APGD-CE/APGD-T "
+          f"(robust model alone, APGD-CE/APGD-T: {100 * ref:.2f}%; target {100 * cfg.sweep.keep_robust:g}% of it"
+          f"{'' if cal['target_met'] else ', NOT met'})")
+
+
+def cmd_calibrate_mixer(args) -> int:
+    from .io import load_tensors
+    from .mixer import load_adaptive
+
+    cfg, _ = _load_cfg(args.config)
+    std, rob = _pair(args, args.device)
+    model = load_adaptive(args.mixer, std, rob).to(args.device)
+    _, meta = load_tensors(args.mixer)
+    out = Path(args.out) if args.out else Path(args.mixer)
+    _calibrate_and_save(model, cfg, args, rob, out, {"training": meta.get("training"), "config": meta.get("config")})
     return 0
 
 
@@ -251,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, default=None, help="points attacked (default: evaluate.n in the config)")
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.add_argument("--autoattack", choices=("standard", "plus", "rand"), default=None, help="add AutoAttack")
+    e.add_argument("--mixer", default=None, help="evaluate this adaptive mixer (stem) on the standard/robust pair")
+    e.add_argument("--alpha", type=float, default=None, help="evaluate the fixed-alpha mixture of the pair")
+    e.add_argument("--standard-scale", type=float, default=1.0, help="s_g of the fixed-alpha mixture")
+    e.add_argument("--robust-scale", type=float, default=1.0, help="s_h of the fixed-alpha mixture")
+    e.add_argument("--standard", default=None, help="standard model checkpoint for --mixer/--alpha (default: shipped)")
+    e.add_argument("--robust", default=None, help="robust model checkpoint for --mixer/--alpha (default: shipped)")
     e.add_argument("--out", default=None, help="results folder (default: results/evaluate-<time>)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--data-root", default=None)
@@ -295,11 +381,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", action="store_true", help="continue from <out>/mixer-last")
     f.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
     f.add_argument("--n-calibrate", type=int, default=500, help="validation points for calibration")
+    f.add_argument("--verify-iters", type=int, default=50, help="APGD iterations of the calibration's check")
     f.add_argument("--standard", default=None)
     f.add_argument("--robust", default=None)
     f.add_argument("--device", default="cpu")
     f.add_argument("--data-root", default=None)
     f.set_defaults(func=cmd_fit_mixer)
+
+    c = sub.add_parser("calibrate-mixer", help="re-choose a trained mixer's gamma bias and alpha range on validation")
+    c.add_argument("--config", default="configs/fmnist.yaml")
+    c.add_argument("--mixer", required=True, help="mixer checkpoint stem (e.g. runs/mixer/mixer)")
+    c.add_argument("--out", default=None, help="stem to save the calibrated mixer to (default: overwrite --mixer)")
+    c.add_argument("--n-calibrate", type=int, default=500, help="validation points for calibration")
+    c.add_argument("--verify-iters", type=int, default=50, help="APGD iterations of the calibration's check")
+    c.add_argument("--standard", default=None)
+    c.add_argument("--robust", default=None)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--data-root", default=None)
+    c.set_defaults(func=cmd_calibrate_mixer)
     return p
 
 

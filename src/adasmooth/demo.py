@@ -17,8 +17,9 @@ import torch
 
 from . import data as data_mod
 from .config import Config
-from .evaluation import AutoAttackSpec, PGDAttack, TransferAttack, batched_logits, evaluate_robustness
+from .evaluation import AutoAttackSpec, batched_logits, evaluate_robustness
 from .evaluation.margins import margin_groups, margin_summary
+from .evaluation.plans import attack_plan
 from .evaluation.runner import environment, write_json
 from .evaluation.sweep import fast_attacks, sweep
 from .mixing import MixedClassifier, mix_log_probs
@@ -89,27 +90,25 @@ def run_demo(
     # 3. AutoAttack (and, for the mixture, transfer attacks from each base model) on a seeded subset
     idx = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(cfg.demo.seed))[: min(n, len(y_test))]
     xs, ys = x_test[idx], y_test[idx]
-    aa = AutoAttackSpec(version=cfg.demo.autoattack_version, seed=cfg.demo.seed)
+    aa_name = AutoAttackSpec(version=cfg.demo.autoattack_version).name
     kept = {}
 
     def keep(name, outcome):
         kept[name] = outcome.x_adv
 
+    def plan(kind):
+        return attack_plan(kind, standard=std, robust=rob, pgd_steps=cfg.evaluate.pgd_steps,
+                           autoattack=cfg.demo.autoattack_version, seed=cfg.demo.seed)
+
     reports = {}
     plans = [
-        ("standard", std, [aa], {"type": "standard", "checkpoint": "pretrained/fashion-mnist/standard"}),
-        ("robust", rob, [aa], {"type": "robust", "checkpoint": "pretrained/fashion-mnist/adversarial"}),
-        ("mixed", mixed, [aa, TransferAttack(std, "standard", seed=cfg.demo.seed),
-                          TransferAttack(rob, "robust", seed=cfg.demo.seed)], mixed.describe()),
+        ("standard", std, plan("base"), {"type": "standard", "checkpoint": "pretrained/fashion-mnist/standard"}),
+        ("robust", rob, plan("base"), {"type": "robust", "checkpoint": "pretrained/fashion-mnist/adversarial"}),
+        ("mixed", mixed, plan("mixed"), mixed.describe()),
     ]
     if pair.adaptive is not None:
         ada = pair.adaptive.eval()
-        plans.append(("adaptive", ada, [
-            aa, PGDAttack(steps=cfg.evaluate.pgd_steps, gate_weight=0.5, seed=cfg.demo.seed, name="gate-pgd-ce"),
-            PGDAttack(steps=cfg.evaluate.pgd_steps, gate_weight=0.5, loss="dlr-targeted", targets_top=3,
-                      seed=cfg.demo.seed, name="gate-pgd-dlr-t3"),
-            TransferAttack(std, "standard", seed=cfg.demo.seed), TransferAttack(rob, "robust", seed=cfg.demo.seed),
-        ], ada.describe()))
+        plans.append(("adaptive", ada, plan("adaptive"), ada.describe()))
         with torch.no_grad():
             clean_full["adaptive"] = float((batched_logits(ada, x_test, batch_size=bs, device=device, progress=progress,
                                                            desc="test: adaptive").argmax(1) == y_test).float().mean())
@@ -121,9 +120,9 @@ def run_demo(
                                   sanity_checks=True, progress=progress, on_outcome=keep)
         reports[name] = rep
         if name == "robust":
-            robust_adv = kept[aa.name]
+            robust_adv = kept[aa_name]
         if name == "adaptive":
-            adaptive_adv = kept[aa.name]
+            adaptive_adv = kept[aa_name]
 
     # 4. the robust model's margins on the subset: clean vs its own AutoAttack examples
     with torch.no_grad():
@@ -195,12 +194,13 @@ def format_table(results: dict) -> str:
         lines.append(f"{names[key]:<40s} {100 * t['clean_accuracy_full'][key]:7.2f}% {100 * aa:10.2f}% "
                      f"{100 * r['robust_accuracy']:10.2f}%")
     m = results["figure_of_merit"]
+    aa_version = next(a["version"] for a in rob["mixed"]["attacks"] if a["type"] == "autoattack")
     lines.append(f"gap closed {100 * m['gap_closed']:.1f}%, robust kept {100 * m['robust_kept']:.1f}% "
-                 f"(worst case over AutoAttack-{rob['mixed']['attacks'][0]['version']} and transfer from each base model)")
+                 f"(worst case over AutoAttack-{aa_version}, PGD and transfer from each base model)")
     if results.get("figure_of_merit_adaptive"):
         ma = results["figure_of_merit_adaptive"]
         lines.append(f"adaptive: gap closed {100 * ma['gap_closed']:.1f}%, robust kept {100 * ma['robust_kept']:.1f}% "
-                     f"(worst case over AutoAttack, gate-aware PGD (w=0.5) and transfer from each base model)")
+                     f"(worst case over AutoAttack, PGD, gate-aware APGD-CE/APGD-T (w=0.5) and transfer from each base model)")
     warn = [w for r in rob.values() for w in r["sanity"].get("autoattack_warnings", [])]
     bad = [f"{k}:{c}" for k, r in rob.items() for c, v in r["sanity"].items() if isinstance(v, dict) and not v.get("ok", True)]
     if bad:

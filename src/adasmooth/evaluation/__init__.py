@@ -2,9 +2,17 @@
 
 from .accuracy import accuracy, attack_batched, batched_logits, correct_mask
 from .autoattack import AutoAttackResult, run_autoattack
-from .runner import AttackOutcome, AutoAttackSpec, PGDAttack, RobustnessReport, TransferAttack, evaluate_robustness
+from .runner import (
+    AttackOutcome,
+    AutoAttackSpec,
+    GateAPGDAttack,
+    PGDAttack,
+    RobustnessReport,
+    TransferAttack,
+    evaluate_robustness,
+)
 
 __all__ = [
-    "AttackOutcome", "AutoAttackResult", "AutoAttackSpec", "PGDAttack", "RobustnessReport", "TransferAttack",
+    "AttackOutcome", "AutoAttackResult", "AutoAttackSpec", "GateAPGDAttack", "PGDAttack", "RobustnessReport", "TransferAttack",
     "accuracy", "attack_batched", "batched_logits", "correct_mask", "evaluate_robustness", "run_autoattack",
 ]

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..attacks import gate_pgd, pgd, ranked_target
 from ..io import atomic_write_json
@@ -114,6 +115,40 @@ class TransferAttack:
         x_adv = attack_batched(pgd, self.source, x, y, eps=eps, norm=norm, steps=self.steps,
                                step_size=self.step_size, generator=torch.Generator().manual_seed(self.seed),
                                batch_size=batch_size, device=device, progress=progress, desc=self.name)
+        return AttackOutcome(robust=correct_mask(model, x_adv, y, device=device, batch_size=batch_size), x_adv=x_adv)
+
+
+@dataclass
+class GateAPGDAttack:
+    """The official APGD (CE) or APGD-T (targeted DLR) on ``(1-w)·loss + w·BCE(γ, 1)``: the attack aimed at
+    an adaptive mixture's gate (see :func:`adasmooth.evaluation.gate_apgd.gate_apgd`)."""
+
+    loss: str = "ce"
+    gate_weight: float = 0.5
+    n_iter: int = 100
+    n_target_classes: int = 9
+    restarts: int = 1
+    seed: int = 0
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = "gate-apgd-ce" if self.loss == "ce" else f"gate-apgd-t{self.n_target_classes}"
+
+    def settings(self) -> dict:
+        return {"name": self.name, "type": "gate-apgd", "loss": self.loss, "gate_weight": self.gate_weight,
+                "n_iter": self.n_iter, "restarts": self.restarts, "seed": self.seed,
+                "n_target_classes": self.n_target_classes if self.loss == "dlr-targeted" else None}
+
+    def robust_mask(self, model, x, y, *, eps, norm, device, batch_size, progress):
+        from .gate_apgd import gate_apgd
+
+        parts = []
+        for i in tqdm(range(0, len(x), batch_size), desc=self.name, disable=not progress, leave=False):
+            parts.append(gate_apgd(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, norm=norm,
+                                   w=self.gate_weight, loss=self.loss, n_iter=self.n_iter, n_restarts=self.restarts,
+                                   n_target_classes=self.n_target_classes, seed=self.seed, device=device).cpu())
+        x_adv = torch.cat(parts) if parts else x.clone()
         return AttackOutcome(robust=correct_mask(model, x_adv, y, device=device, batch_size=batch_size), x_adv=x_adv)
 
 

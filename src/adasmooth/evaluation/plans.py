@@ -1,0 +1,51 @@
+"""Which attacks an honest evaluation runs, per kind of model. One place, so that the demo, the
+``evaluate`` command and users' scripts attack a model of a given kind the same way."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .runner import AutoAttackSpec, GateAPGDAttack, PGDAttack, TransferAttack
+
+KINDS = ("base", "mixed", "adaptive")
+
+
+def attack_plan(
+    kind: str,
+    *,
+    standard: nn.Module | None = None,
+    robust: nn.Module | None = None,
+    pgd_steps: int = 20,
+    pgd_step_size: float | None = None,
+    pgd_restarts: int = 1,
+    autoattack: str | None = "standard",
+    gate_weight: float = 0.5,
+    gate_apgd_iters: int = 100,
+    gate_target_classes: int = 3,
+    seed: int = 0,
+) -> list:
+    """The attacks for a model of ``kind``:
+
+    - ``"base"``: PGD-CE, then AutoAttack (``autoattack``; ``None`` leaves it out);
+    - ``"mixed"``: the same plus PGD transferred from the standard and from the robust model alone;
+    - ``"adaptive"``: the mixed plan plus the official APGD-CE and APGD-T (``gate_target_classes`` targets)
+      on ``(1-w)·loss + w·BCE(γ, 1)`` with ``w = gate_weight``, which also push the gate toward "clean".
+
+    Report the per-example worst case over all of them (:func:`evaluate_robustness` does).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    plan: list = [PGDAttack(steps=pgd_steps, step_size=pgd_step_size, restarts=pgd_restarts, seed=seed,
+                            name=f"pgd{pgd_steps}-ce")]
+    if kind in ("mixed", "adaptive"):
+        if standard is None or robust is None:
+            raise ValueError(f"a {kind} plan needs the standard and robust models for the transfer attacks")
+        plan += [TransferAttack(standard, "standard", steps=pgd_steps, seed=seed),
+                 TransferAttack(robust, "robust", steps=pgd_steps, seed=seed)]
+    if kind == "adaptive":
+        plan += [GateAPGDAttack(loss="ce", gate_weight=gate_weight, n_iter=gate_apgd_iters, seed=seed),
+                 GateAPGDAttack(loss="dlr-targeted", gate_weight=gate_weight, n_iter=gate_apgd_iters,
+                                n_target_classes=gate_target_classes, seed=seed)]
+    if autoattack is not None:
+        plan.append(AutoAttackSpec(version=autoattack, seed=seed))
+    return plan
