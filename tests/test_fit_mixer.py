@@ -91,3 +91,27 @@ def test_default_randomized_attack_runs_inside_training(tmp_path):
     cfg = dataclasses.replace(CFG, epochs=1, attack_max_iters=2)
     summary = fit_mixer(_composite(), x, y, cfg, tmp_path, eps=0.1, progress=False)
     assert summary["steps"] == 1 and math.isfinite(summary["last"]["loss"])
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    x, y = _data(128)
+    model = _composite()
+    fit_mixer(model, x, y, CFG, tmp_path, eps=0.1, progress=False, attack=_marker_attack, max_steps=5)
+    saved = (tmp_path / "mixer-last.safetensors").read_bytes()
+
+    def poisoned(model, x, y, gen):
+        return torch.full_like(x, float("nan"))
+
+    with pytest.raises(FloatingPointError, match=r"step 6.*last good checkpoint.*step 5.*--resume"):
+        fit_mixer(model, x, y, CFG, tmp_path, eps=0.1, progress=False, attack=poisoned, resume=True)
+    assert (tmp_path / "mixer-last.safetensors").read_bytes() == saved
+    # and the run continues from it with a sane attack
+    summary = fit_mixer(_composite(), x, y, CFG, tmp_path, eps=0.1, progress=False, attack=_marker_attack, resume=True)
+    assert summary["steps"] == 8 and math.isfinite(summary["last"]["loss"])
+
+
+def test_bfloat16_autocast_option_trains(tmp_path):
+    x, y = _data(64)
+    cfg = dataclasses.replace(CFG, epochs=1, amp=True)
+    summary = fit_mixer(_composite(), x, y, cfg, tmp_path, eps=0.1, progress=False, attack=_marker_attack)
+    assert summary["steps"] == 2 and math.isfinite(summary["last"]["loss"])

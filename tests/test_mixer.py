@@ -93,3 +93,43 @@ def test_save_and_load_adaptive_roundtrip_and_refuse_other_bases(tmp_path):
     other = CountingModel(SmallResNet(width=4))
     with pytest.raises(CheckpointError, match="another standard model"):
         load_adaptive(tmp_path / "mixer", other, model.robust)
+
+
+class _WideResNetLike(nn.Module):
+    """A different architecture with WideResNet/torchvision-style nested names (``block1.layer.0``) and
+    other widths and resolutions (3x32x32 input), to check that nothing is tied to SmallResNet."""
+
+    def __init__(self, widths):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1)
+        self.block1 = nn.Module()
+        self.block1.layer = nn.Sequential(nn.Conv2d(widths[0], widths[1], 3, padding=1), nn.ReLU())
+        self.block2 = nn.Module()
+        self.block2.layer = nn.Sequential(nn.Conv2d(widths[1], widths[2], 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(widths[2], 10)
+        self.num_classes = 10
+
+    def forward(self, x):
+        x = self.block2.layer(self.block1.layer(self.conv1(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_other_architectures_with_nested_layer_names_and_different_widths():
+    torch.manual_seed(0)
+    std, rob = _WideResNetLike((4, 6, 10)).eval(), _WideResNetLike((8, 12, 20)).eval()
+    s_layers, r_layers = ("block1.layer.1", "block2.layer"), ("block1.layer", "block2.layer.1")
+    gate = MixingNetwork.from_models(std, rob, standard_layers=s_layers, robust_layers=r_layers,
+                                     input_shape=(3, 32, 32), width=8, blocks=1)
+    assert gate.depth_channels == (6 + 12, 10 + 20)
+    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=s_layers, robust_layers=r_layers,
+                                    alpha_range=(0.3, 0.9)).eval()
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    out = model(x)
+    assert out.shape == (4, 10) and torch.allclose(out.exp().sum(1), torch.ones(4), atol=1e-5)
+    (grad,) = torch.autograd.grad(out[:, 0].sum(), x)
+    assert grad.abs().sum() > 0
+    a = model.alpha(x.detach())
+    assert ((a >= 0.3) & (a <= 0.9)).all()
+    with pytest.raises(KeyError, match="block1.layer"):
+        MixingNetwork.from_models(std, rob, standard_layers=("block1.layers", "block2.layer"), robust_layers=r_layers,
+                                  input_shape=(3, 32, 32))

@@ -106,6 +106,8 @@ class MixerConfig:
     attack_n_targets: int = 9
     attack_untargeted_share: float = 0.5
     checkpoint_every: int = 100  # optimiser steps
+    amp: bool = False  # bfloat16 autocast for the attack and the mixer step (meant for GPUs)
+    tensorboard: bool = True  # also log to <out>/tensorboard when the tensorboard package is installed
     seed: int = 0
 
 

@@ -8,6 +8,7 @@ epoch from ``(seed, epoch)``, so a run resumed from any checkpoint equals an uni
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -84,7 +85,8 @@ def fit_mixer(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    settings = {"mixer": json.loads(json.dumps(cfg.__dict__)), "eps": eps, "n_train": len(x),
+    mixer_settings = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items() if k != "tensorboard"}
+    settings = {"mixer": mixer_settings, "eps": eps, "n_train": len(x),
                 "standard": state_fingerprint(model.standard), "robust": state_fingerprint(model.robust)}
     step = 0
     if resume:
@@ -99,6 +101,9 @@ def fit_mixer(
 
     metrics_path = out_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, step)
+    board = _tensorboard(out_dir / "tensorboard", step) if cfg.tensorboard else None
+    autocast = functools.partial(torch.autocast, device_type=torch.device(device).type, dtype=torch.bfloat16,
+                                 enabled=cfg.amp)
     end = total if max_steps is None else min(total, max_steps)
     bar = tqdm(total=end, initial=step, desc="fit mixer", disable=not progress)
     t0 = time.perf_counter()
@@ -110,16 +115,23 @@ def fit_mixer(
         xb, yb = x[idx].to(device), y[idx].to(device)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_000_007 + step)
         model.eval()
-        x_adv = attack(model, xb, yb, gen)
+        with autocast():
+            x_adv = attack(model, xb, yb, gen)
         model.train()
-        inputs = torch.cat([xb, x_adv])
+        inputs = torch.cat([xb, x_adv.to(xb.dtype)])
         labels = torch.cat([yb, yb])
         is_adv = torch.cat([torch.zeros(len(yb)), torch.ones(len(yb))]).to(device)
-        g, h, gamma = model.components(inputs)
-        log_p = model.mix(g, h, gamma)
-        loss = mixer_loss(log_p, gamma, labels, is_adv, c_bce=cfg.c_bce, c_ce=cfg.c_ce, c_prod=cfg.c_prod)
+        with autocast():
+            g, h, gamma = model.components(inputs)
+            log_p = model.mix(g.float(), h.float(), gamma.float())
+            loss = mixer_loss(log_p, gamma.float(), labels, is_adv, c_bce=cfg.c_bce, c_ce=cfg.c_ce, c_prod=cfg.c_prod)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"mixer loss became {loss.item()} at step {step}; the last good checkpoint is {stem}")
+            if board is not None:
+                board.close()
+            raise FloatingPointError(
+                f"mixer loss became {loss.item()} at step {step + 1}; training stopped. The last good checkpoint "
+                f"({stem}, step {_saved_step(stem)}) is intact: lower the learning rate or check the data, "
+                f"then continue with --resume")
         for group in opt.param_groups:
             group["lr"] = _lr(step, total, cfg.lr, cfg.warmup_fraction)
         opt.zero_grad(set_to_none=True)
@@ -135,13 +147,36 @@ def fit_mixer(
                 "lr": opt.param_groups[0]["lr"]}
         with open(metrics_path, "a") as fh:
             fh.write(json.dumps(last) + "\n")
+        if board is not None:
+            for key, value in last.items():
+                if key != "step":
+                    board.add_scalar(f"mixer/{key}", value, step)
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.3f}", detect=f"{last['detect_acc']:.2f}")
         if step % cfg.checkpoint_every == 0 or step == end:
             _save(stem, model, opt, step, settings)
     bar.close()
+    if board is not None:
+        board.close()
     model.eval()
     return {"steps": step, "total_steps": total, "seconds": round(time.perf_counter() - t0, 1), "last": last}
+
+
+def _tensorboard(log_dir: Path, step: int):
+    """A TensorBoard writer when the ``tensorboard`` package is installed, else None (JSON lines only)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.debug("tensorboard is not installed; metrics go to metrics.jsonl only")
+        return None
+    return SummaryWriter(log_dir=str(log_dir), purge_step=step or None)
+
+
+def _saved_step(stem: Path):
+    try:
+        return json.loads(Path(str(stem) + ".json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return "none yet"
 
 
 def _save(stem, model, opt, step, settings) -> None:
