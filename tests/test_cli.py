@@ -34,7 +34,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert r["n"] == 20 and r["eps"] == 0.1 and r["norm"] == "Linf"
         assert r["robust_accuracy"] <= r["clean_accuracy"]
         assert r["sanity"]["eps_zero_equals_clean"]["ok"]
-    assert [a["type"] for a in rob["mixed"]["attacks"]] == ["autoattack", "transfer", "transfer"]
+    assert [a["type"] for a in rob["mixed"]["attacks"]] == ["pgd", "transfer", "transfer", "autoattack"]
+    if "adaptive" in rob:  # a mixer is shipped: the attacks aimed at its gate run, and α is plotted
+        assert {"gate-apgd", "autoattack"} <= {a["type"] for a in rob["adaptive"]["attacks"]}
+        assert rob["adaptive"]["robust_accuracy"] <= min(a["accuracy"] for a in rob["adaptive"]["attacks"])
+        assert (out / "alpha.png").stat().st_size > 10_000
     assert rob["standard"]["robust_accuracy"] <= 0.1  # an undefended model falls to AutoAttack
     assert res["test"]["clean_accuracy_full"]["n"] == 10000
     assert res["sweep_validation"]["settings"]["n_robust"] == 40

@@ -37,3 +37,21 @@ def test_unknown_name_and_missing_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("ADASMOOTH_PRETRAINED", str(tmp_path))
     with pytest.raises(CheckpointError, match="pretrained/README.md"):
         load_pretrained("fashion-mnist")
+
+
+@needs_fmnist
+def test_shipped_mixer_reproduces_its_validation_calibration():
+    pair = load_pretrained("fashion-mnist")
+    if pair.adaptive is None:
+        pytest.skip("no mixer shipped")
+    cal = pair.metadata["adaptive"]["calibration"]
+    lo, hi = pair.adaptive.alpha_range
+    assert (lo, hi) == (cal["chosen"]["alpha_lo"], cal["chosen"]["alpha_hi"])
+    assert pair.adaptive.gamma_bias == cal["chosen"]["gamma_bias"]
+    x, y = load("fashion-mnist", "val")
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[: cal["n"]]
+    assert accuracy(pair.adaptive, x[idx], y[idx]) == pytest.approx(cal["chosen"]["clean"], abs=1e-6)
+    with torch.no_grad():
+        a = pair.adaptive.alpha(x[idx[:200]])
+    assert ((a >= lo) & (a <= hi)).all()
+    assert cal["target_met"] and not pair.adaptive.training
