@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -150,3 +151,21 @@ def test_calibration_bisects_to_a_verified_setting_and_flags_a_fallback():
     rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, steps=1,
                          verify=lambda m, xs, ys: torch.zeros(len(ys), dtype=torch.bool))
     assert rep["fallback"] and not rep["target_met"] and rep["chosen"]["alpha_lo"] == 0.9
+
+
+def test_attack_plans_per_model_kind():
+    from adasmooth.evaluation.plans import attack_plan
+
+    std, rob = SmallResNet(width=4), SmallResNet(width=4)
+    assert [a.name for a in attack_plan("base", autoattack=None)] == ["pgd20-ce"]
+    mixed = [a.name for a in attack_plan("mixed", standard=std, robust=rob)]
+    assert mixed == ["pgd20-ce", "transfer-from-standard", "transfer-from-robust", "autoattack-standard"]
+    ada = attack_plan("adaptive", standard=std, robust=rob, gate_weights=(0.25, 0.5))
+    gate = [a for a in ada if a.settings()["type"] == "gate-apgd"]
+    assert [(a.loss, a.gate_weight) for a in gate] == [("ce", 0.25), ("dlr-targeted", 0.25), ("ce", 0.5),
+                                                        ("dlr-targeted", 0.5)]
+    assert len({a.name for a in ada}) == len(ada)  # names are unique: reports key on them
+    with pytest.raises(ValueError, match="transfer"):
+        attack_plan("mixed")
+    with pytest.raises(ValueError, match="gate_weights"):
+        attack_plan("adaptive", standard=std, robust=rob, gate_weights=(1.5,))

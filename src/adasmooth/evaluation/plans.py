@@ -19,7 +19,7 @@ def attack_plan(
     pgd_step_size: float | None = None,
     pgd_restarts: int = 1,
     autoattack: str | None = "standard",
-    gate_weight: float = 0.5,
+    gate_weights: tuple[float, ...] = (0.5,),
     gate_apgd_iters: int = 100,
     gate_target_classes: int = 3,
     seed: int = 0,
@@ -29,7 +29,8 @@ def attack_plan(
     - ``"base"``: PGD-CE, then AutoAttack (``autoattack``; ``None`` leaves it out);
     - ``"mixed"``: the same plus PGD transferred from the standard and from the robust model alone;
     - ``"adaptive"``: the mixed plan plus the official APGD-CE and APGD-T (``gate_target_classes`` targets)
-      on ``(1-w)·loss + w·BCE(γ, 1)`` with ``w = gate_weight``, which also push the gate toward "clean".
+      on ``(1-w)·loss + w·BCE(γ, 1)`` for each ``w`` in ``gate_weights`` (the paper's 0.5 by default; each
+      extra w costs two more APGD runs), which also push the gate toward "clean".
 
     Report the per-example worst case over all of them (:func:`evaluate_robustness` does).
     """
@@ -43,9 +44,15 @@ def attack_plan(
         plan += [TransferAttack(standard, "standard", steps=pgd_steps, seed=seed),
                  TransferAttack(robust, "robust", steps=pgd_steps, seed=seed)]
     if kind == "adaptive":
-        plan += [GateAPGDAttack(loss="ce", gate_weight=gate_weight, n_iter=gate_apgd_iters, seed=seed),
-                 GateAPGDAttack(loss="dlr-targeted", gate_weight=gate_weight, n_iter=gate_apgd_iters,
-                                n_target_classes=gate_target_classes, seed=seed)]
+        if not gate_weights or any(not 0.0 <= w <= 1.0 for w in gate_weights):
+            raise ValueError(f"gate_weights must be a non-empty list of values in [0, 1], got {gate_weights}")
+        for w in gate_weights:
+            suffix = "" if len(gate_weights) == 1 else f"-w{w:g}"
+            plan += [GateAPGDAttack(loss="ce", gate_weight=w, n_iter=gate_apgd_iters, seed=seed,
+                                    name=f"gate-apgd-ce{suffix}"),
+                     GateAPGDAttack(loss="dlr-targeted", gate_weight=w, n_iter=gate_apgd_iters,
+                                    n_target_classes=gate_target_classes, seed=seed,
+                                    name=f"gate-apgd-t{gate_target_classes}{suffix}")]
     if autoattack is not None:
         plan.append(AutoAttackSpec(version=autoattack, seed=seed))
     return plan
