@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .features import FeatureTap
-from .mixing import _num_classes, mix_log_probs
+from .mixing import _num_classes, apply_maps, mix_log_probs
+from .transforms import describe_map, map_from_description
 
 
 class Gate(Protocol):
@@ -111,12 +112,14 @@ class AdaptiveMixedClassifier(nn.Module):
     gamma_scale, gamma_bias : ``k`` and ``b`` in ``γ = k·BN(γ_raw) + b``.
     alpha_range : ``(α_lo, α_hi)`` applied in eval mode.
     standard_scale, robust_scale : logit scales applied before each softmax.
+    standard_map, robust_map : optional logit maps (:mod:`adasmooth.transforms`) applied before the scales.
     """
 
     def __init__(self, standard: nn.Module, robust: nn.Module, gate: nn.Module, *,
                  standard_layers: Sequence[str], robust_layers: Sequence[str], gamma_scale: float = 2.0,
                  gamma_bias: float = 0.4, alpha_range: tuple[float, float] = (0.0, 1.0),
-                 standard_scale: float = 1.0, robust_scale: float = 1.0):
+                 standard_scale: float = 1.0, robust_scale: float = 1.0, standard_map: nn.Module | None = None,
+                 robust_map: nn.Module | None = None):
         super().__init__()
         n_g, n_h = _num_classes(standard), _num_classes(robust)
         if n_g is not None and n_h is not None and n_g != n_h:
@@ -132,6 +135,7 @@ class AdaptiveMixedClassifier(nn.Module):
         self.alpha_range = (float(lo), float(hi))
         self.standard_scale, self.robust_scale = float(standard_scale), float(robust_scale)
         self.standard_layers, self.robust_layers = tuple(standard_layers), tuple(robust_layers)
+        self.standard_map, self.robust_map = standard_map, robust_map
         self._tap_standard = FeatureTap(standard, standard_layers)
         self._tap_robust = FeatureTap(robust, robust_layers)
 
@@ -167,6 +171,7 @@ class AdaptiveMixedClassifier(nn.Module):
 
     def mix(self, standard_logits: torch.Tensor, robust_logits: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of the mixture from already computed components (no extra forward pass)."""
+        standard_logits, robust_logits = apply_maps(standard_logits, robust_logits, self.standard_map, self.robust_map)
         return mix_log_probs(standard_logits, robust_logits, self.alpha_from_gamma(gamma),
                              standard_scale=self.standard_scale, robust_scale=self.robust_scale)
 
@@ -177,7 +182,9 @@ class AdaptiveMixedClassifier(nn.Module):
         return {"type": "AdaptiveMixedClassifier", "gate": type(self.gate).__name__,
                 "standard_layers": list(self.standard_layers), "robust_layers": list(self.robust_layers),
                 "gamma_scale": self.gamma_scale, "gamma_bias": self.gamma_bias, "alpha_range": list(self.alpha_range),
-                "standard_scale": self.standard_scale, "robust_scale": self.robust_scale}
+                "standard_scale": self.standard_scale, "robust_scale": self.robust_scale,
+                **({"standard_map": describe_map(self.standard_map), "robust_map": describe_map(self.robust_map)}
+                   if self.standard_map is not None or self.robust_map is not None else {})}
 
 
 def save_adaptive(stem, model: AdaptiveMixedClassifier, **metadata) -> None:
@@ -222,6 +229,7 @@ def load_adaptive(stem, standard: nn.Module, robust: nn.Module) -> AdaptiveMixed
     model = AdaptiveMixedClassifier(
         standard, robust, gate, standard_layers=c["standard_layers"], robust_layers=c["robust_layers"],
         gamma_scale=c["gamma_scale"], gamma_bias=c["gamma_bias"], alpha_range=tuple(c["alpha_range"]),
-        standard_scale=c["standard_scale"], robust_scale=c["robust_scale"])
+        standard_scale=c["standard_scale"], robust_scale=c["robust_scale"],
+        standard_map=map_from_description(c.get("standard_map")), robust_map=map_from_description(c.get("robust_map")))
     model.gamma_bn.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("gamma_bn.")})
     return model.eval()

@@ -58,12 +58,15 @@ class MixedClassifier(nn.Module):
     standard, robust : modules mapping images in [0, 1] to logits over the same classes.
     alpha : weight of the robust model, a float in [0, 1] or a per-example tensor.
     standard_scale, robust_scale : logit scales (inverse temperatures) applied before each softmax.
+    standard_map, robust_map : optional logit maps (:mod:`adasmooth.transforms`, e.g. MixedNUTS' map on the
+        robust side) applied to each model's logits before its scale.
 
     ``forward(x)`` returns log-probabilities (N, K): normalised, so ``exp`` sums to one per row.
     """
 
     def __init__(self, standard: nn.Module, robust: nn.Module, *, alpha: float | torch.Tensor,
-                 standard_scale: float = 1.0, robust_scale: float = 1.0):
+                 standard_scale: float = 1.0, robust_scale: float = 1.0, standard_map: nn.Module | None = None,
+                 robust_map: nn.Module | None = None):
         super().__init__()
         check_alpha(alpha)
         if standard_scale <= 0 or robust_scale <= 0:
@@ -79,25 +82,39 @@ class MixedClassifier(nn.Module):
         self.alpha = alpha
         self.standard_scale = float(standard_scale)
         self.robust_scale = float(robust_scale)
+        self.standard_map, self.robust_map = standard_map, robust_map
 
     def base_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both base models' logits, one forward pass each: reuse them for many α via :func:`mix_log_probs`."""
-        return self.standard(x), self.robust(x)
+        """Both base models' logits (after their maps), one forward pass each: reuse them for many α via
+        :func:`mix_log_probs`."""
+        g, h = self.standard(x), self.robust(x)
+        if g.shape != h.shape:
+            raise ValueError(f"base models returned logits of shapes {tuple(g.shape)} and {tuple(h.shape)}")
+        return apply_maps(g, h, self.standard_map, self.robust_map)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, h = self.base_logits(x)
-        if g.shape != h.shape:
-            raise ValueError(f"base models returned logits of shapes {tuple(g.shape)} and {tuple(h.shape)}")
         return mix_log_probs(g, h, self.alpha, standard_scale=self.standard_scale, robust_scale=self.robust_scale)
 
     def describe(self) -> dict:
+        from .transforms import describe_map
+
         alpha = self.alpha if not torch.is_tensor(self.alpha) else "per-example"
-        return {"type": "MixedClassifier", "alpha": alpha, "standard_scale": self.standard_scale,
-                "robust_scale": self.robust_scale}
+        out = {"type": "MixedClassifier", "alpha": alpha, "standard_scale": self.standard_scale,
+               "robust_scale": self.robust_scale}
+        if self.standard_map is not None or self.robust_map is not None:
+            out.update(standard_map=describe_map(self.standard_map), robust_map=describe_map(self.robust_map))
+        return out
 
     def extra_repr(self) -> str:
         a = self.alpha if not torch.is_tensor(self.alpha) else "tensor"
         return f"alpha={a}, standard_scale={self.standard_scale}, robust_scale={self.robust_scale}"
+
+
+def apply_maps(g: torch.Tensor, h: torch.Tensor, standard_map: nn.Module | None,
+               robust_map: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply optional logit maps to the standard and robust logits."""
+    return (g if standard_map is None else standard_map(g)), (h if robust_map is None else robust_map(h))
 
 
 def _num_classes(model: nn.Module) -> int | None:

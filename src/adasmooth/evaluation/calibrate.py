@@ -15,7 +15,7 @@ import logging
 import torch
 
 from ..attacks import gate_pgd
-from ..mixing import mix_log_probs
+from ..mixing import apply_maps, mix_log_probs
 from .accuracy import attack_batched
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ def _cached(model, x, device, batch_size):
 
 
 def _accuracy(model, g, h, bn_raw, y, bias, alpha_lo, alpha_hi):
+    g, h = apply_maps(g, h, getattr(model, "standard_map", None), getattr(model, "robust_map", None))
     a = torch.sigmoid(model.gamma_scale * bn_raw + bias)
     a = alpha_lo + (alpha_hi - alpha_lo) * a
     mixed = mix_log_probs(g, h, a, standard_scale=model.standard_scale, robust_scale=model.robust_scale)

@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import LinearModel
+
+from adasmooth import MixedClassifier
+from adasmooth.mixer import AdaptiveMixedClassifier, MixingNetwork, load_adaptive, save_adaptive
+from adasmooth.models import SmallResNet
+from adasmooth.transforms import (
+    Compose,
+    HardOneHot,
+    MixedNUTSMap,
+    Temperature,
+    TopKLayerNorm,
+    describe_map,
+    map_from_description,
+    straight_through,
+    topk_layer_norm,
+)
+
+
+def test_topk_layer_norm_matches_a_hand_computation():
+    z = torch.tensor([[4.0, 1.0, 2.0, -3.0]])
+    top = [4.0, 2.0, 1.0]
+    mean = sum(top) / 3
+    std = math.sqrt(sum((t - mean) ** 2 for t in top) / 2)  # unbiased
+    assert torch.allclose(topk_layer_norm(z, 3), (z - mean) / std, atol=1e-6)
+    assert torch.allclose(TopKLayerNorm(None)(z), (z - z.mean()) / z.std(), atol=1e-6)
+    # invariant to the logits' offset and positive scale
+    assert torch.allclose(topk_layer_norm(3 * z + 7, 3), topk_layer_norm(z, 3), atol=1e-5)
+
+
+def test_mixednuts_map_matches_a_hand_computation_and_keeps_the_argmax():
+    z = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.1, 3.0, 2.9, -5.0]])
+    m = MixedNUTSMap(scale=1.5, shift=0.3, power=2.0, k=3)
+    u = F.gelu(topk_layer_norm(z, 3) + 0.3)
+    assert torch.allclose(m(z), 1.5 * torch.sign(u) * u.abs() ** 2, atol=1e-6)
+    torch.manual_seed(0)
+    z = torch.randn(500, 10) * 3
+    for shift in (0.0, 0.5, 2.0):
+        for power in (0.5, 1.0, 3.0):
+            out = MixedNUTSMap(scale=2.0, shift=shift, power=power, k=4)(z)
+            assert torch.equal(out.argmax(1), z.argmax(1))
+    # a power above one widens large margins relative to small ones
+    p = torch.softmax(MixedNUTSMap(scale=1.0, shift=0.0, power=3.0, k=None)(z), 1)
+    q = torch.softmax(MixedNUTSMap(scale=1.0, shift=0.0, power=1.0, k=None)(z), 1)
+    confident = (z.softmax(1).max(1).values > 0.9)
+    assert p.max(1).values[confident].mean() > q.max(1).values[confident].mean()
+
+
+def test_temperature_one_hot_and_compose():
+    z = torch.tensor([[0.2, 1.5, -0.3]])
+    assert torch.allclose(Temperature(2.0)(z), 2 * z)
+    assert torch.equal(HardOneHot(5.0)(z), torch.tensor([[0.0, 5.0, 0.0]]))
+    c = Compose(Temperature(2.0), HardOneHot(3.0))
+    assert torch.equal(c(z), torch.tensor([[0.0, 3.0, 0.0]]))
+    for m in (Temperature(2.0), TopKLayerNorm(3), MixedNUTSMap(scale=1.0, shift=0.2, power=1.5), HardOneHot(3.0), c):
+        rebuilt = map_from_description(describe_map(m))
+        assert torch.equal(rebuilt(z), m(z)) and describe_map(rebuilt) == describe_map(m)
+    with pytest.raises(ValueError):
+        Temperature(0.0)
+    with pytest.raises(ValueError):
+        MixedNUTSMap(scale=1.0, shift=0.0, power=-1.0)
+    with pytest.raises(ValueError, match="k must be"):
+        TopKLayerNorm(1)
+
+
+def test_straight_through_passes_the_true_value_and_the_surrogate_gradient():
+    z = torch.tensor([[0.2, 1.5, -0.3]], requires_grad=True)
+    hard = HardOneHot(4.0, surrogate_temperature=0.5)
+    out = straight_through(hard(z), hard.surrogate(z))
+    assert torch.equal(out.detach(), hard(z))
+    (g,) = torch.autograd.grad((out * torch.tensor([[1.0, 2.0, 3.0]])).sum(), z)
+    (ref,) = torch.autograd.grad((hard.surrogate(z) * torch.tensor([[1.0, 2.0, 3.0]])).sum(), z)
+    assert torch.allclose(g, ref) and g.abs().sum() > 0
+
+
+def test_maps_plug_into_both_mixtures_and_survive_saving(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    std, rob = LinearModel(torch.randn(10, 16, generator=g)), LinearModel(torch.randn(10, 16, generator=g))
+    x = torch.rand(6, 1, 4, 4)
+    nuts = MixedNUTSMap(scale=2.0, shift=0.1, power=2.0, k=4)
+    m = MixedClassifier(std, rob, alpha=0.7, robust_map=nuts)
+    ref = torch.log(0.3 * torch.softmax(std(x), 1) + 0.7 * torch.softmax(nuts(rob(x)), 1))
+    assert torch.allclose(m(x), ref, atol=1e-5)
+    assert m.describe()["robust_map"]["type"] == "mixednuts"
+
+    torch.manual_seed(0)
+    s, r = SmallResNet(width=4).eval(), SmallResNet(width=4).eval()
+    layers = ("stage1", "stage2")
+    gate = MixingNetwork.from_models(s, r, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
+    ada = AdaptiveMixedClassifier(s, r, gate, standard_layers=layers, robust_layers=layers, robust_map=nuts,
+                                  alpha_range=(0.5, 1.0)).eval()
+    xi = torch.rand(4, 1, 28, 28)
+    gl, hl, gamma = ada.components(xi)
+    a = ada.alpha_from_gamma(gamma)[:, None]
+    expect = torch.log((1 - a) * torch.softmax(gl, 1) + a * torch.softmax(nuts(hl), 1))
+    assert torch.allclose(ada(xi), expect, atol=1e-5)
+    save_adaptive(tmp_path / "mix", ada)
+    back = load_adaptive(tmp_path / "mix", s, r)
+    assert torch.allclose(back(xi), ada(xi), atol=1e-6)
