@@ -8,7 +8,10 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+from .features import FeatureTap
+from .mixer import AdaptiveMixedClassifier, MixingNetwork
 from .mixing import MixedClassifier
 from .pretrained import load_pretrained
 
-__all__ = ["MixedClassifier", "__version__", "load_pretrained"]
+__all__ = ["AdaptiveMixedClassifier", "FeatureTap", "MixedClassifier", "MixingNetwork", "__version__",
+           "load_pretrained"]
