@@ -101,3 +101,47 @@ def test_maps_plug_into_both_mixtures_and_survive_saving(tmp_path):
     save_adaptive(tmp_path / "mix", ada)
     back = load_adaptive(tmp_path / "mix", s, r)
     assert torch.allclose(back(xi), ada(xi), atol=1e-6)
+
+
+def _synthetic_margins(n=400, seed=0):
+    """Attacked-correct rows: one clearly dominant logit; clean-wrong rows: two nearly tied top logits."""
+    g = torch.Generator().manual_seed(seed)
+    ac = torch.randn(n, 10, generator=g) * 0.3
+    ac[:, 0] += 2.0 + 2.0 * torch.rand(n, generator=g)
+    cw = torch.randn(n, 10, generator=g) * 0.3
+    cw[:, 0] += 2.0
+    cw[:, 1] += 2.0 - 0.3 * torch.rand(n, generator=g)
+    return ac, cw
+
+
+def test_map_calibration_separates_the_populations_and_its_alpha_keeps_the_robust_answer():
+    from adasmooth.evaluation.calibrate_map import calibrate_logit_map, probability_margins
+    from adasmooth.mixing import mix_log_probs
+
+    ac, cw = _synthetic_margins()
+    cal = calibrate_logit_map(ac, cw, beta=0.95)
+    by_params = {(r["scale"], r["shift"], r["power"]): r for r in cal.grid}
+    identity_like = by_params[(1.0, 0.0, 1.0)]
+    assert cal.objective <= identity_like["objective"] and cal.objective <= 0.05
+    m = cal.make_map()
+    q = float(torch.quantile(probability_margins(m(ac)), 0.05))
+    assert cal.threshold == pytest.approx(q, abs=1e-6) and cal.alpha == pytest.approx(1 / (1 + q), abs=1e-6)
+    assert cal.alpha >= 0.5
+    # margin lemma: at this α the mixture keeps the robust answer on >= beta of the attacked-correct rows,
+    # even against a standard model that votes for a wrong class with full confidence
+    worst_standard = torch.full_like(ac, -30.0)
+    worst_standard[:, 3] = 30.0
+    mixed = mix_log_probs(worst_standard, m(ac), cal.alpha)
+    assert (mixed.argmax(1) == 0).float().mean() >= 0.95
+    # and most clean-wrong rows fall to the standard model
+    assert (mix_log_probs(worst_standard, m(cw), cal.alpha).argmax(1) == 3).float().mean() >= 0.9
+
+
+def test_map_calibration_rejects_bad_input():
+    from adasmooth.evaluation.calibrate_map import calibrate_logit_map
+
+    ac, cw = _synthetic_margins(20)
+    with pytest.raises(ValueError, match="beta"):
+        calibrate_logit_map(ac, cw, beta=1.0)
+    with pytest.raises(ValueError, match="at least 10"):
+        calibrate_logit_map(ac[:5], cw)

@@ -1,0 +1,87 @@
+"""Calibrate a MixedNUTS logit map and its α on validation data, training-free (Bai, Zhou, Patel, Sojoudi,
+arXiv 2402.02263).
+
+By the margin lemma, a mixture with α >= 1/2 answers as the robust model wherever the robust model's
+probability margin is at least ``(1-α)/α``. So: take the robust model's logits on attacked inputs it still
+classifies correctly (those margins should stay high) and on clean inputs it gets wrong (those should be
+low, so that the standard model decides). For each map (s, c, p) in a grid, let ``q`` be the margin that a
+share ``beta`` of the attacked-correct inputs keep; the objective is the share of clean-wrong inputs
+whose margin still reaches ``q`` (they stay with the robust model's wrong answer). The best map minimises
+it, and ``α = 1/(1 + q)``. The base logits are computed once; the grid only reuses them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from ..transforms import MixedNUTSMap
+
+
+def probability_margins(logits: torch.Tensor) -> torch.Tensor:
+    """Top-1 minus top-2 softmax probability per row."""
+    top2 = torch.softmax(logits, dim=-1).topk(2, dim=-1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+@dataclass
+class MapCalibration:
+    """The chosen map parameters, its α, and the objective over the whole grid."""
+
+    scale: float
+    shift: float
+    power: float
+    k: int | None
+    alpha: float
+    threshold: float
+    objective: float
+    beta: float
+    n_attacked_correct: int
+    n_clean_wrong: int
+    grid: list = field(default_factory=list)
+
+    def make_map(self) -> MixedNUTSMap:
+        return MixedNUTSMap(scale=self.scale, shift=self.shift, power=self.power, k=self.k)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def calibrate_logit_map(
+    attacked_correct_logits: torch.Tensor,
+    clean_wrong_logits: torch.Tensor,
+    *,
+    beta: float = 0.98,
+    scales=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+    shifts=(-1.0, -0.5, 0.0, 0.5, 1.0, 2.0),
+    powers=(0.5, 1.0, 2.0, 3.0, 4.0),
+    k: int | None = 4,
+) -> MapCalibration:
+    """Grid-search the MixedNUTS map on the robust model's logits (see the module docstring).
+
+    ``attacked_correct_logits``: robust-model logits on attacked validation inputs it still gets right;
+    ``clean_wrong_logits``: its logits on clean validation inputs it gets wrong. Ties in the objective go
+    to the larger α (the more robust mixture).
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"beta must lie in (0, 1), got {beta}")
+    if len(attacked_correct_logits) < 10 or len(clean_wrong_logits) < 10:
+        raise ValueError(f"need at least 10 attacked-correct and 10 clean-wrong examples, got "
+                         f"{len(attacked_correct_logits)} and {len(clean_wrong_logits)}: use more validation points")
+    ac = attacked_correct_logits.detach().float()
+    cw = clean_wrong_logits.detach().float()
+    rows = []
+    for s, c, p in itertools.product(scales, shifts, powers):
+        m = MixedNUTSMap(scale=s, shift=c, power=p, k=k)
+        with torch.no_grad():
+            m_ac, m_cw = probability_margins(m(ac)), probability_margins(m(cw))
+        q = float(torch.quantile(m_ac, 1.0 - beta))
+        q = min(max(q, 0.0), 1.0)
+        rows.append({"scale": s, "shift": c, "power": p, "threshold": q, "alpha": 1.0 / (1.0 + q),
+                     "objective": float((m_cw >= q).float().mean())})
+    best = min(rows, key=lambda r: (r["objective"], -r["alpha"]))
+    return MapCalibration(scale=best["scale"], shift=best["shift"], power=best["power"], k=k, alpha=best["alpha"],
+                          threshold=best["threshold"], objective=best["objective"], beta=beta,
+                          n_attacked_correct=len(ac), n_clean_wrong=len(cw), grid=rows)
