@@ -101,3 +101,29 @@ def test_fit_mixer_command_trains_calibrates_and_saves(tmp_path, tiny_fmnist, ca
     again = json.loads((tmp_path / "mix" / "again.json").read_text())
     assert again["training"] == meta["training"] and again["calibration"]["n"] == 30
     load_adaptive(tmp_path / "mix" / "again", std, rob)
+
+
+def test_calibrate_command_writes_a_map_a_plot_and_a_config(tmp_path, tiny_fmnist, capsys):
+    import torch
+
+    from adasmooth.config import load_config
+    from adasmooth.io import save_model
+    from adasmooth.models import SmallResNet
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "rob", SmallResNet(width=4), architecture="small_resnet", arch_args={"width": 4})
+    cfg = tmp_path / "c.yaml"
+    out = tmp_path / "cal"
+    # an untrained robust model: wrong on most clean points, and many of its predictions survive a tiny attack
+    cfg.write_text("threat:\n  eps: 0.001\nnonlinear:\n  attack_iters: 2\n  beta: 0.9\n")
+    args = ["calibrate", "--config", str(cfg), "--n", "200", "--out", str(out), "--data-root", str(tiny_fmnist),
+            "--robust", str(tmp_path / "rob"), "--write-config", str(tmp_path / "chosen.yaml")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "chosen map" in printed
+    res = json.loads((out / "calibration.json").read_text())
+    chosen = load_config(tmp_path / "chosen.yaml").nonlinear
+    assert (chosen.scale, chosen.shift, chosen.power) == (res["scale"], res["shift"], res["power"])
+    assert chosen.alpha == pytest.approx(res["alpha"]) and 0.5 <= chosen.alpha <= 1.0
+    assert res["split"] == "val" and res["n"] == 200
+    assert (out / "objective.png").stat().st_size > 10_000

@@ -112,6 +112,22 @@ class MixerConfig:
 
 
 @dataclass(frozen=True)
+class NonlinearConfig:
+    """MixedNUTS-style nonlinear mixing: a map on the robust logits, then one α. ``adasmooth calibrate``
+    chooses scale, shift, power and alpha on validation and can write them here."""
+
+    n_calibrate: int = 1000  # validation points: clean-wrong and attacked-correct margins come from these
+    beta: float = 0.98  # share of attacked-correct margins kept above (1-α)/α
+    k: int = 4  # top-k logits that set the layer norm
+    attack_iters: int = 50  # APGD-CE + APGD-T (3 targets) on the robust model, for the attacked margins
+    scale: float | None = None
+    shift: float | None = None
+    power: float | None = None
+    alpha: float | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -122,6 +138,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     mixer: MixerConfig = field(default_factory=MixerConfig)
+    nonlinear: NonlinearConfig = field(default_factory=NonlinearConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -93,6 +93,36 @@ def plot_alpha_hist(alpha_clean, alpha_attacked, path: str | Path, *, title: str
     return _save(fig, path)
 
 
+def plot_map_objective(grid: list[dict], path: str | Path, *, chosen: dict | None = None, title: str = "") -> Path:
+    """The nonlinear-map calibration objective (share of clean-wrong inputs that keep the robust model's
+    answer) over shift × power, the best scale for each cell."""
+    import numpy as np
+
+    plt = _pyplot()
+    shifts = sorted({r["shift"] for r in grid})
+    powers = sorted({r["power"] for r in grid})
+    best = np.full((len(powers), len(shifts)), np.nan)
+    for r in grid:
+        i, j = powers.index(r["power"]), shifts.index(r["shift"])
+        best[i, j] = np.nanmin([best[i, j], r["objective"]]) if not np.isnan(best[i, j]) else r["objective"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    im = ax.imshow(best, origin="lower", cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(shifts)), [f"{v:g}" for v in shifts])
+    ax.set_yticks(range(len(powers)), [f"{v:g}" for v in powers])
+    ax.set_xlabel("shift c")
+    ax.set_ylabel("power p")
+    for i in range(len(powers)):
+        for j in range(len(shifts)):
+            ax.text(j, i, f"{best[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+    if chosen is not None:
+        ax.scatter([shifts.index(chosen["shift"])], [powers.index(chosen["power"])], marker="s", s=260,
+                   facecolors="none", edgecolors="red", linewidths=2, label="chosen")
+        ax.legend(fontsize=8, loc="upper right")
+    fig.colorbar(im, ax=ax, label="share of clean-wrong inputs above the margin threshold (lower is better)")
+    ax.set_title(title or "nonlinear map calibration objective (best scale per cell)")
+    return _save(fig, path)
+
+
 def _save(fig, path) -> Path:
     plt = _pyplot()
     path = Path(path)
