@@ -145,3 +145,26 @@ def test_map_calibration_rejects_bad_input():
         calibrate_logit_map(ac, cw, beta=1.0)
     with pytest.raises(ValueError, match="at least 10"):
         calibrate_logit_map(ac[:5], cw)
+
+
+def test_surrogate_guided_attack_breaks_a_hard_vote_that_plain_gradients_cannot_see():
+    from adasmooth.evaluation import PGDAttack, evaluate_robustness
+    from adasmooth.evaluation.surrogate import SurrogateAttack, SurrogateGuided
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(10, 16, generator=g)
+    std, rob = LinearModel(w * 5), LinearModel(torch.zeros(10, 16))
+    # the standard model votes by a hard one-hot, the robust model is uniform: the mixture
+    # follows the standard model's argmax, but its gradient through the one-hot is zero
+    mixed = MixedClassifier(std, rob, alpha=0.5, standard_map=HardOneHot(10.0, surrogate_temperature=1.0)).eval()
+    x = torch.rand(40, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        y = mixed(x).argmax(1)
+        wrapped = SurrogateGuided(mixed)
+        assert torch.allclose(wrapped(x), mixed(x))  # the true values pass forward
+    rep = evaluate_robustness(mixed, x, y, [PGDAttack(steps=10, seed=0), SurrogateAttack(PGDAttack(steps=10, seed=0))],
+                              eps=0.1, sanity_checks=False, progress=False)
+    plain, guided = rep.attacks
+    # plain gradients are zero (only the random start moves); the surrogate's lead through the vote
+    assert plain["accuracy"] >= 0.9 and guided["name"] == "pgd-surrogate" and guided["accuracy"] <= 0.3
+    assert rep.robust_accuracy == guided["accuracy"]

@@ -1,0 +1,69 @@
+"""Straight-through surrogates for honest attacks on mixtures with non-smooth logit maps.
+
+A hard one-hot of the standard model's prediction (or a very steep power) gives an attacker zero or
+useless gradients, which makes a mixture look more robust than it is. :class:`SurrogateGuided` presents
+the true model's *values* with the *gradients* of a smooth surrogate (each map's ``surrogate`` method
+where it has one), so an unmodified attack such as AutoAttack follows useful directions while every
+prediction it sees, and every score it keeps, is the true model's. :class:`SurrogateAttack` runs any
+runner attack through it and re-scores the result on the true model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..mixing import MixedClassifier, mix_log_probs
+from ..transforms import straight_through
+from .accuracy import correct_mask
+from .runner import AttackOutcome
+
+
+def _smooth(m: nn.Module | None):
+    if m is None:
+        return None
+    return getattr(m, "surrogate", m)
+
+
+class SurrogateGuided(nn.Module):
+    """``true(x)`` forward, gradient of the surrogate mixture (maps replaced by their smooth surrogates)."""
+
+    def __init__(self, model: MixedClassifier):
+        super().__init__()
+        if not isinstance(model, MixedClassifier):
+            raise TypeError(f"SurrogateGuided wraps a MixedClassifier, got {type(model).__name__}")
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        g, h = m.standard(x), m.robust(x)  # one forward pass per base model serves both paths
+        sm, rm = _smooth(m.standard_map), _smooth(m.robust_map)
+        true_g = g if m.standard_map is None else m.standard_map(g)
+        true_h = h if m.robust_map is None else m.robust_map(h)
+        true = mix_log_probs(true_g, true_h, m.alpha, standard_scale=m.standard_scale, robust_scale=m.robust_scale)
+        sur = mix_log_probs(g if sm is None else sm(g), h if rm is None else rm(h), m.alpha,
+                            standard_scale=m.standard_scale, robust_scale=m.robust_scale)
+        return straight_through(true, sur)
+
+
+@dataclass
+class SurrogateAttack:
+    """Run ``inner`` (any runner attack, e.g. :class:`AutoAttackSpec`) on :class:`SurrogateGuided` of the
+    evaluated model; robustness is re-scored on the true model."""
+
+    inner: object
+
+    @property
+    def name(self) -> str:
+        return f"{self.inner.name}-surrogate"
+
+    def settings(self) -> dict:
+        return {**self.inner.settings(), "name": self.name, "guided_by": "straight-through surrogate"}
+
+    def robust_mask(self, model, x, y, *, eps, norm, device, batch_size, progress):
+        out = self.inner.robust_mask(SurrogateGuided(model), x, y, eps=eps, norm=norm, device=device,
+                                     batch_size=batch_size, progress=progress)
+        robust = correct_mask(model, out.x_adv, y, device=device, batch_size=batch_size)
+        return AttackOutcome(robust=robust, x_adv=out.x_adv, extra=out.extra)
