@@ -127,3 +127,14 @@ def test_calibrate_command_writes_a_map_a_plot_and_a_config(tmp_path, tiny_fmnis
     assert chosen.alpha == pytest.approx(res["alpha"]) and 0.5 <= chosen.alpha <= 1.0
     assert res["split"] == "val" and res["n"] == 200
     assert (out / "objective.png").stat().st_size > 10_000
+    # the calibrated mixture is evaluated with the mixed plan; an uncalibrated config is a clear error
+    save_model(tmp_path / "std", SmallResNet(width=4), architecture="small_resnet", arch_args={"width": 4})
+    pair = ["--standard", str(tmp_path / "std"), "--robust", str(tmp_path / "rob"), "--data-root", str(tiny_fmnist)]
+    assert main(["evaluate", "--config", str(tmp_path / "chosen.yaml"), "--nonlinear", "--n", "8",
+                 "--out", str(tmp_path / "ev"), *pair]) == 0
+    rep = json.loads((tmp_path / "ev" / "nonlinear.json").read_text())
+    assert rep["model"]["robust_map"]["type"] == "mixednuts" and rep["model"]["alpha"] == pytest.approx(chosen.alpha)
+    assert [a["type"] for a in rep["attacks"]] == ["pgd", "transfer", "transfer"]
+    capsys.readouterr()
+    assert main(["evaluate", "--config", str(cfg), "--nonlinear", "--n", "8", *pair]) == 2
+    assert "not calibrated" in capsys.readouterr().err

@@ -67,10 +67,15 @@ def _evaluation_targets(args, cfg):
     """(name, model, plan kind, model info) for each model that ``evaluate`` was asked to attack."""
     from .io import load_model
 
-    if args.mixer or args.alpha is not None:
+    if args.mixer or args.alpha is not None or args.nonlinear:
         if args.checkpoint:
-            raise ValueError("--checkpoint evaluates base models; it does not go with --mixer or --alpha")
+            raise ValueError("--checkpoint evaluates base models; it does not go with --mixer, --alpha or --nonlinear")
         std, rob = _pair(args, args.device)
+        if args.nonlinear:
+            from .mixing import nonlinear_mixture
+
+            model = nonlinear_mixture(std, rob, cfg.nonlinear, alpha=args.alpha).eval()
+            return [("nonlinear", model, "mixed", model.describe())], std, rob
         if args.mixer:
             from .mixer import load_adaptive
 
@@ -393,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--autoattack", choices=("standard", "plus", "rand"), default=None, help="add AutoAttack")
     e.add_argument("--mixer", default=None, help="evaluate this adaptive mixer (stem) on the standard/robust pair")
     e.add_argument("--alpha", type=float, default=None, help="evaluate the fixed-alpha mixture of the pair")
+    e.add_argument("--nonlinear", action="store_true",
+                   help="evaluate the MixedNUTS-style mixture of the config's nonlinear section (adasmooth calibrate)")
     e.add_argument("--standard-scale", type=float, default=1.0, help="s_g of the fixed-alpha mixture")
     e.add_argument("--robust-scale", type=float, default=1.0, help="s_h of the fixed-alpha mixture")
     e.add_argument("--standard", default=None, help="standard model checkpoint for --mixer/--alpha (default: shipped)")

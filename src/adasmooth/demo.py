@@ -22,7 +22,7 @@ from .evaluation.margins import margin_groups, margin_summary
 from .evaluation.plans import attack_plan
 from .evaluation.runner import environment, write_json
 from .evaluation.sweep import fast_attacks, sweep
-from .mixing import MixedClassifier, mix_log_probs
+from .mixing import MixedClassifier, mix_log_probs, nonlinear_mixture
 from .plots import plot_alpha_hist, plot_margins, plot_tradeoff
 from .pretrained import load_pretrained
 
@@ -106,6 +106,13 @@ def run_demo(
         ("robust", rob, plan("base"), {"type": "robust", "checkpoint": "pretrained/fashion-mnist/adversarial"}),
         ("mixed", mixed, plan("mixed"), mixed.describe()),
     ]
+    nc = cfg.nonlinear
+    if None not in (nc.scale, nc.shift, nc.power, nc.alpha):  # a calibrated MixedNUTS-style map
+        nl = nonlinear_mixture(std, rob, nc).eval()
+        plans.append(("nonlinear", nl, plan("mixed"), nl.describe()))
+        with torch.no_grad():
+            nl_log_probs = mix_log_probs(g, nl.robust_map(h), nl.alpha)
+        clean_full["nonlinear"] = float((nl_log_probs.argmax(1) == y_test).float().mean())
     if pair.adaptive is not None:
         ada = pair.adaptive.eval()
         plans.append(("adaptive", ada, plan("adaptive"), ada.describe()))
@@ -135,6 +142,12 @@ def run_demo(
                             reports["robust"].robust_accuracy, reports["mixed"].robust_accuracy)
     extra = {f"fixed α on test (clean n={len(y_test)}, robust n={len(ys)}, worst case)":
              (clean_full["mixed"], reports["mixed"].robust_accuracy)}
+    merit_nonlinear = None
+    if "nonlinear" in reports:
+        extra[f"nonlinear α={nc.alpha:.3f} on test (clean n={len(y_test)}, robust n={len(ys)}, worst case)"] = (
+            clean_full["nonlinear"], reports["nonlinear"].robust_accuracy)
+        merit_nonlinear = figure_of_merit(clean_full["standard"], clean_full["robust"], clean_full["nonlinear"],
+                                          reports["robust"].robust_accuracy, reports["nonlinear"].robust_accuracy)
     if "adaptive" in reports:
         extra[f"adaptive on test (clean n={len(y_test)}, robust n={len(ys)}, worst case)"] = (
             clean_full["adaptive"], reports["adaptive"].robust_accuracy)
@@ -162,6 +175,7 @@ def run_demo(
         },
         "figure_of_merit": merit,
         "figure_of_merit_adaptive": merit_adaptive if "adaptive" in reports else None,
+        "figure_of_merit_nonlinear": merit_nonlinear,
         "margins": margins,
         "config": dataclasses.asdict(cfg),
         "environment": environment(device),
@@ -185,10 +199,13 @@ def format_table(results: dict) -> str:
     head = f"{'Model':<40s} {'Clean':>8s} {'AutoAttack':>11s} {'Worst case':>11s}"
     lines = [(f"{results['dataset']}, {thr['norm']} eps={thr['eps']:g}; clean on {n_clean} test images, "
               f"robust on {n} seeded test images"), head, "-" * len(head)]
+    if "nonlinear" in rob:
+        c = rob["nonlinear"]["model"]
+        names["nonlinear"] = f"Nonlinear (MixedNUTS map), α={c['alpha']:.3f}"
     if "adaptive" in rob:
         c = rob["adaptive"]["model"]
         names["adaptive"] = f"Adaptive, α in [{c['alpha_range'][0]:g}, {c['alpha_range'][1]:g}]"
-    for key in [k for k in ("standard", "robust", "mixed", "adaptive") if k in rob]:
+    for key in [k for k in ("standard", "robust", "mixed", "nonlinear", "adaptive") if k in rob]:
         r = rob[key]
         aa = next(a["accuracy"] for a in r["attacks"] if a["type"] == "autoattack")
         lines.append(f"{names[key]:<40s} {100 * t['clean_accuracy_full'][key]:7.2f}% {100 * aa:10.2f}% "
@@ -197,6 +214,10 @@ def format_table(results: dict) -> str:
     aa_version = next(a["version"] for a in rob["mixed"]["attacks"] if a["type"] == "autoattack")
     lines.append(f"gap closed {100 * m['gap_closed']:.1f}%, robust kept {100 * m['robust_kept']:.1f}% "
                  f"(worst case over AutoAttack-{aa_version}, PGD and transfer from each base model)")
+    if results.get("figure_of_merit_nonlinear"):
+        mn = results["figure_of_merit_nonlinear"]
+        lines.append(f"nonlinear: gap closed {100 * mn['gap_closed']:.1f}%, robust kept {100 * mn['robust_kept']:.1f}% "
+                     f"(worst case over AutoAttack, PGD and transfer from each base model)")
     if results.get("figure_of_merit_adaptive"):
         ma = results["figure_of_merit_adaptive"]
         lines.append(f"adaptive: gap closed {100 * ma['gap_closed']:.1f}%, robust kept {100 * ma['robust_kept']:.1f}% "

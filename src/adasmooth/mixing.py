@@ -111,6 +111,19 @@ class MixedClassifier(nn.Module):
         return f"alpha={a}, standard_scale={self.standard_scale}, robust_scale={self.robust_scale}"
 
 
+def nonlinear_mixture(standard: nn.Module, robust: nn.Module, nonlinear_cfg, *, alpha: float | None = None) -> MixedClassifier:
+    """The MixedNUTS-style mixture of a calibrated ``nonlinear`` config section (see ``adasmooth calibrate``):
+    the robust logits go through the calibrated map, then one α (the calibrated one unless given)."""
+    from .transforms import MixedNUTSMap
+
+    nc = nonlinear_cfg
+    if None in (nc.scale, nc.shift, nc.power, nc.alpha):
+        raise ValueError("the config's nonlinear section is not calibrated (scale, shift, power, alpha are null); "
+                         "run `adasmooth calibrate --write-config FILE` and pass --config FILE")
+    rmap = MixedNUTSMap(scale=nc.scale, shift=nc.shift, power=nc.power, k=nc.k)
+    return MixedClassifier(standard, robust, alpha=nc.alpha if alpha is None else alpha, robust_map=rmap)
+
+
 def apply_maps(g: torch.Tensor, h: torch.Tensor, standard_map: nn.Module | None,
                robust_map: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply optional logit maps to the standard and robust logits."""
