@@ -305,6 +305,11 @@ def cmd_calibrate_mixer(args) -> int:
     model = load_adaptive(args.mixer, std, rob).to(args.device)
     _, meta = load_tensors(args.mixer)
     out = Path(args.out) if args.out else Path(args.mixer)
+    if args.nonlinear:  # adaptive + nonlinear: the calibrated MixedNUTS map on the robust side, its own scale
+        from .mixing import nonlinear_mixture
+
+        model.robust_map = nonlinear_mixture(std, rob, cfg.nonlinear).robust_map
+        model.robust_scale = 1.0
     _calibrate_and_save(model, cfg, args, rob, out, {"training": meta.get("training"), "config": meta.get("config")})
     return 0
 
@@ -471,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="stem to save the calibrated mixer to (default: overwrite --mixer)")
     c.add_argument("--n-calibrate", type=int, default=500, help="validation points for calibration")
     c.add_argument("--verify-iters", type=int, default=50, help="APGD iterations of the calibration's check")
+    c.add_argument("--nonlinear", action="store_true",
+                   help="put the config's calibrated MixedNUTS map on the robust side first (adaptive + nonlinear)")
     c.add_argument("--standard", default=None)
     c.add_argument("--robust", default=None)
     c.add_argument("--device", default="cpu")
