@@ -347,7 +347,7 @@ def cmd_calibrate(args) -> int:
     out = _timestamped(args.out, "calibrate")
     chosen = {"scale": cal.scale, "shift": cal.shift, "power": cal.power}
     plot_map_objective(cal.grid, out / "objective.png", chosen=chosen,
-                       title=f"{cfg.data.name} val n={len(ys)}: clean-wrong share above the threshold (beta={nc.beta:g})")
+                       title=f"{cfg.data.name} val n={len(ys)}, beta={nc.beta:g}: objective, best scale per cell")
     write_json(out / "calibration.json", {
         **cal.to_dict(), "split": "val", "n": len(ys), "indices_seed": nc.seed,
         "attack": {"name": "apgd-ce + apgd-t3 (official)", "n_iter": nc.attack_iters, "eps": cfg.threat.eps,

@@ -116,10 +116,10 @@ def plot_map_objective(grid: list[dict], path: str | Path, *, chosen: dict | Non
             ax.text(j, i, f"{best[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
     if chosen is not None:
         ax.scatter([shifts.index(chosen["shift"])], [powers.index(chosen["power"])], marker="s", s=260,
-                   facecolors="none", edgecolors="red", linewidths=2, label="chosen")
-        ax.legend(fontsize=8, loc="upper right")
-    fig.colorbar(im, ax=ax, label="share of clean-wrong inputs above the margin threshold (lower is better)")
-    ax.set_title(title or "nonlinear map calibration objective (best scale per cell)")
+                   facecolors="none", edgecolors="red", linewidths=2)
+        ax.set_xlabel(f"shift c   (red square: chosen, scale {chosen.get('scale', '?'):g})")
+    fig.colorbar(im, ax=ax, label="clean-wrong share above threshold (lower is better)")
+    ax.set_title(title or "map calibration objective, best scale per cell", fontsize=9)
     return _save(fig, path)
 
 
