@@ -16,6 +16,7 @@ def _cfg(root, **train):
     t = {"epochs": 2, "batch_size": 100, "lr": 0.1, "augment": False, "seed": 0, **train}
     base["train_standard"] = t
     base["train_adversarial"] = {**t, "attack_steps": 2, "attack_step_size": 0.05}
+    base["train_noise"] = t
     return config_from_dict(base)
 
 
@@ -52,6 +53,23 @@ def test_resume_with_another_config_is_refused(tiny_fmnist, tmp_path):
         train_base(_cfg(tiny_fmnist, lr=0.2), "standard", tmp_path, progress=False, resume=True)
     with pytest.raises(CheckpointError, match="cannot resume"):
         train_base(_cfg(tiny_fmnist), "adversarial", tmp_path, progress=False, resume=True)
+
+
+def test_noise_training_learns_under_noise_and_resumes_by_sigma(tiny_fmnist, tmp_path):
+    cfg = _cfg(tiny_fmnist)
+    model, meta = train_base(cfg, "noise", tmp_path, progress=False, sigma=0.5)
+    assert (tmp_path / "noise-sigma0.5.safetensors").is_file()
+    assert meta["sigma"] == 0.5 and meta["settings"]["sigma"] == 0.5
+    # trained on noisy images, it classifies noisy images far above chance (0.1)
+    assert meta["accuracies"]["test_under_noise_one_draw"] > 0.4
+    with pytest.raises(CheckpointError, match="other settings"):  # another sigma's state is not reused
+        (tmp_path / "noise-sigma0.5-last.json").rename(tmp_path / "noise-sigma0.25-last.json")
+        (tmp_path / "noise-sigma0.5-last.safetensors").rename(tmp_path / "noise-sigma0.25-last.safetensors")
+        train_base(cfg, "noise", tmp_path, progress=False, sigma=0.25, resume=True)
+    with pytest.raises(ValueError, match="sigma > 0"):
+        train_base(cfg, "noise", tmp_path, progress=False)
+    with pytest.raises(ValueError, match="noise training only"):
+        train_base(cfg, "standard", tmp_path, progress=False, sigma=0.25)
 
 
 def test_schedule_and_augmentation():

@@ -21,15 +21,16 @@ def _load_cfg(path: str | None) -> tuple[Config, str | None]:
 
 def cmd_train_base(args) -> int:
     from .training import train_base
+    from .training.base import checkpoint_name
 
     cfg, source = _load_cfg(args.config)
     if args.data_root:
         cfg = _with_data_root(cfg, args.data_root)
     out = Path(args.out)
     _, meta = train_base(cfg, args.kind, out, resume=args.resume, device=args.device, config_source=source,
-                         max_epochs=args.max_epochs)
+                         max_epochs=args.max_epochs, sigma=args.sigma)
     if "accuracies" in meta:
-        print(f"saved {out / args.kind}.safetensors (+ .json), trained in {meta['train_seconds']:.0f} s")
+        print(f"saved {out / checkpoint_name(args.kind, args.sigma)}.safetensors (+ .json), trained in {meta['train_seconds']:.0f} s")
         for k, v in meta["accuracies"].items():
             print(f"  {k:>24s}: {100 * v:6.2f}%")
     else:
@@ -385,9 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train-base", help="train a standard or PGD-adversarial base model")
+    t = sub.add_parser("train-base", help="train a standard, PGD-adversarial or Gaussian-noise base model")
     t.add_argument("--config", default="configs/fmnist.yaml")
-    t.add_argument("--kind", choices=("standard", "adversarial"), required=True)
+    t.add_argument("--kind", choices=("standard", "adversarial", "noise"), required=True)
+    t.add_argument("--sigma", type=float, default=None,
+                   help="noise level of --kind noise (on the [0, 1] scale), e.g. 0.25 or 0.5")
     t.add_argument("--out", default="runs/base", help="folder for checkpoints (default: runs/base)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/<kind>-last")
     t.add_argument("--device", default="cpu")

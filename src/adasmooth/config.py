@@ -128,17 +128,34 @@ class NonlinearConfig:
 
 
 @dataclass(frozen=True)
+class CertifyConfig:
+    """Certified ℓ2 robustness by randomized smoothing (Cohen et al.) and of α-mixtures (``adasmooth certify``)."""
+
+    sigmas: tuple[float, ...] = (0.25, 0.5)  # noise levels of the shipped noise-trained bases
+    alphas: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 0.95, 1.0)  # mixtures certified (α >= 1/2)
+    radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # ℓ2 radii of the reported curves
+    n_points: int = 500  # test points
+    n0: int = 100  # selection samples per point
+    n: int = 10_000  # estimation samples per point
+    delta: float = 0.001  # failure probability of each certificate
+    batch_size: int = 1000  # noisy inputs per forward pass
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     threat: ThreatConfig = field(default_factory=ThreatConfig)
     train_standard: TrainConfig = field(default_factory=TrainConfig)
     train_adversarial: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6))
+    train_noise: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))  # Gaussian augmentation
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     mixer: MixerConfig = field(default_factory=MixerConfig)
     nonlinear: NonlinearConfig = field(default_factory=NonlinearConfig)
+    certify: CertifyConfig = field(default_factory=CertifyConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -221,7 +238,7 @@ def _check_values(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'threat.norm' must be Linf or L2, got {cfg.threat.norm!r}")
     if cfg.threat.eps < 0:
         raise ConfigError(f"{source}: 'threat.eps' must be >= 0, got {cfg.threat.eps}")
-    for name in ("train_standard", "train_adversarial"):
+    for name in ("train_standard", "train_adversarial", "train_noise"):
         t = getattr(cfg, name)
         if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
             raise ConfigError(f"{source}: '{name}' needs epochs >= 1, batch_size >= 1 and lr > 0")
@@ -229,5 +246,15 @@ def _check_values(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'sweep.alphas' must lie in [0, 1], got {list(cfg.sweep.alphas)}")
     if cfg.sweep.attack not in ("apgd", "pgd"):
         raise ConfigError(f"{source}: 'sweep.attack' must be apgd or pgd, got {cfg.sweep.attack!r}")
+    c = cfg.certify
+    if any(not s > 0 for s in c.sigmas):
+        raise ConfigError(f"{source}: 'certify.sigmas' must all be > 0, got {list(c.sigmas)}")
+    if any(not 0.5 <= a <= 1.0 for a in c.alphas):
+        raise ConfigError(f"{source}: 'certify.alphas' must lie in [0.5, 1] (no certificate exists below 1/2), "
+                          f"got {list(c.alphas)}")
+    if not 0.0 < c.delta < 1.0:
+        raise ConfigError(f"{source}: 'certify.delta' must lie in (0, 1), got {c.delta}")
+    if c.n0 < 1 or c.n < 1 or c.n_points < 1 or c.batch_size < 1:
+        raise ConfigError(f"{source}: 'certify' needs n0, n, n_points and batch_size >= 1")
     if cfg.demo.autoattack_version not in ("standard", "plus", "rand"):
         raise ConfigError(f"{source}: 'demo.autoattack_version' must be standard, plus or rand")

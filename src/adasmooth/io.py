@@ -63,7 +63,8 @@ def _paths(stem: str | os.PathLike) -> tuple[Path, Path]:
     stem = Path(stem)
     if stem.suffix in (".safetensors", ".json"):
         stem = stem.with_suffix("")
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    # append, never replace: a stem may hold a dot of its own (noise-sigma0.5)
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
 def save_tensors(stem: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> None:

@@ -1,4 +1,5 @@
-"""Training of base models: standard (clean) training and PGD adversarial training (Madry et al. 2018).
+"""Training of base models: standard (clean) training, PGD adversarial training (Madry et al. 2018) and
+Gaussian data augmentation for randomized smoothing (Cohen et al. 2019).
 
 Stateless schedules (learning rate from the global step, data order and augmentation from a generator
 seeded by ``seed`` and the epoch) make a resumed run equal an uninterrupted one.
@@ -26,14 +27,26 @@ from ..models import build
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("standard", "adversarial")
+KINDS = ("standard", "adversarial", "noise")
 WARMUP_FRACTION = 0.05
 
 
 def train_config_for(cfg: Config, kind: str) -> TrainConfig:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return cfg.train_standard if kind == "standard" else cfg.train_adversarial
+    return {"standard": cfg.train_standard, "adversarial": cfg.train_adversarial, "noise": cfg.train_noise}[kind]
+
+
+def checkpoint_name(kind: str, sigma: float | None = None) -> str:
+    """File stem of a trained base model: the kind, and for noise training its σ (``noise-sigma0.25``)."""
+    return f"noise-sigma{sigma:g}" if kind == "noise" else kind
+
+
+def _check_sigma(kind: str, sigma: float | None) -> None:
+    if kind == "noise" and (sigma is None or not sigma > 0):
+        raise ValueError(f"noise training needs sigma > 0 (the Gaussian noise level on the [0, 1] scale), got {sigma}")
+    if kind != "noise" and sigma is not None:
+        raise ValueError(f"sigma applies to noise training only, not to kind {kind!r}")
 
 
 def lr_at(step: int, total: int, base_lr: float) -> float:
@@ -69,19 +82,24 @@ def train_base(
     progress: bool = True,
     config_source: str | None = None,
     max_epochs: int | None = None,
+    sigma: float | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train a base model of ``kind`` ("standard" or "adversarial") as ``cfg`` says.
+    """Train a base model of ``kind`` ("standard", "adversarial" or "noise") as ``cfg`` says.
 
-    Writes ``out_dir/<kind>-last`` after every epoch (weights, optimiser state, epoch) and
-    ``out_dir/<kind>`` at the end, both atomically. With ``resume=True`` training continues from
+    Noise training adds N(0, σ²) to every training image (no clipping), the base network of a
+    randomized-smoothing classifier; it needs ``sigma``. Writes ``out_dir/<name>-last`` after every epoch
+    (weights, optimiser state, epoch) and ``out_dir/<name>`` at the end, both atomically, where name is
+    the kind (``noise-sigma<σ>`` for noise training). With ``resume=True`` training continues from
     ``<kind>-last``; its recorded settings must equal this run's. ``max_epochs`` stops early after that
     many epochs in total (to split a long run; the schedule still spans the configured epochs).
     Returns the trained model (eval mode) and its checkpoint metadata.
     """
     tcfg = train_config_for(cfg, kind)
+    _check_sigma(kind, sigma)
+    name = checkpoint_name(kind, sigma)
     out_dir = Path(out_dir)
-    state_stem = out_dir / f"{kind}-last"
-    settings = _settings(cfg, kind)
+    state_stem = out_dir / f"{name}-last"
+    settings = _settings(cfg, kind) | ({"sigma": float(sigma)} if kind == "noise" else {})
 
     x_train, y_train = data_mod.load(cfg.data.name, "train", root=cfg.data.root)
     n_classes = data_mod.num_classes(cfg.data.name)
@@ -105,7 +123,7 @@ def train_base(
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(x_train), generator=gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"{kind} epoch {epoch + 1}/{tcfg.epochs}", disable=not progress)
+        bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{tcfg.epochs}", disable=not progress)
         run_loss = run_acc = 0.0
         for i in bar:
             idx = perm[i * tcfg.batch_size : (i + 1) * tcfg.batch_size]
@@ -119,6 +137,8 @@ def train_base(
                     model, xb, yb, eps=cfg.threat.eps, norm=cfg.threat.norm, steps=tcfg.attack_steps,
                     step_size=tcfg.attack_step_size, generator=gen,
                 )
+            elif kind == "noise":
+                xb = xb + sigma * torch.randn(xb.shape, generator=gen).to(device)
             model.train()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total_steps, tcfg.lr)
@@ -141,8 +161,8 @@ def train_base(
     model.eval()
     if last_epoch < tcfg.epochs:
         return model, {"epochs_done": last_epoch}
-    meta = _final_metadata(model, cfg, kind, settings, elapsed, device, progress, config_source)
-    save_model(out_dir / kind, model, architecture=cfg.model.architecture, arch_args=arch_args, **meta)
+    meta = _final_metadata(model, cfg, kind, settings, elapsed, device, progress, config_source, sigma)
+    save_model(out_dir / name, model, architecture=cfg.model.architecture, arch_args=arch_args, **meta)
     return model, meta
 
 
@@ -179,7 +199,7 @@ def _restore(stem, settings, model, optimizer, device) -> tuple[int, float]:
     return int(meta["epoch"]), float(meta.get("seconds", 0.0))
 
 
-def _final_metadata(model, cfg, kind, settings, elapsed, device, progress, config_source) -> dict:
+def _final_metadata(model, cfg, kind, settings, elapsed, device, progress, config_source, sigma=None) -> dict:
     x_val, y_val = data_mod.load(cfg.data.name, "val", root=cfg.data.root)
     x_test, y_test = data_mod.load(cfg.data.name, "test", root=cfg.data.root)
     ev = cfg.evaluate
@@ -188,6 +208,13 @@ def _final_metadata(model, cfg, kind, settings, elapsed, device, progress, confi
         "test_clean": accuracy(model, x_test, y_test, device=device, batch_size=ev.batch_size),
     }
     n = min(ev.n, len(y_test))
+    common = {"dataset": cfg.data.name, "kind": kind, "settings": settings, "train_seconds": round(elapsed, 1),
+              "device": str(device), "config": config_source}
+    if kind == "noise":  # its robustness is certified (adasmooth certify), not attacked with l-inf PGD
+        gen = torch.Generator().manual_seed(ev.seed)
+        noisy = x_test + sigma * torch.randn(x_test.shape, generator=gen)
+        acc["test_under_noise_one_draw"] = accuracy(model, noisy, y_test, device=device, batch_size=ev.batch_size)
+        return {**common, "sigma": float(sigma), "accuracies": acc}
     x_adv = attack_batched(
         pgd, model, x_test[:n], y_test[:n], device=device, batch_size=ev.batch_size, progress=progress,
         desc="PGD-20 check", eps=cfg.threat.eps, norm=cfg.threat.norm, steps=ev.pgd_steps,
