@@ -1,6 +1,7 @@
 """Certification: exact binomial bounds, the mixture radii against brute force on closed-form toys,
 randomized smoothing's abstention and reproducibility, and an attack check of the Lipschitz certificate."""
 
+import itertools
 import logging
 import math
 
@@ -205,7 +206,7 @@ def test_certify_mixture_properties_on_a_half_space():
     cert = res.certified_accuracy(radii)
     clean = res.clean_accuracy()
     for curve in cert.values():
-        assert all(a >= b for a, b in zip(curve, curve[1:]))  # falls with the radius
+        assert all(a >= b for a, b in itertools.pairwise(curve))  # falls with the radius
     for i in range(len(radii)):
         assert cert["alpha=0.6"][i] <= cert["alpha=0.8"][i] <= cert["alpha=1"][i]
     assert np.all(res.mixture_radius[0] <= res.mixture_radius[-1] + 1e-12)

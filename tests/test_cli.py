@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pytest
@@ -138,3 +139,39 @@ def test_calibrate_command_writes_a_map_a_plot_and_a_config(tmp_path, tiny_fmnis
     capsys.readouterr()
     assert main(["evaluate", "--config", str(cfg), "--nonlinear", "--n", "8", *pair]) == 2
     assert "not calibrated" in capsys.readouterr().err
+
+
+def test_certify_command_writes_curves_a_plot_and_the_goal_check(tmp_path, tiny_fmnist, capsys):
+    import torch
+
+    from adasmooth.io import save_model
+    from adasmooth.models import SmallResNet
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "std", SmallResNet(width=4), architecture="small_resnet", arch_args={"width": 4})
+    save_model(tmp_path / "noise-sigma0.5", SmallResNet(width=4), architecture="small_resnet",
+               arch_args={"width": 4}, kind="noise", sigma=0.5)
+    out = tmp_path / "cert"
+    args = ["certify", "--standard", str(tmp_path / "std"), "--robust", str(tmp_path / "noise-sigma0.5"),
+            "--n-points", "6", "--n0", "10", "--n", "100", "--alphas", "0.8", "1.0", "--out", str(out),
+            "--data-root", str(tiny_fmnist)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "sigma=0.5" in printed and "alpha=0.8" in printed and "goal" in printed
+    res = json.loads((out / "certify.json").read_text())
+    (s,) = res["sigmas"]
+    assert s["sigma"] == 0.5 and res["n_points"] == 6 and res["n"] == 100 and res["split"] == "test"
+    assert set(s["certified_accuracy"]) == {"smoothed", "alpha=0.8", "alpha=1"}
+    for name, curve in s["certified_accuracy"].items():
+        assert curve[0] <= s["clean_accuracy"][name] + 1e-9 or name == "smoothed"
+        assert all(a >= b for a, b in itertools.pairwise(curve))
+    assert len(s["per_image"]["mixture_radius"]["alpha=0.8"]) == 6
+    assert (out / "certified.png").stat().st_size > 10_000
+    # a checkpoint without its sigma needs --sigma; alpha below 1/2 is refused with the reason
+    save_model(tmp_path / "plain", SmallResNet(width=4), architecture="small_resnet", arch_args={"width": 4})
+    assert main([*args[:3], "--robust", str(tmp_path / "plain"), *args[5:]]) == 2
+    assert "--sigma" in capsys.readouterr().err
+    bad = [*args]
+    bad[bad.index("0.8")] = "0.4"
+    assert main(bad) == 2
+    assert "alpha >= 1/2" in capsys.readouterr().err

@@ -57,7 +57,7 @@ def test_resume_with_another_config_is_refused(tiny_fmnist, tmp_path):
 
 def test_noise_training_learns_under_noise_and_resumes_by_sigma(tiny_fmnist, tmp_path):
     cfg = _cfg(tiny_fmnist)
-    model, meta = train_base(cfg, "noise", tmp_path, progress=False, sigma=0.5)
+    _, meta = train_base(cfg, "noise", tmp_path, progress=False, sigma=0.5)
     assert (tmp_path / "noise-sigma0.5.safetensors").is_file()
     assert meta["sigma"] == 0.5 and meta["settings"]["sigma"] == 0.5
     # trained on noisy images, it classifies noisy images far above chance (0.1)

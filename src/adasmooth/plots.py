@@ -123,6 +123,32 @@ def plot_map_objective(grid: list[dict], path: str | Path, *, chosen: dict | Non
     return _save(fig, path)
 
 
+def plot_certified_accuracy(panels: list[dict], radii, path: str | Path, *, title: str = "") -> Path:
+    """Certified accuracy (%) against the ℓ2 radius: one panel per noise level σ, one line per model.
+
+    Each panel is ``{"sigma": σ, "curves": {name: [acc at each radius]}, "clean": {name: clean acc}}``;
+    the legend gives each model's clean accuracy, so the trade-off between the two reads off one figure.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for name, curve in panel["curves"].items():
+            clean = panel["clean"].get(name)
+            label = name if clean is None else f"{name} (clean {100 * clean:.1f}%)"
+            style = "k-o" if name == "smoothed" else "-o"
+            ax.plot(list(radii), [100 * v for v in curve], style, ms=3, lw=2 if name == "smoothed" else 1.2,
+                    label=label)
+        ax.set_xlabel("ℓ2 radius")
+        ax.set_ylabel("certified accuracy (%)")
+        ax.set_title(f"σ = {panel['sigma']:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path) -> Path:
     plt = _pyplot()
     path = Path(path)

@@ -54,7 +54,7 @@ def smallest_useful_n(delta: float, *, alpha: float = 1.0, num_classes: int = 2,
     """
     check_delta(delta)
     if alpha >= 1.0:
-        return int(math.floor(math.log(delta) / math.log(0.5))) + 1
+        return math.floor(math.log(delta) / math.log(0.5)) + 1
     if alpha <= 0.5:
         raise ValueError(f"a mixture with alpha = {alpha} <= 1/2 can never be certified")
     n = 1

@@ -1,0 +1,105 @@
+"""One certification run: smoothed robust bases at several σ and their mixtures with a standard model,
+on seeded test points; a results dict (JSON-ready) with the curves, clean accuracies and the goal check."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .mixture import certify_mixture
+from .smoothing import Smooth
+
+logger = logging.getLogger(__name__)
+
+
+class _Autocast(nn.Module):
+    """Runs ``model`` under bfloat16 autocast and returns float32 logits."""
+
+    def __init__(self, model: nn.Module, device_type: str):
+        super().__init__()
+        self.model, self.device_type = model, device_type
+
+    def forward(self, x):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
+def fast_inference(model: nn.Module, *, compile: bool = False, bf16: bool = False,
+                   device: str | torch.device = "cpu") -> nn.Module:
+    """The same network, faster for the millions of noisy forward passes of certification.
+
+    ``compile`` wraps it in ``torch.compile`` (same function, fp32). ``bf16`` runs it under bfloat16
+    autocast: a slightly different function, so the certificate is then for the bf16 network, which is
+    what must be deployed. Measured on the 2-core Xeon (AMX) of our CI machines, one thread: plain 733
+    images/s, compiled 1,438, compiled + bf16 2,800.
+    """
+    model = model.eval()
+    if bf16:
+        model = _Autocast(model, torch.device(device).type)
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
+def certification_report(standard: nn.Module, robust_by_sigma: dict[float, nn.Module], x: torch.Tensor,
+                         y: torch.Tensor, *, num_classes: int, alphas: Sequence[float], radii: Sequence[float],
+                         n0: int, n: int, delta: float, batch_size: int = 1000, seed: int = 0,
+                         device: str | torch.device = "cpu", goal_radius: float = 0.25, goal_clean_gain: float = 0.03,
+                         goal_keep: float = 0.8, progress: bool = True) -> dict:
+    """Certify each smoothed base alone and mixed with ``standard`` at each α on the images ``x``.
+
+    Per σ it reports clean accuracy (standard model, smoothed model by vote argmax and with Cohen's
+    abstention, each mixture), certified accuracy at each radius, per-image radii, the seconds spent, and
+    the goal check: an α whose clean accuracy is ``goal_clean_gain`` above the smoothed model's while its
+    certified accuracy at ``goal_radius`` keeps ``goal_keep`` of the smoothed model's.
+    """
+    radii = [float(r) for r in radii]
+    out = {"n_points": len(y), "n0": n0, "n": n, "delta": delta, "seed": seed, "norm": "L2", "radii": radii,
+           "alphas": [float(a) for a in alphas],
+           "certificate": "smoothed alone: Cohen et al. (Clopper-Pearson lower bound on p_A at 1 - delta); "
+                          "mixtures: r = sigma/2 [Phi^-1(alpha p_A) - Phi^-1(alpha p_B + 1 - alpha)] with p_A "
+                          "lower and every other class's p upper Clopper-Pearson bounds (delta split in two)",
+           "goal": {"radius": goal_radius, "clean_gain": goal_clean_gain, "keep": goal_keep}, "sigmas": []}
+    standard = standard.eval()
+    for sigma, robust in robust_by_sigma.items():
+        smooth = Smooth(robust.eval(), num_classes, sigma, batch_size=batch_size, device=device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        t0 = time.perf_counter()
+        res = certify_mixture(standard, smooth, x, y, alphas=alphas, n0=n0, n=n, delta=delta, generator=gen,
+                              progress=progress)
+        seconds = time.perf_counter() - t0
+        curves = res.certified_accuracy(radii)
+        clean = res.clean_accuracy()
+        out["sigmas"].append({
+            "sigma": float(sigma), "seconds": round(seconds, 1),
+            "noise_samples_per_second": round(len(y) * (n0 + n) / seconds, 1),
+            "clean_accuracy": clean, "certified_accuracy": curves,
+            "goal_check": _goal_check(curves, clean, radii, goal_radius, goal_clean_gain, goal_keep),
+            "per_image": {"label": res.labels.tolist(), "smoothed_radius": np.round(res.smooth_radius, 5).tolist(),
+                          "smoothed_class": res.smooth_class.tolist(),
+                          "mixture_radius": {f"alpha={a:g}": np.round(r, 5).tolist()
+                                             for a, r in zip(res.alphas, res.mixture_radius)}},
+        })
+        logger.info("sigma=%g certified in %.0f s", sigma, seconds)
+    return out
+
+
+def _goal_check(curves: dict, clean: dict, radii: list[float], radius: float, gain: float, keep: float) -> dict:
+    if radius not in radii:
+        return {"note": f"radius {radius} is not among the reported radii"}
+    i = radii.index(radius)
+    ref_cert, ref_clean = curves["smoothed"][i], clean["smoothed"]
+    rows = {}
+    for name, curve in curves.items():
+        if name == "smoothed":
+            continue
+        kept = curve[i] / ref_cert if ref_cert > 0 else float("nan")
+        rows[name] = {"clean_gain": clean[name] - ref_clean, "certified_kept": kept,
+                      "meets_goal": bool(clean[name] - ref_clean >= gain and kept >= keep)}
+    return {"reference": {"clean": ref_clean, f"certified_at_{radius:g}": ref_cert}, "mixtures": rows,
+            "any_alpha_meets_goal": any(r["meets_goal"] for r in rows.values())}
