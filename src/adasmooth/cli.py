@@ -47,10 +47,9 @@ def _timestamped(base: str | None, prefix: str) -> Path:
     return Path("results") / f"{prefix}-{stamp}" if prefix else Path("results") / stamp
 
 
-def _pair(args, device):
-    """The shipped pair, or --standard / --robust checkpoints when given."""
+def _pair(args, device, cfg: Config | None = None):
+    """--standard / --robust checkpoints when given, else the config's ``bases``, else the shipped pair."""
     from .io import load_model
-    from .pretrained import load_pretrained
 
     std = rob = None
     if getattr(args, "standard", None):
@@ -58,9 +57,11 @@ def _pair(args, device):
     if getattr(args, "robust", None):
         rob, _ = load_model(args.robust, map_location=device)
     if std is None or rob is None:
-        pair = load_pretrained("fashion-mnist", device=device)
-        std = std or pair.standard
-        rob = rob or pair.robust
+        from .bases import load_bases
+
+        cfg_std, cfg_rob = load_bases(cfg or Config(), device=device)
+        std = std or cfg_std
+        rob = rob or cfg_rob
     return std, rob
 
 
@@ -71,7 +72,7 @@ def _evaluation_targets(args, cfg):
     if args.mixer or args.alpha is not None or args.nonlinear:
         if args.checkpoint:
             raise ValueError("--checkpoint evaluates base models; it does not go with --mixer, --alpha or --nonlinear")
-        std, rob = _pair(args, args.device)
+        std, rob = _pair(args, args.device, cfg)
         if args.nonlinear:
             from .mixing import nonlinear_mixture
 
@@ -171,7 +172,7 @@ def cmd_sweep(args) -> int:
 
     cfg, _ = _load_cfg(args.config)
     sw = cfg.sweep
-    std, rob = _pair(args, args.device)
+    std, rob = _pair(args, args.device, cfg)
     x, y = data_mod.load(cfg.data.name, "val", root=args.data_root or cfg.data.root)
     alphas = tuple(args.alphas) if args.alphas else sw.alphas
     res = sweep(std, rob, x, y, alphas=alphas, eps=cfg.threat.eps, norm=cfg.threat.norm,
@@ -203,7 +204,7 @@ def cmd_margins(args) -> int:
     from .plots import plot_margins
 
     cfg, _ = _load_cfg(args.config)
-    _, rob = _pair(args, args.device)
+    _, rob = _pair(args, args.device, cfg)
     x, y = data_mod.load(cfg.data.name, args.split, root=args.data_root or cfg.data.root)
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.evaluate.seed))[: min(args.n, len(y))]
     xs, ys = x[idx], y[idx]
@@ -249,7 +250,7 @@ def cmd_fit_mixer(args) -> int:
 
     cfg, source = _load_cfg(args.config)
     mc = cfg.mixer
-    std, rob = _pair(args, args.device)
+    std, rob = _pair(args, args.device, cfg)
     x, y = data_mod.load(cfg.data.name, "train", root=args.data_root or cfg.data.root)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(mc.seed)
@@ -278,6 +279,14 @@ def _calibrate_and_save(model, cfg, args, rob, stem: Path, metadata: dict) -> No
     from .evaluation.runner import write_json
     from .mixer import save_adaptive
 
+    if cfg.mixer.alpha_range:  # the config fixes them (e.g. the paper's released values): no calibration
+        model.alpha_range = tuple(cfg.mixer.alpha_range)
+        model.gamma_bias = float(cfg.mixer.eval_gamma_bias)
+        save_adaptive(stem, model, calibration={"source": "config", "alpha_range": list(model.alpha_range),
+                                                "gamma_bias": model.gamma_bias}, dataset=cfg.data.name, **metadata)
+        print(f"saved {stem}.safetensors (+ .json) with the config's alpha range {list(model.alpha_range)} and "
+              f"gamma bias {model.gamma_bias:g} (not calibrated)")
+        return
     seed = cfg.mixer.seed
     xv, yv = data_mod.load(cfg.data.name, "val", root=args.data_root or cfg.data.root)
     idx = torch.randperm(len(yv), generator=torch.Generator().manual_seed(seed))[: args.n_calibrate]
@@ -302,7 +311,7 @@ def cmd_calibrate_mixer(args) -> int:
     from .mixer import load_adaptive
 
     cfg, _ = _load_cfg(args.config)
-    std, rob = _pair(args, args.device)
+    std, rob = _pair(args, args.device, cfg)
     model = load_adaptive(args.mixer, std, rob).to(args.device)
     _, meta = load_tensors(args.mixer)
     out = Path(args.out) if args.out else Path(args.mixer)
@@ -330,7 +339,7 @@ def cmd_calibrate(args) -> int:
 
     cfg, _ = _load_cfg(args.config)
     nc = cfg.nonlinear
-    _, rob = _pair(args, args.device)
+    _, rob = _pair(args, args.device, cfg)
     x, y = data_mod.load(cfg.data.name, "val", root=args.data_root or cfg.data.root)
     n = args.n or nc.n_calibrate
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(nc.seed))[: min(n, len(y))]

@@ -30,6 +30,23 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class BaseModelSpec:
+    """One base model from the user's files. All null: the shipped model of the embedded default."""
+
+    architecture: str | None = None  # small_resnet, wide_resnet, torchvision:<name>, timm:<name>
+    args: dict = field(default_factory=dict)  # keyword arguments; input_size / mean / std wrap the model
+    weights: str | None = None  # safetensors or .pt state dict (read with weights_only=True)
+    robustbench: str | None = None  # a RobustBench zoo name instead (downloads on first use; optional extra)
+    source: str = ""  # where the paper's weights came from, shown when the file is missing
+
+
+@dataclass(frozen=True)
+class BasesConfig:
+    standard: BaseModelSpec = field(default_factory=BaseModelSpec)
+    robust: BaseModelSpec = field(default_factory=BaseModelSpec)
+
+
+@dataclass(frozen=True)
 class ThreatConfig:
     norm: str = "Linf"  # "Linf" or "L2"
     eps: float = 0.1
@@ -106,6 +123,8 @@ class MixerConfig:
     attack_n_targets: int = 9
     attack_untargeted_share: float = 0.5
     checkpoint_every: int = 100  # optimiser steps
+    alpha_range: tuple[float, ...] = ()  # [lo, hi] used as given; empty: calibrated on validation after training
+    eval_gamma_bias: float | None = None  # b at evaluation used as given; null: calibrated with the α range
     amp: bool = False  # bfloat16 autocast for the attack and the mixer step (meant for GPUs)
     tensorboard: bool = True  # also log to <out>/tensorboard when the tensorboard package is installed
     seed: int = 0
@@ -146,6 +165,7 @@ class CertifyConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    bases: BasesConfig = field(default_factory=BasesConfig)
     threat: ThreatConfig = field(default_factory=ThreatConfig)
     train_standard: TrainConfig = field(default_factory=TrainConfig)
     train_adversarial: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6))
@@ -246,6 +266,13 @@ def _check_values(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'sweep.alphas' must lie in [0, 1], got {list(cfg.sweep.alphas)}")
     if cfg.sweep.attack not in ("apgd", "pgd"):
         raise ConfigError(f"{source}: 'sweep.attack' must be apgd or pgd, got {cfg.sweep.attack!r}")
+    m = cfg.mixer
+    if m.alpha_range and (len(m.alpha_range) != 2 or not 0.0 <= m.alpha_range[0] <= m.alpha_range[1] <= 1.0):
+        raise ConfigError(f"{source}: 'mixer.alpha_range' must be empty or [lo, hi] with 0 <= lo <= hi <= 1, "
+                          f"got {list(m.alpha_range)}")
+    if (m.eval_gamma_bias is None) != (not m.alpha_range):
+        raise ConfigError(f"{source}: 'mixer.alpha_range' and 'mixer.eval_gamma_bias' go together: give both "
+                          "(used as given) or neither (calibrated on validation)")
     c = cfg.certify
     if any(not s > 0 for s in c.sigmas):
         raise ConfigError(f"{source}: 'certify.sigmas' must all be > 0, got {list(c.sigmas)}")

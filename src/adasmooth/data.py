@@ -24,6 +24,7 @@ VAL_SIZE = 5000
 VAL_SEED = 20230130  # fixed forever: changing it would leak validation choices into training data
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
+IMAGE_SHAPES = {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}  # C, H, W
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
