@@ -101,10 +101,14 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from . import data as data_mod
-    from .evaluation import accuracy, evaluate_robustness
+    from .distributed import init_distributed, is_main
+    from .evaluation import accuracy
     from .evaluation.plans import attack_plan
     from .evaluation.runner import write_json
+    from .evaluation.sharded import evaluate_in_chunks
 
+    rank, world, device = init_distributed(args.device)
+    args.device = device
     cfg, _ = _load_cfg(args.config)
     ev = cfg.evaluate
     n = args.n if args.n is not None else ev.n
@@ -116,20 +120,23 @@ def cmd_evaluate(args) -> int:
     for name, model, kind, info in targets:
         attacks = attack_plan(kind, standard=std, robust=rob, pgd_steps=ev.pgd_steps, pgd_step_size=ev.pgd_step_size,
                               pgd_restarts=ev.pgd_restarts, autoattack=args.autoattack, seed=ev.seed)
-        clean_full = accuracy(model, x, y, device=args.device, batch_size=ev.batch_size, progress=True)
-        kept: dict = {}
-        rep = evaluate_robustness(model, x[idx], y[idx], attacks, eps=cfg.threat.eps, norm=cfg.threat.norm,
-                                  device=args.device, batch_size=ev.batch_size, dataset=cfg.data.name,
-                                  split=args.split, indices=idx, model_info=info,
-                                  on_outcome=functools.partial(_keep_adversarials, kept))
+        clean_full = accuracy(model, x, y, device=device, batch_size=ev.batch_size, progress=is_main())
+        rep, kept = evaluate_in_chunks(
+            model, x[idx], y[idx], attacks, eps=cfg.threat.eps, norm=cfg.threat.norm, chunk_size=args.chunk_size or ev.batch_size,
+            device=device, batch_size=ev.batch_size, dataset=cfg.data.name, split=args.split, indices=idx,
+            model_info=info, cache_dir=out / f".chunks-{name}", keep_adversarials=kind == "adaptive",
+            progress=is_main())
         result = {**rep.to_dict(), "clean_accuracy_full_split": clean_full, "n_full_split": len(y)}
-        if kind == "adaptive":
-            result["alpha"] = _alpha_report(model, x[idx], kept, rep, out / f"{name}-alpha.png", cfg, args.device,
+        if kind == "adaptive" and is_main():
+            result["alpha"] = _alpha_report(model, x[idx], kept, rep, out / f"{name}-alpha.png", cfg, device,
                                             ev.batch_size)
-        write_json(out / f"{name}.json", result)
+        if is_main():
+            write_json(out / f"{name}.json", result)
         rows.append((name, clean_full, rep))
+    if not is_main():
+        return 0
     print(f"{cfg.data.name} {args.split}: clean on {len(y)} images; robust on {len(idx)} seeded images, "
-          f"{cfg.threat.norm} eps={cfg.threat.eps:g}")
+          f"{cfg.threat.norm} eps={cfg.threat.eps:g}" + (f"; {world} ranks" if world > 1 else ""))
     for name, clean_full, rep in rows:
         print(f"{name}: clean {100 * clean_full:.2f}%, worst case {100 * rep.robust_accuracy:.2f}% "
               f"(clean on the subset {100 * rep.clean_accuracy:.2f}%)")
@@ -490,7 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="clean accuracy and PGD (optionally AutoAttack) robust accuracy of checkpoints")
     e.add_argument("--config", default="configs/fmnist.yaml")
     e.add_argument("--checkpoint", action="append", help="checkpoint stem (repeatable); default: both shipped models")
-    e.add_argument("--n", type=int, default=None, help="points attacked (default: evaluate.n in the config)")
+    e.add_argument("--n", "--n-examples", dest="n", type=int, default=None,
+                   help="points attacked (default: evaluate.n in the config); under torchrun write --n-examples, "
+                        "since torchrun's own parser mistakes --n for one of its options")
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.add_argument("--autoattack", choices=("standard", "plus", "rand"), default=None, help="add AutoAttack")
     e.add_argument("--mixer", default=None, help="evaluate this adaptive mixer (stem) on the standard/robust pair")
@@ -501,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--robust-scale", type=float, default=1.0, help="s_h of the fixed-alpha mixture")
     e.add_argument("--standard", default=None, help="standard model checkpoint for --mixer/--alpha (default: shipped)")
     e.add_argument("--robust", default=None, help="robust model checkpoint for --mixer/--alpha (default: shipped)")
+    e.add_argument("--chunk-size", type=int, default=None,
+                   help="examples per independent chunk (default: evaluate.batch_size); finished chunks are kept "
+                        "in <out>/.chunks-<model> so a rerun resumes, and torchrun ranks share the chunks")
     e.add_argument("--out", default=None, help="results folder (default: results/evaluate-<time>)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--data-root", default=None)
