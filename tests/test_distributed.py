@@ -88,3 +88,21 @@ def test_more_ranks_than_chunks_is_an_error(tmp_path, tiny_fmnist, trained_pair)
         pytest.skip("this platform cannot open the local sockets gloo needs")
     assert proc.returncode != 0
     assert "some ranks would get no data" in proc.stderr
+
+
+def test_certify_on_two_ranks_equals_one_process(tmp_path, tiny_fmnist, trained_pair, capsys):
+    std = trained_pair[1]
+    rob = trained_pair[3]
+    args = ["certify", "--standard", std, "--robust", rob, "--sigma", "0.25", "--n-points", "8", "--chunk-points", "2",
+            "--n0", "10", "--n-samples", "200", "--alphas", "0.8", "1.0", "--data-root", str(tiny_fmnist)]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    proc = _torchrun([*args, "--out", str(tmp_path / "two")], 2)
+    if proc.returncode != 0 and "Address family not supported" in proc.stderr:
+        pytest.skip("this platform cannot open the local sockets gloo needs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "certify.json").read_text())["sigmas"][0]
+    b = json.loads((tmp_path / "two" / "certify.json").read_text())["sigmas"][0]
+    assert a["per_image"] == b["per_image"] and a["certified_accuracy"] == b["certified_accuracy"]
+    assert b["world_size"] == 2
+    assert len(list((tmp_path / "one" / ".votes" / "sigma0.25").glob("chunk-*.npz"))) == 4

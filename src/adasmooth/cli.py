@@ -392,6 +392,9 @@ def cmd_certify(args) -> int:
     from .io import load_model
     from .plots import plot_certified_accuracy
 
+    from .distributed import init_distributed, is_main
+
+    _, world, args.device = init_distributed(args.device)
     cfg, _ = _load_cfg(args.config)
     c = cfg.certify
     if args.standard:
@@ -415,13 +418,16 @@ def cmd_certify(args) -> int:
     n_points = args.n_points or c.n_points
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(c.seed))[: min(n_points, len(y))]
     alphas = args.alphas or list(c.alphas)
+    out = _timestamped(args.out, "certify")
     report = certification_report(standard, robust_by_sigma, x[idx], y[idx], num_classes=data_mod.num_classes(cfg.data.name),
                                   alphas=alphas, radii=c.radii, n0=args.n0 or c.n0, n=args.n or c.n, delta=c.delta,
-                                  batch_size=c.batch_size, seed=c.seed, device=args.device)
+                                  batch_size=c.batch_size, seed=c.seed, device=args.device, progress=is_main(),
+                                  cache_dir=out / ".votes", chunk_points=args.chunk_points)
+    if not is_main():
+        return 0
     report.update({"dataset": cfg.data.name, "split": args.split, "indices_seed": c.seed, "robust": stems,
                    "robust_inference": {"torch_compile": args.compile, "bf16_autocast": args.bf16},
                    "standard": args.standard or f"pretrained/{cfg.data.name}/standard"})
-    out = _timestamped(args.out, "certify")
     write_json(out / "certify.json", report)
     panels = [{"sigma": s["sigma"], "curves": s["certified_accuracy"], "clean": s["clean_accuracy"]}
               for s in report["sigmas"]]
@@ -484,7 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--alphas", type=float, nargs="+", default=None, help="mixture weights (>= 0.5) to certify")
     c.add_argument("--n-points", type=int, default=None, help="test points (default: certify.n_points)")
     c.add_argument("--n0", type=int, default=None, help="selection samples per point")
-    c.add_argument("--n", type=int, default=None, help="estimation samples per point")
+    c.add_argument("--n", "--n-samples", dest="n", type=int, default=None,
+                   help="estimation samples per point (under torchrun write --n-samples)")
+    c.add_argument("--chunk-points", type=int, default=20,
+                   help="points per chunk: the unit of caching (<out>/.votes) and of sharding over torchrun ranks")
     c.add_argument("--split", choices=("train", "val", "test"), default="test")
     c.add_argument("--compile", action="store_true", help="torch.compile the smoothed networks (same function, ~2x on CPU)")
     c.add_argument("--bf16", action="store_true",

@@ -3,15 +3,21 @@ on seeded test points; a results dict (JSON-ready) with the curves, clean accura
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from .mixture import certify_mixture
+from ..distributed import all_gather_objects, rank_and_world
+from ..io import atomic_write_bytes
+from .mixture import Votes, certify_from_votes, sample_votes
+from .radii import _check_alpha_for_certificate
 from .smoothing import Smooth
 
 logger = logging.getLogger(__name__)
@@ -50,8 +56,14 @@ def certification_report(standard: nn.Module, robust_by_sigma: dict[float, nn.Mo
                          y: torch.Tensor, *, num_classes: int, alphas: Sequence[float], radii: Sequence[float],
                          n0: int, n: int, delta: float, batch_size: int = 1000, seed: int = 0,
                          device: str | torch.device = "cpu", goal_radius: float = 0.25, goal_clean_gain: float = 0.03,
-                         goal_keep: float = 0.8, progress: bool = True) -> dict:
+                         goal_keep: float = 0.8, progress: bool = True, chunk_points: int = 20,
+                         cache_dir: str | Path | None = None) -> dict:
     """Certify each smoothed base alone and mixed with ``standard`` at each α on the images ``x``.
+
+    Images go in chunks of ``chunk_points``, each with its own generator seeded by (``seed``, σ, chunk), so
+    a chunk's votes do not depend on who computed them: ranks of a ``torchrun`` launch share the chunks
+    (rank r takes r, r + W, ...) and the gathered report equals a single-process one. With ``cache_dir``
+    each chunk's votes are saved as they finish and a rerun computes only the missing ones.
 
     Per σ it reports clean accuracy (standard model, smoothed model by vote argmax and with Cohen's
     abstention, each mixture), certified accuracy at each radius, per-image radii, the seconds spent, and
@@ -66,17 +78,46 @@ def certification_report(standard: nn.Module, robust_by_sigma: dict[float, nn.Mo
                           "lower and every other class's p upper Clopper-Pearson bounds (delta split in two)",
            "goal": {"radius": goal_radius, "clean_gain": goal_clean_gain, "keep": goal_keep}, "sigmas": []}
     standard = standard.eval()
+    a = _check_alpha_for_certificate(list(alphas))
+    rank, world = rank_and_world()
+    n_chunks = -(-len(y) // chunk_points)
+    if world > n_chunks:
+        raise ValueError(f"{world} ranks for {n_chunks} chunks of {chunk_points} points: launch fewer ranks")
     for sigma, robust in robust_by_sigma.items():
         smooth = Smooth(robust.eval(), num_classes, sigma, batch_size=batch_size, device=device)
-        gen = torch.Generator(device=device).manual_seed(seed)
+        smooth.check_sample_sizes(n0, n, delta, alpha=float(a.min()), num_classes=num_classes)
         t0 = time.perf_counter()
-        res = certify_mixture(standard, smooth, x, y, alphas=alphas, n0=n0, n=n, delta=delta, generator=gen,
-                              progress=progress)
+        mine = {}
+        todo = list(range(rank, n_chunks, world))
+        bar = tqdm(todo, desc=f"certify sigma={sigma:g}" + (f" (rank {rank})" if world > 1 else ""), unit="chunk",
+                   disable=not progress)
+        for c in bar:
+            path = Path(cache_dir) / f"sigma{sigma:g}" / f"chunk-{c:05d}.npz" if cache_dir is not None else None
+            key = f"{seed}-{sigma:g}-{n0}-{n}-{chunk_points}-{len(y)}"
+            if path is not None and path.is_file():
+                saved = np.load(path)
+                if str(saved["key"]) == key:
+                    mine[c] = Votes(saved["chosen"], saved["counts"], saved["standard_probs"])
+                    continue
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(round(sigma * 1e6)) * 7919 + c)
+            sl = slice(c * chunk_points, min(len(y), (c + 1) * chunk_points))
+            votes = sample_votes(standard, smooth, x[sl], n0=n0, n=n, generator=gen, progress=False)
+            if path is not None:
+                buf = io.BytesIO()
+                np.savez(buf, key=np.array(key), chosen=votes.chosen, counts=votes.counts,
+                         standard_probs=votes.standard_probs)
+                atomic_write_bytes(path, buf.getvalue())
+            mine[c] = votes
+        merged: dict = {}
+        for part in all_gather_objects(mine):
+            merged.update(part)
+        votes = Votes.concatenate([merged[c] for c in range(n_chunks)])
+        res = certify_from_votes(votes, y, alphas=alphas, sigma=sigma, n0=n0, n=n, delta=delta)
         seconds = time.perf_counter() - t0
         curves = res.certified_accuracy(radii)
         clean = res.clean_accuracy()
         out["sigmas"].append({
-            "sigma": float(sigma), "seconds": round(seconds, 1),
+            "sigma": float(sigma), "seconds": round(seconds, 1), "world_size": world,
             "noise_samples_per_second": round(len(y) * (n0 + n) / seconds, 1),
             "clean_accuracy": clean, "certified_accuracy": curves,
             "goal_check": _goal_check(curves, clean, radii, goal_radius, goal_clean_gain, goal_keep),

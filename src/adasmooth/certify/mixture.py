@@ -83,6 +83,67 @@ class CertificationResult:
         return out
 
 
+@dataclasses.dataclass
+class Votes:
+    """What the noise samples of a set of images gave: the class chosen from the ``n0`` selection samples,
+    the vote counts of the ``n`` estimation samples, and the standard model's clean probabilities."""
+
+    chosen: np.ndarray  # (N,) int
+    counts: np.ndarray  # (N, K) int
+    standard_probs: np.ndarray  # (N, K) float64
+
+    @staticmethod
+    def concatenate(parts: Sequence[Votes]) -> Votes:
+        return Votes(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Votes)))
+
+
+def sample_votes(standard: nn.Module, smooth: Smooth, x: torch.Tensor, *, n0: int, n: int,
+                 generator: torch.Generator, chunk: int = 10, progress: bool = True) -> Votes:
+    """Selection and estimation votes of the smoothed model, and the standard model's probabilities."""
+    k = smooth.num_classes
+    chosen, counts, probs = [], [], []
+    bar = tqdm(total=len(x), desc=f"certify sigma={smooth.sigma:g}", unit="img", disable=not progress)
+    with torch.no_grad():
+        for s in range(0, len(x), chunk):
+            xb = x[s:s + chunk]
+            logits = standard(xb.to(smooth.device))
+            if logits.shape[-1] != k:
+                raise ValueError(f"the standard model gives {logits.shape[-1]} classes, the smoothed model {k}")
+            probs.append(torch.softmax(logits.double(), -1).cpu())
+            chosen.append(smooth.sample_counts(xb, n0, generator=generator).argmax(1))
+            counts.append(smooth.sample_counts(xb, n, generator=generator))
+            bar.update(len(xb))
+    bar.close()
+    return Votes(torch.cat(chosen).numpy(), torch.cat(counts).numpy(), torch.cat(probs).numpy())
+
+
+def certify_from_votes(votes: Votes, y: torch.Tensor | np.ndarray, *, alphas: Sequence[float], sigma: float, n0: int,
+                       n: int, delta: float) -> CertificationResult:
+    """Certificates of the smoothed model alone (Cohen et al.) and of each α-mixture from the votes."""
+    a = _check_alpha_for_certificate(list(alphas))
+    chosen, counts, std_probs = votes.chosen, votes.counts, votes.standard_probs
+    k = counts.shape[1]
+    rows = np.arange(len(chosen))
+    count_a = counts[rows, chosen]
+    p_cohen = np.asarray(clopper_pearson_lower(count_a, n, delta), dtype=np.float64)
+    smooth_class = np.where(p_cohen > 0.5, chosen, ABSTAIN)
+    smooth_radius = np.where(p_cohen > 0.5, sigma * norm.ppf(np.clip(p_cohen, 0.5, 1.0)), 0.0)
+
+    others = counts.copy()
+    others[rows, chosen] = -1
+    p_a, p_b = mixture_bounds(count_a, others.max(1), n, delta, num_classes=k)
+    freqs = counts / n
+    mix_class = np.stack([((1 - al) * std_probs + al * freqs).argmax(1) for al in a])
+    mix_radius = np.stack([np.asarray(smoothing_radius(p_a, p_b, al, sigma), dtype=np.float64) for al in a])
+    labels = y.cpu().numpy() if torch.is_tensor(y) else np.asarray(y)
+    return CertificationResult(
+        labels=labels, sigma=float(sigma), n0=n0, n=n, delta=delta, smooth_class=smooth_class,
+        smooth_radius=smooth_radius, smooth_vote_class=freqs.argmax(1), standard_class=std_probs.argmax(1),
+        alphas=tuple(float(v) for v in a), mixture_class=mix_class, mixture_certified_class=chosen,
+        mixture_radius=mix_radius,
+    )
+
+
 def certify_mixture(standard: nn.Module, smooth: Smooth, x: torch.Tensor, y: torch.Tensor, *,
                     alphas: Sequence[float], n0: int = 100, n: int = 10_000, delta: float = 0.001,
                     generator: torch.Generator, chunk: int = 10, progress: bool = True) -> CertificationResult:
@@ -95,39 +156,5 @@ def certify_mixture(standard: nn.Module, smooth: Smooth, x: torch.Tensor, y: tor
     smooth.check_sample_sizes(n0, n, delta, alpha=float(a.min()), num_classes=smooth.num_classes)
     if len(x) != len(y):
         raise ValueError(f"got {len(x)} images and {len(y)} labels")
-    k = smooth.num_classes
-    parts: dict[str, list] = {key: [] for key in ("chosen", "counts", "std_probs")}
-    bar = tqdm(total=len(x), desc=f"certify sigma={smooth.sigma:g}", unit="img", disable=not progress)
-    with torch.no_grad():
-        for s in range(0, len(x), chunk):
-            xb = x[s:s + chunk]
-            logits = standard(xb.to(smooth.device))
-            if logits.shape[-1] != k:
-                raise ValueError(f"the standard model gives {logits.shape[-1]} classes, the smoothed model {k}")
-            parts["std_probs"].append(torch.softmax(logits.double(), -1).cpu())
-            parts["chosen"].append(smooth.sample_counts(xb, n0, generator=generator).argmax(1))
-            parts["counts"].append(smooth.sample_counts(xb, n, generator=generator))
-            bar.update(len(xb))
-    bar.close()
-    chosen = torch.cat(parts["chosen"]).numpy()
-    counts = torch.cat(parts["counts"]).numpy()
-    std_probs = torch.cat(parts["std_probs"]).numpy()
-    rows = np.arange(len(chosen))
-
-    count_a = counts[rows, chosen]
-    p_cohen = np.asarray(clopper_pearson_lower(count_a, n, delta), dtype=np.float64)
-    smooth_class = np.where(p_cohen > 0.5, chosen, ABSTAIN)
-    smooth_radius = np.where(p_cohen > 0.5, smooth.sigma * norm.ppf(np.clip(p_cohen, 0.5, 1.0)), 0.0)
-
-    others = counts.copy()
-    others[rows, chosen] = -1
-    p_a, p_b = mixture_bounds(count_a, others.max(1), n, delta, num_classes=k)
-    freqs = counts / n
-    mix_class = np.stack([((1 - al) * std_probs + al * freqs).argmax(1) for al in a])
-    mix_radius = np.stack([np.asarray(smoothing_radius(p_a, p_b, al, smooth.sigma), dtype=np.float64) for al in a])
-    return CertificationResult(
-        labels=y.cpu().numpy(), sigma=smooth.sigma, n0=n0, n=n, delta=delta, smooth_class=smooth_class,
-        smooth_radius=smooth_radius, smooth_vote_class=freqs.argmax(1), standard_class=std_probs.argmax(1),
-        alphas=tuple(float(v) for v in a), mixture_class=mix_class, mixture_certified_class=chosen,
-        mixture_radius=mix_radius,
-    )
+    votes = sample_votes(standard, smooth, x, n0=n0, n=n, generator=generator, chunk=chunk, progress=progress)
+    return certify_from_votes(votes, y, alphas=alphas, sigma=smooth.sigma, n0=n0, n=n, delta=delta)
