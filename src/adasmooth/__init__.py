@@ -8,10 +8,11 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+from .bundle import load
 from .features import FeatureTap
 from .mixer import AdaptiveMixedClassifier, MixingNetwork
 from .mixing import MixedClassifier
 from .pretrained import load_pretrained
 
 __all__ = ["AdaptiveMixedClassifier", "FeatureTap", "MixedClassifier", "MixingNetwork", "__version__",
-           "load_pretrained"]
+           "load", "load_pretrained"]

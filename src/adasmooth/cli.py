@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import sys
 from pathlib import Path
@@ -107,7 +106,7 @@ def cmd_evaluate(args) -> int:
     from .evaluation.runner import write_json
     from .evaluation.sharded import evaluate_in_chunks
 
-    rank, world, device = init_distributed(args.device)
+    _, world, device = init_distributed(args.device)
     args.device = device
     cfg, _ = _load_cfg(args.config)
     ev = cfg.evaluate
@@ -144,10 +143,6 @@ def cmd_evaluate(args) -> int:
             print(f"  {a['name']:<28s} {100 * a['accuracy']:6.2f}%  ({a['seconds']:.0f} s)")
     print(f"results in {out}/")
     return 0
-
-
-def _keep_adversarials(store: dict, attack_name: str, outcome) -> None:
-    store[attack_name] = outcome.x_adv
 
 
 def _alpha_report(model, x, kept: dict, rep, png, cfg, device, batch_size) -> dict:
@@ -388,13 +383,12 @@ def cmd_certify(args) -> int:
 
     from . import data as data_mod
     from .certify.experiment import certification_report, fast_inference
+    from .distributed import init_distributed, is_main
     from .evaluation.runner import write_json
     from .io import load_model
     from .plots import plot_certified_accuracy
 
-    from .distributed import init_distributed, is_main
-
-    _, world, args.device = init_distributed(args.device)
+    _, _, args.device = init_distributed(args.device)
     cfg, _ = _load_cfg(args.config)
     c = cfg.certify
     if args.standard:
@@ -450,6 +444,54 @@ def cmd_certify(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import json
+
+    from .bundle import robustbench_model_info, save_bundle
+    from .evaluation.runner import write_json
+    from .io import load_tensors
+
+    cfg, _ = _load_cfg(args.config)
+    std, rob = _pair(args, args.device, cfg)
+    archs = {}
+    for role, given in (("standard", args.standard), ("robust", args.robust)):
+        spec = getattr(cfg.bases, role)
+        if given:
+            meta = load_tensors(given)[1]
+            archs[role] = {"architecture": meta["architecture"], "arch_args": meta.get("arch_args", {})}
+        elif spec.architecture is not None:
+            archs[role] = {"architecture": spec.architecture, "arch_args": spec.args}
+        else:
+            from .pretrained import pretrained_dir
+
+            meta = load_tensors(pretrained_dir() / cfg.data.name / ("standard" if role == "standard" else "adversarial"))[1]
+            archs[role] = {"architecture": meta["architecture"], "arch_args": meta.get("arch_args", {})}
+    if args.mixer:
+        from .mixer import load_adaptive
+
+        model = load_adaptive(args.mixer, std, rob)
+    elif args.alpha is not None:
+        from .mixing import MixedClassifier
+
+        model = MixedClassifier(std, rob, alpha=args.alpha, standard_scale=args.standard_scale,
+                                robust_scale=args.robust_scale).eval()
+    else:
+        raise ValueError("export needs --mixer STEM or --alpha A")
+    out = Path(args.out)
+    save_bundle(out / "model", model, standard_arch=archs["standard"], robust_arch=archs["robust"],
+                dataset=cfg.data.name, threat={"norm": cfg.threat.norm, "eps": cfg.threat.eps})
+    print(f"wrote {out / 'model'}.safetensors (+ .json); restore with adasmooth.load('{out / 'model'}')")
+    if args.results:
+        results = json.loads(Path(args.results).read_text())
+        info = robustbench_model_info(results, name=args.name, architecture=args.architecture or
+                                      f"{archs['standard']['architecture']} + {archs['robust']['architecture']}",
+                                      dataset=cfg.data.name)
+        write_json(out / "model_info.json", info)
+        print(f"wrote {out / 'model_info.json'}: clean {100 * info['clean_acc']:.2f}%, AutoAttack (worst case) "
+              f"{100 * info['autoattack_acc']:.2f}%")
+    return 0
+
+
 def _plain(obj):
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
@@ -502,6 +544,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu")
     c.add_argument("--data-root", default=None)
     c.set_defaults(func=cmd_certify)
+
+    x = sub.add_parser("export", help="bundle a mixed or adaptive classifier whole (+ RobustBench model info)")
+    x.add_argument("--config", default="configs/fmnist.yaml")
+    x.add_argument("--mixer", default=None, help="adaptive mixer stem")
+    x.add_argument("--alpha", type=float, default=None, help="fixed-alpha mixture instead of a mixer")
+    x.add_argument("--standard-scale", type=float, default=1.0)
+    x.add_argument("--robust-scale", type=float, default=1.0)
+    x.add_argument("--standard", default=None, help="standard model checkpoint (default: config bases or shipped)")
+    x.add_argument("--robust", default=None, help="robust model checkpoint (default: config bases or shipped)")
+    x.add_argument("--results", default=None, help="an `adasmooth evaluate` JSON with AutoAttack, for model_info.json")
+    x.add_argument("--name", default="adasmooth composite", help="model name in model_info.json")
+    x.add_argument("--architecture", default=None, help="architecture text in model_info.json")
+    x.add_argument("--out", required=True, help="folder for model.safetensors, model.json, model_info.json")
+    x.add_argument("--device", default="cpu")
+    x.set_defaults(func=cmd_export)
 
     e = sub.add_parser("evaluate", help="clean accuracy and PGD (optionally AutoAttack) robust accuracy of checkpoints")
     e.add_argument("--config", default="configs/fmnist.yaml")

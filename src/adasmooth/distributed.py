@@ -58,7 +58,7 @@ def is_main() -> bool:
 
 def all_gather_objects(obj) -> list:
     """Every rank's ``obj`` (any picklable object made by our own code), in rank order; ``[obj]`` alone."""
-    rank, world = rank_and_world()
+    world = rank_and_world()[1]
     if world == 1:
         return [obj]
     out: list = [None] * world

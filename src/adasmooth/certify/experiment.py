@@ -99,7 +99,7 @@ def certification_report(standard: nn.Module, robust_by_sigma: dict[float, nn.Mo
                 if str(saved["key"]) == key:
                     mine[c] = Votes(saved["chosen"], saved["counts"], saved["standard_probs"])
                     continue
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(round(sigma * 1e6)) * 7919 + c)
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + round(sigma * 1e6) * 7919 + c)
             sl = slice(c * chunk_points, min(len(y), (c + 1) * chunk_points))
             votes = sample_votes(standard, smooth, x[sl], n0=n0, n=n, generator=gen, progress=False)
             if path is not None:
