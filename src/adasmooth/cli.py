@@ -247,9 +247,11 @@ def cmd_fit_mixer(args) -> int:
     import torch
 
     from . import data as data_mod
+    from .distributed import init_distributed, is_main
     from .mixer import AdaptiveMixedClassifier, MixingNetwork
     from .training import fit_mixer
 
+    _, _, args.device = init_distributed(args.device)
     cfg, source = _load_cfg(args.config)
     mc = cfg.mixer
     std, rob = _pair(args, args.device, cfg)
@@ -263,7 +265,9 @@ def cmd_fit_mixer(args) -> int:
                                     standard_scale=mc.standard_scale, robust_scale=mc.robust_scale)
     out = Path(args.out)
     summary = fit_mixer(model, x, y, mc, out, eps=cfg.threat.eps, resume=args.resume, device=args.device,
-                        max_steps=args.max_steps)
+                        max_steps=args.max_steps, progress=is_main())
+    if not is_main():
+        return 0  # rank 0 reports, calibrates and saves
     if summary["steps"] < summary["total_steps"]:
         print(f"stopped at step {summary['steps']}/{summary['total_steps']}; continue with --resume")
         return 0

@@ -122,6 +122,8 @@ class MixerConfig:
     attack_w_max: float = 0.6  # paper: 0.4; ours covers the w = 0.5 of the evaluation attack
     attack_n_targets: int = 9
     attack_untargeted_share: float = 0.5
+    attack_chunk: int = 0  # examples per independently seeded attack piece; 0: the whole batch at once.
+    # Set it (e.g. batch_size / number of processes) to make a run's result independent of the process count.
     checkpoint_every: int = 100  # optimiser steps
     alpha_range: tuple[float, ...] = ()  # [lo, hi] used as given; empty: calibrated on validation after training
     eval_gamma_bias: float | None = None  # b at evaluation used as given; null: calibrated with the α range

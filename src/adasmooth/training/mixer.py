@@ -2,8 +2,14 @@
 adversarial copies made against the current composite, loss ``c_bce·BCE(γ, t) + c_ce·CE + c_prod·BCE·CE``
 (t = 0 clean, 1 attacked). AdamW, linear warm-up then cosine decay, gradient clipping.
 
-Every random draw of step ``s`` comes from a generator seeded by ``(seed, s)`` and the data order of an
-epoch from ``(seed, epoch)``, so a run resumed from any checkpoint equals an uninterrupted one.
+Every random draw of step ``s`` comes from a generator seeded by ``(seed, s)`` (and the piece of the batch,
+when ``attack_chunk`` splits it) and the data order of an epoch from ``(seed, epoch)``, so a run resumed from
+any checkpoint equals an uninterrupted one.
+
+Under ``torchrun`` the ranks share the attack, which is nearly all of the cost: each rank attacks its pieces
+of the global batch, the adversarial pieces are gathered, and every rank takes the same optimiser step on the
+whole batch (so the gate's BatchNorm statistics are those of the global batch and the ranks stay identical
+without a gradient all-reduce). Only rank 0 writes checkpoints and metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..attacks.adaptive import gate_bce, randomized_attack
 from ..config import MixerConfig
+from ..distributed import all_gather_objects, rank_and_world
 from ..io import CheckpointError, load_resume_state, save_tensors
 from ..mixer import AdaptiveMixedClassifier
 
@@ -99,13 +106,21 @@ def fit_mixer(
                 iters_df=cfg.attack_iters_df, max_iters=cfg.attack_max_iters, w_max=cfg.attack_w_max,
                 n_targets=cfg.attack_n_targets, untargeted_share=cfg.attack_untargeted_share)
 
+    rank, world = rank_and_world()
+    main = rank == 0
+    if world > 1 and cfg.attack_chunk == 0:
+        logger.warning("mixer.attack_chunk is 0: each of the %d ranks attacks batch_size/%d examples as one piece, "
+                       "so the result differs from a one-process run; set attack_chunk to make them equal",
+                       world, world)
+    chunk = cfg.attack_chunk or -(-cfg.batch_size // world)
     metrics_path = out_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, step)
-    board = _tensorboard(out_dir / "tensorboard", step) if cfg.tensorboard else None
+    if main:
+        _truncate_metrics(metrics_path, step)
+    board = _tensorboard(out_dir / "tensorboard", step) if cfg.tensorboard and main else None
     autocast = functools.partial(torch.autocast, device_type=torch.device(device).type, dtype=torch.bfloat16,
                                  enabled=cfg.amp)
     end = total if max_steps is None else min(total, max_steps)
-    bar = tqdm(total=end, initial=step, desc="fit mixer", disable=not progress)
+    bar = tqdm(total=end, initial=step, desc="fit mixer", disable=not (progress and main))
     t0 = time.perf_counter()
     last = {}
     while step < end:
@@ -113,10 +128,9 @@ def fit_mixer(
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         xb, yb = x[idx].to(device), y[idx].to(device)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_000_007 + step)
         model.eval()
         with autocast():
-            x_adv = attack(model, xb, yb, gen)
+            x_adv = _shared_attack(attack, model, xb, yb, seed=cfg.seed, step=step, chunk=chunk, rank=rank, world=world)
         model.train()
         inputs = torch.cat([xb, x_adv.to(xb.dtype)])
         labels = torch.cat([yb, yb])
@@ -145,21 +159,39 @@ def fit_mixer(
         last = {"step": step, "loss": loss.item(), "detect_acc": float(detect), "grad_norm": float(grad_norm),
                 "alpha_clean": float(alpha[: len(yb)].mean()), "alpha_attacked": float(alpha[len(yb):].mean()),
                 "lr": opt.param_groups[0]["lr"]}
-        with open(metrics_path, "a") as fh:
-            fh.write(json.dumps(last) + "\n")
+        if main:
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(last) + "\n")
         if board is not None:
             for key, value in last.items():
                 if key != "step":
                     board.add_scalar(f"mixer/{key}", value, step)
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.3f}", detect=f"{last['detect_acc']:.2f}")
-        if step % cfg.checkpoint_every == 0 or step == end:
+        if (step % cfg.checkpoint_every == 0 or step == end) and main:
             _save(stem, model, opt, step, settings)
     bar.close()
     if board is not None:
         board.close()
     model.eval()
     return {"steps": step, "total_steps": total, "seconds": round(time.perf_counter() - t0, 1), "last": last}
+
+
+def _shared_attack(attack, model, xb, yb, *, seed: int, step: int, chunk: int, rank: int, world: int) -> torch.Tensor:
+    """Adversarial copies of the batch, made in pieces of ``chunk`` examples, each with its own generator;
+    rank r makes pieces r, r + W, ... and every rank gets all of them back, in order."""
+    n_pieces = -(-len(yb) // chunk)
+    if n_pieces == 1 and world == 1:
+        return attack(model, xb, yb, torch.Generator().manual_seed(seed * 1_000_000_007 + step))
+    mine = {}
+    for c in range(rank, n_pieces, world):
+        sl = slice(c * chunk, (c + 1) * chunk)
+        gen = torch.Generator().manual_seed(seed * 1_000_000_007 + step * 4099 + c + 1)
+        mine[c] = attack(model, xb[sl], yb[sl], gen).detach().cpu()
+    pieces: dict = {}
+    for part in all_gather_objects(mine):
+        pieces.update(part)
+    return torch.cat([pieces[c] for c in range(n_pieces)]).to(xb.device)
 
 
 def _tensorboard(log_dir: Path, step: int):
