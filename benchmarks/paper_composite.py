@@ -12,8 +12,8 @@ time divided by the sum of the two base models' (goal <= 1.10), all measured in 
 from __future__ import annotations
 
 import argparse
-import functools
 import dataclasses
+import functools
 import statistics
 import time
 from pathlib import Path
