@@ -232,12 +232,16 @@ def cmd_margins(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import format_table, run_demo
+    from .distributed import init_distributed, is_main
 
+    _, _, args.device = init_distributed(args.device)
     cfg, _ = _load_cfg(args.config)
     if args.data_root:
         cfg = _with_data_root(cfg, args.data_root)
     out = _timestamped(args.out, "")
-    results = run_demo(cfg, out, n=args.n, n_sweep=args.n_sweep, device=args.device)
+    results = run_demo(cfg, out, n=args.n, n_sweep=args.n_sweep, device=args.device, progress=is_main())
+    if not is_main():
+        return 0
     print(format_table(results))
     print(f"results, trade-off and margin plots in {out}/  ({results['seconds']:.0f} s)")
     return 0

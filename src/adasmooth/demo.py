@@ -17,10 +17,12 @@ import torch
 
 from . import data as data_mod
 from .config import Config
-from .evaluation import AutoAttackSpec, batched_logits, evaluate_robustness
+from .distributed import is_main
+from .evaluation import AutoAttackSpec, batched_logits
 from .evaluation.margins import margin_groups, margin_summary
 from .evaluation.plans import attack_plan
 from .evaluation.runner import environment, write_json
+from .evaluation.sharded import evaluate_in_chunks
 from .evaluation.sweep import fast_attacks, sweep
 from .mixing import MixedClassifier, mix_log_probs, nonlinear_mixture
 from .plots import plot_alpha_hist, plot_margins, plot_tradeoff
@@ -91,11 +93,6 @@ def run_demo(
     idx = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(cfg.demo.seed))[: min(n, len(y_test))]
     xs, ys = x_test[idx], y_test[idx]
     aa_name = AutoAttackSpec(version=cfg.demo.autoattack_version).name
-    kept = {}
-
-    def keep(name, outcome):
-        kept[name] = outcome.x_adv
-
     def plan(kind):
         return attack_plan(kind, standard=std, robust=rob, pgd_steps=cfg.evaluate.pgd_steps,
                            autoattack=cfg.demo.autoattack_version, seed=cfg.demo.seed)
@@ -121,10 +118,10 @@ def run_demo(
                                                            desc="test: adaptive").argmax(1) == y_test).float().mean())
     for name, model, attacks, info in plans:
         logger.info("attacking the %s model on %d test points", name, len(ys))
-        kept.clear()
-        rep = evaluate_robustness(model, xs, ys, attacks, eps=eps, norm=norm, device=device, batch_size=bs,
-                                  model_info=info, dataset=cfg.data.name, split="test", indices=idx,
-                                  sanity_checks=True, progress=progress, on_outcome=keep)
+        # chunked: torchrun ranks share the examples, and the gathered report equals a one-process run's
+        rep, kept = evaluate_in_chunks(model, xs, ys, attacks, eps=eps, norm=norm, chunk_size=bs, device=device,
+                                       batch_size=bs, model_info=info, dataset=cfg.data.name, split="test",
+                                       indices=idx, keep_adversarials=True, progress=progress)
         reports[name] = rep
         if name == "robust":
             robust_adv = kept[aa_name]
@@ -138,6 +135,8 @@ def run_demo(
     groups = margin_groups(h_clean, h_adv, ys, scale=s_h)
     margins = margin_summary(groups, alpha=alpha if alpha >= 0.5 else None)
 
+    if not is_main():  # under torchrun, rank 0 writes the figures and the JSON
+        return {}
     merit = figure_of_merit(clean_full["standard"], clean_full["robust"], clean_full["mixed"],
                             reports["robust"].robust_accuracy, reports["mixed"].robust_accuracy)
     extra = {f"fixed α on test (clean n={len(y_test)}, robust n={len(ys)}, worst case)":
