@@ -117,6 +117,14 @@ def cmd_evaluate(args) -> int:
     targets, std, rob = _evaluation_targets(args, cfg)
     rows = []
     for name, model, kind, info in targets:
+        plain = model  # α(x) and other named methods live on the unwrapped model
+        if args.bf16 or args.compile or args.channels_last:
+            from .speed import fast_inference
+
+            info = {**info, "inference": {"bf16_autocast": args.bf16, "torch_compile": args.compile,
+                                          "channels_last": args.channels_last}}
+            model = fast_inference(model, compile=args.compile, bf16=args.bf16, channels_last=args.channels_last,
+                                   device=device)
         attacks = attack_plan(kind, standard=std, robust=rob, pgd_steps=ev.pgd_steps, pgd_step_size=ev.pgd_step_size,
                               pgd_restarts=ev.pgd_restarts, autoattack=args.autoattack, seed=ev.seed)
         clean_full = accuracy(model, x, y, device=device, batch_size=ev.batch_size, progress=is_main())
@@ -127,7 +135,7 @@ def cmd_evaluate(args) -> int:
             progress=is_main())
         result = {**rep.to_dict(), "clean_accuracy_full_split": clean_full, "n_full_split": len(y)}
         if kind == "adaptive" and is_main():
-            result["alpha"] = _alpha_report(model, x[idx], kept, rep, out / f"{name}-alpha.png", cfg, device,
+            result["alpha"] = _alpha_report(plain, x[idx], kept, rep, out / f"{name}-alpha.png", cfg, device,
                                             ev.batch_size)
         if is_main():
             write_json(out / f"{name}.json", result)
@@ -390,11 +398,12 @@ def cmd_certify(args) -> int:
     import torch
 
     from . import data as data_mod
-    from .certify.experiment import certification_report, fast_inference
+    from .certify.experiment import certification_report
     from .distributed import init_distributed, is_main
     from .evaluation.runner import write_json
     from .io import load_model
     from .plots import plot_certified_accuracy
+    from .speed import fast_inference
 
     _, _, args.device = init_distributed(args.device)
     cfg, _ = _load_cfg(args.config)
@@ -584,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--robust-scale", type=float, default=1.0, help="s_h of the fixed-alpha mixture")
     e.add_argument("--standard", default=None, help="standard model checkpoint for --mixer/--alpha (default: shipped)")
     e.add_argument("--robust", default=None, help="robust model checkpoint for --mixer/--alpha (default: shipped)")
+    e.add_argument("--bf16", action="store_true", help="bfloat16 autocast (off for reported numbers unless you ask)")
+    e.add_argument("--compile", action="store_true", help="torch.compile the evaluated model")
+    e.add_argument("--channels-last", action="store_true", help="channels-last memory format (GPUs)")
     e.add_argument("--chunk-size", type=int, default=None,
                    help="examples per independent chunk (default: evaluate.batch_size); finished chunks are kept "
                         "in <out>/.chunks-<model> so a rerun resumes, and torchrun ranks share the chunks")

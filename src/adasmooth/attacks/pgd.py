@@ -83,6 +83,9 @@ def pgd(
 
     best = x.clone()
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
+    finite = torch.ones((), dtype=torch.bool, device=x.device)
+    # no host-device synchronisation inside the step loop: masks select with torch.where, and the finiteness
+    # of the gradients is checked once per restart
     for _ in range(restarts):
         delta = _random_start(x, eps_t, norm, generator) if random_start else torch.zeros_like(x)
         x_adv = (x + delta).clamp(0, 1)
@@ -95,20 +98,20 @@ def pgd(
                 logits, value = objective(x_adv)
             wrong = logits.detach().argmax(1) != y
             newly = wrong & ~found
-            best[newly] = x_adv.detach()[newly]
+            best = torch.where(newly.view(view), x_adv.detach(), best)
             found |= wrong
             if step == steps:
                 break
             (grad,) = torch.autograd.grad(value.sum(), x_adv)
-            if not bool(torch.isfinite(grad).all()):
-                raise FloatingPointError(
-                    "the attack loss has a non-finite input gradient; PGD cannot be trusted on this model "
-                    "(check the model for log(0) or division by zero in its forward pass)")
+            finite &= torch.isfinite(grad).all()
             with torch.no_grad():
                 x_adv = _step(x_adv.detach(), grad, step_t, norm)
                 x_adv = _project(x_adv, x, eps_t, norm)
-        keep_last = ~found
-        best[keep_last] = x_adv.detach()[keep_last]
+        if not bool(finite):
+            raise FloatingPointError(
+                "the attack loss has a non-finite input gradient; PGD cannot be trusted on this model "
+                "(check the model for log(0) or division by zero in its forward pass)")
+        best = torch.where((~found).view(view), x_adv.detach(), best)
         if bool(found.all()):
             break
     return best.detach()

@@ -16,40 +16,12 @@ from tqdm.auto import tqdm
 
 from ..distributed import all_gather_objects, rank_and_world
 from ..io import atomic_write_bytes
+from ..speed import fast_inference  # noqa: F401  (re-exported: the certify command uses it)
 from .mixture import Votes, certify_from_votes, sample_votes
 from .radii import _check_alpha_for_certificate
 from .smoothing import Smooth
 
 logger = logging.getLogger(__name__)
-
-
-class _Autocast(nn.Module):
-    """Runs ``model`` under bfloat16 autocast and returns float32 logits."""
-
-    def __init__(self, model: nn.Module, device_type: str):
-        super().__init__()
-        self.model, self.device_type = model, device_type
-
-    def forward(self, x):
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            return self.model(x).float()
-
-
-def fast_inference(model: nn.Module, *, compile: bool = False, bf16: bool = False,
-                   device: str | torch.device = "cpu") -> nn.Module:
-    """The same network, faster for the millions of noisy forward passes of certification.
-
-    ``compile`` wraps it in ``torch.compile`` (same function, fp32). ``bf16`` runs it under bfloat16
-    autocast: a slightly different function, so the certificate is then for the bf16 network, which is
-    what must be deployed. Measured on the 2-core Xeon (AMX) of our CI machines, one thread: plain 733
-    images/s, compiled 1,438, compiled + bf16 2,800.
-    """
-    model = model.eval()
-    if bf16:
-        model = _Autocast(model, torch.device(device).type)
-    if compile:
-        model = torch.compile(model)
-    return model
 
 
 def certification_report(standard: nn.Module, robust_by_sigma: dict[float, nn.Module], x: torch.Tensor,
