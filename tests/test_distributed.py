@@ -132,3 +132,14 @@ def test_fit_mixer_on_two_ranks_equals_one_process(tmp_path, tiny_fmnist, traine
     assert any(not torch.allclose(a[k].float(), c[k].float()) for k in a if k.startswith("model.gate."))
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3  # written once, by rank 0
+
+
+def test_evaluate_with_bf16_autocast_is_recorded_and_close_to_fp32(tmp_path, tiny_fmnist, trained_pair, capsys):
+    args = _evaluate_args(tmp_path, tiny_fmnist, tmp_path / "fp32", trained_pair)
+    assert main(args) == 0
+    args_bf16 = [*args[:-1], str(tmp_path / "bf16"), "--bf16"]
+    assert main(args_bf16) == 0
+    a = json.loads((tmp_path / "fp32" / "mixed-alpha0.8.json").read_text())
+    b = json.loads((tmp_path / "bf16" / "mixed-alpha0.8.json").read_text())
+    assert b["model"]["inference"]["bf16_autocast"] and "inference" not in a["model"]
+    assert abs(a["clean_accuracy"] - b["clean_accuracy"]) <= 0.06  # at most 2 of 36 predictions flip
