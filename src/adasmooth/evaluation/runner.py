@@ -256,7 +256,16 @@ def evaluate_robustness(
         logger.info("%s: %.2f%%", attack.name, 100 * rows[-1]["accuracy"])
         if on_outcome is not None:
             on_outcome(attack.name, out)
-    clean_acc = float(clean_ok.float().mean())
+    return assemble_report(model, x, y, rows, clean_ok, worst, eps=eps, norm=norm, device=device, batch_size=batch_size,
+                           model_info=model_info, dataset=dataset, split=split, indices=indices,
+                           sanity_checks=sanity_checks, seconds=time.perf_counter() - t0)
+
+
+def assemble_report(model, x, y, rows: list, clean: torch.Tensor, worst: torch.Tensor, *, eps, norm, device,
+                    batch_size, model_info, dataset, split, indices, sanity_checks, seconds,
+                    environment_extra: dict | None = None) -> RobustnessReport:
+    """The report from per-attack rows and per-example masks: accuracies, sanity checks, AutoAttack's warnings."""
+    clean_acc = float(clean.float().mean())
     robust_acc = float(worst.float().mean())
     sanity = {"robust_le_clean": all(r["accuracy"] <= clean_acc + 1e-12 for r in rows) and robust_acc <= clean_acc}
     if sanity_checks:
@@ -267,9 +276,8 @@ def evaluate_robustness(
     return RobustnessReport(
         model=model_info or {"type": type(model).__name__}, dataset=dataset, split=split, n=len(y), eps=eps,
         norm=norm, clean_accuracy=clean_acc, robust_accuracy=robust_acc, attacks=rows, sanity=sanity,
-        seconds=round(time.perf_counter() - t0, 2),
-        indices=indices.tolist() if indices is not None else None,
-        robust_per_example=worst.int().tolist(), environment=environment(device),
+        seconds=round(seconds, 2), indices=indices.tolist() if indices is not None else None,
+        robust_per_example=worst.int().tolist(), environment={**environment(device), **(environment_extra or {})},
     )
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..distributed import all_gather_objects, rank_and_world
 from ..io import atomic_write_json
 from .accuracy import correct_mask
-from .runner import RobustnessReport, _epsilon_checks, _probe_classes, environment
+from .runner import RobustnessReport, _probe_classes, assemble_report
 
 logger = logging.getLogger(__name__)
 
@@ -114,20 +114,10 @@ def evaluate_in_chunks(
         rows.append(row)
         if keep_adversarials:
             adversarials[attack.name] = torch.cat([ch["attacks"][i]["x_adv"] for ch in chunks])
-    clean_acc, robust_acc = float(clean.float().mean()), float(worst.float().mean())
-    sanity = {"robust_le_clean": all(r["accuracy"] <= clean_acc + 1e-12 for r in rows) and robust_acc <= clean_acc}
-    if sanity_checks:
-        sanity.update(_epsilon_checks(model, x, y, eps=eps, norm=norm, device=device, batch_size=batch_size))
-    warnings_seen = [w for r in rows for w in r.get("warnings", [])]
-    if warnings_seen:
-        sanity["autoattack_warnings"] = warnings_seen
-    report = RobustnessReport(
-        model=model_info or {"type": type(model).__name__}, dataset=dataset, split=split, n=len(y), eps=eps, norm=norm,
-        clean_accuracy=clean_acc, robust_accuracy=robust_acc, attacks=rows, sanity=sanity,
-        seconds=round(time.perf_counter() - t0, 2), indices=indices.tolist() if indices is not None else None,
-        robust_per_example=worst.int().tolist(),
-        environment={**environment(device), "world_size": world, "chunk_size": chunk_size},
-    )
+    report = assemble_report(model, x, y, rows, clean, worst, eps=eps, norm=norm, device=device, batch_size=batch_size,
+                             model_info=model_info, dataset=dataset, split=split, indices=indices,
+                             sanity_checks=sanity_checks, seconds=time.perf_counter() - t0,
+                             environment_extra={"world_size": world, "chunk_size": chunk_size})
     return report, adversarials
 
 
