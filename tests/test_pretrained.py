@@ -55,3 +55,22 @@ def test_shipped_mixer_reproduces_its_validation_calibration():
         a = pair.adaptive.alpha(x[idx[:200]])
     assert ((a >= lo) & (a <= hi)).all()
     assert cal["target_met"] and not pair.adaptive.training
+
+
+@needs_fmnist
+@pytest.mark.parametrize("sigma", [0.25, 0.5])
+def test_shipped_noise_models_classify_noisy_images(sigma):
+    from adasmooth.certify import Smooth
+    from adasmooth.io import load_model
+    from adasmooth.pretrained import pretrained_dir
+
+    model, meta = load_model(pretrained_dir() / "fashion-mnist" / f"noise-sigma{sigma:g}")
+    assert meta["kind"] == "noise" and meta["sigma"] == sigma
+    x, y = load("fashion-mnist", "test")
+    x, y = x[:300], y[:300]
+    gen = torch.Generator().manual_seed(0)
+    noisy = x + sigma * torch.randn(x.shape, generator=gen)
+    acc = accuracy(model, noisy, y)
+    assert abs(acc - meta["accuracies"]["test_under_noise_one_draw"]) < 0.06  # 300 points vs the full test set
+    votes = Smooth(model, 10, sigma, batch_size=1000).probabilities(x[:50], 100, generator=gen).argmax(1)
+    assert (votes == y[:50]).float().mean() > 0.6
