@@ -144,7 +144,9 @@ def plot_certified_accuracy(panels: list[dict], radii, path: str | Path, *, titl
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=9)
+        import textwrap
+
+        fig.suptitle("\n".join(textwrap.wrap(title, 70 * len(panels))), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
