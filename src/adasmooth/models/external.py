@@ -60,8 +60,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise StateDictError(
             f"{path} needs arbitrary objects unpickled, which adasmooth refuses (torch.load(..., weights_only=True) "
             "only accepts tensors and plain containers, because unpickling can run any code). If you trust the "
-            "file, re-save its weights alone: torch.save(torch.load(f, weights_only=False)['state_dict'], 'w.pt'), "
-            f"or convert them to safetensors. ({str(exc).splitlines()[0]})"
+            "file, re-save its tensors alone (model.state_dict(), or safetensors) with the code that made it. "
+            f"({str(exc).splitlines()[0]})"
         ) from None
     while isinstance(obj, dict) and not _is_state_dict(obj):
         inner = next((obj[k] for k in CONTAINER_KEYS if k in obj and isinstance(obj[k], dict)), None)
