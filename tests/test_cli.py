@@ -40,6 +40,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert {"gate-apgd", "autoattack"} <= {a["type"] for a in rob["adaptive"]["attacks"]}
         assert rob["adaptive"]["robust_accuracy"] <= min(a["accuracy"] for a in rob["adaptive"]["attacks"])
         assert (out / "alpha.png").stat().st_size > 10_000
+    for name in ("nonlinear", "adaptive_nonlinear"):  # mixtures with a logit map are also attacked through it
+        if name in rob:
+            names = {a["name"] for a in rob[name]["attacks"]}
+            assert {"autoattack-standard", "autoattack-standard-surrogate", "pgd20-ce-surrogate"} <= names
+            assert name in res["test"]["clean_accuracy_full"]
     assert rob["standard"]["robust_accuracy"] <= 0.1  # an undefended model falls to AutoAttack
     assert res["test"]["clean_accuracy_full"]["n"] == 10000
     assert res["sweep_validation"]["settings"]["n_robust"] == 40
@@ -135,7 +140,11 @@ def test_calibrate_command_writes_a_map_a_plot_and_a_config(tmp_path, tiny_fmnis
                  "--out", str(tmp_path / "ev"), *pair]) == 0
     rep = json.loads((tmp_path / "ev" / "nonlinear.json").read_text())
     assert rep["model"]["robust_map"]["type"] == "mixednuts" and rep["model"]["alpha"] == pytest.approx(chosen.alpha)
-    assert [a["type"] for a in rep["attacks"]] == ["pgd", "transfer", "transfer"]
+    # the mixed plan plus PGD guided by the straight-through surrogate (no --autoattack here)
+    assert [a["name"] for a in rep["attacks"]] == ["pgd20-ce", "transfer-from-standard", "transfer-from-robust",
+                                                  "pgd20-ce-surrogate"]
+    assert rep["attacks"][-1]["guided_by"] == "straight-through surrogate"
+    assert rep["robust_accuracy"] <= min(a["accuracy"] for a in rep["attacks"])
     capsys.readouterr()
     assert main(["evaluate", "--config", str(cfg), "--nonlinear", "--n", "8", *pair]) == 2
     assert "not calibrated" in capsys.readouterr().err

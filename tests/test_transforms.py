@@ -168,3 +168,66 @@ def test_surrogate_guided_attack_breaks_a_hard_vote_that_plain_gradients_cannot_
     # plain gradients are zero (only the random start moves); the surrogate's lead through the vote
     assert plain["accuracy"] >= 0.9 and guided["name"] == "pgd-surrogate" and guided["accuracy"] <= 0.3
     assert rep.robust_accuracy == guided["accuracy"]
+
+
+def test_mixednuts_surrogate_keeps_the_order_and_passes_gradient_where_the_map_is_flat():
+    z = torch.tensor([[6.0, 5.0, 4.5, 4.0, -20.0]], requires_grad=True)
+    m = MixedNUTSMap(scale=2.0, shift=0.0, power=3.0, k=4)
+    sur = m.surrogate(z)
+    assert torch.allclose(sur, 2.0 * topk_layer_norm(z, 4), atol=1e-6)
+    assert torch.equal(sur.argsort(descending=True), z.argsort(descending=True))  # monotone, unlike GELU
+    assert sur.argmax() == m(z).argmax()
+    # the last logit lies far below the top four: GELU flattens it, the surrogate does not
+    (g_true,) = torch.autograd.grad(m(z)[0, 4], z)
+    (g_sur,) = torch.autograd.grad(m.surrogate(z)[0, 4], z)
+    assert abs(g_true[0, 4]) < 1e-6 and g_sur[0, 4] > 0.1
+
+
+def _tiny_adaptive(**maps):
+    torch.manual_seed(0)
+    std, rob = SmallResNet(width=4).eval(), SmallResNet(width=4).eval()
+    layers = ("stage1", "stage2")
+    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28),
+                                     width=8)
+    return AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers, **maps).eval()
+
+
+def test_surrogate_guided_adaptive_model_passes_values_and_surrogate_gradients():
+    from adasmooth.evaluation.surrogate import SurrogateGuided, has_logit_maps
+
+    rmap = MixedNUTSMap(scale=1.0, shift=0.2, power=2.0, k=4)
+    smap = HardOneHot(5.0, surrogate_temperature=1.0)
+    model = _tiny_adaptive(standard_map=smap, robust_map=rmap)
+    assert has_logit_maps(model) and not has_logit_maps(_tiny_adaptive())
+    x = torch.rand(4, 1, 28, 28, requires_grad=True)
+    guided = SurrogateGuided(model)
+    out = guided(x)
+    with torch.no_grad():
+        assert torch.allclose(out, model(x), atol=1e-6)  # the true values
+    assert model.standard_map is smap and model.robust_map is rmap  # maps restored after the call
+    # the hard vote has no gradient: the plain gradient comes from the robust side alone, the guided one
+    # also through the vote's softmax stand-in
+    y = out.detach().argmin(1)
+    (g_guided,) = torch.autograd.grad(out[torch.arange(4), y].sum(), x)
+    (g_plain,) = torch.autograd.grad(model(x)[torch.arange(4), y].sum(), x)
+    assert not torch.allclose(g_guided, g_plain, atol=1e-6)
+    # maps without a surrogate (a temperature) are their own surrogate: the same gradient as the model's
+    smooth = _tiny_adaptive(robust_map=Temperature(2.0))
+    (g1,) = torch.autograd.grad(SurrogateGuided(smooth)(x)[:, 0].sum(), x)
+    (g2,) = torch.autograd.grad(smooth(x)[:, 0].sum(), x)
+    assert torch.allclose(g1, g2, atol=1e-6)
+    with pytest.raises(TypeError, match="standard_map"):
+        SurrogateGuided(SmallResNet(width=4))
+
+
+def test_attack_plan_adds_surrogate_guided_attacks_for_mapped_mixtures():
+    from adasmooth.evaluation.plans import attack_plan
+
+    std, rob = LinearModel(torch.zeros(10, 16)), LinearModel(torch.zeros(10, 16))
+    names = [a.name for a in attack_plan("mixed", standard=std, robust=rob, surrogate=True)]
+    assert names == ["pgd20-ce", "transfer-from-standard", "transfer-from-robust", "pgd20-ce-surrogate",
+                     "autoattack-standard", "autoattack-standard-surrogate"]
+    plain = [a.name for a in attack_plan("mixed", standard=std, robust=rob)]
+    assert not any(n.endswith("surrogate") for n in plain)
+    with pytest.raises(ValueError, match="base models"):
+        attack_plan("base", surrogate=True)

@@ -105,6 +105,7 @@ def cmd_evaluate(args) -> int:
     from .evaluation.plans import attack_plan
     from .evaluation.runner import write_json
     from .evaluation.sharded import evaluate_in_chunks
+    from .evaluation.surrogate import has_logit_maps
 
     _, world, device = init_distributed(args.device)
     args.device = device
@@ -126,7 +127,8 @@ def cmd_evaluate(args) -> int:
             model = fast_inference(model, compile=args.compile, bf16=args.bf16, channels_last=args.channels_last,
                                    device=device)
         attacks = attack_plan(kind, standard=std, robust=rob, pgd_steps=ev.pgd_steps, pgd_step_size=ev.pgd_step_size,
-                              pgd_restarts=ev.pgd_restarts, autoattack=args.autoattack, seed=ev.seed)
+                              pgd_restarts=ev.pgd_restarts, autoattack=args.autoattack,
+                              surrogate=has_logit_maps(plain), seed=ev.seed)
         clean_full = accuracy(model, x, y, device=device, batch_size=ev.batch_size, progress=is_main())
         rep, kept = evaluate_in_chunks(
             model, x[idx], y[idx], attacks, eps=cfg.threat.eps, norm=cfg.threat.norm, chunk_size=args.chunk_size or ev.batch_size,

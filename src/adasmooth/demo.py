@@ -23,6 +23,7 @@ from .evaluation.margins import margin_groups, margin_summary
 from .evaluation.plans import attack_plan
 from .evaluation.runner import environment, write_json
 from .evaluation.sharded import evaluate_in_chunks
+from .evaluation.surrogate import has_logit_maps
 from .evaluation.sweep import fast_attacks, sweep
 from .mixing import MixedClassifier, mix_log_probs, nonlinear_mixture
 from .plots import plot_alpha_hist, plot_margins, plot_tradeoff
@@ -93,9 +94,9 @@ def run_demo(
     idx = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(cfg.demo.seed))[: min(n, len(y_test))]
     xs, ys = x_test[idx], y_test[idx]
     aa_name = AutoAttackSpec(version=cfg.demo.autoattack_version).name
-    def plan(kind):
+    def plan(kind, surrogate=False):
         return attack_plan(kind, standard=std, robust=rob, pgd_steps=cfg.evaluate.pgd_steps,
-                           autoattack=cfg.demo.autoattack_version, seed=cfg.demo.seed)
+                           autoattack=cfg.demo.autoattack_version, surrogate=surrogate, seed=cfg.demo.seed)
 
     reports = {}
     plans = [
@@ -106,16 +107,19 @@ def run_demo(
     nc = cfg.nonlinear
     if None not in (nc.scale, nc.shift, nc.power, nc.alpha):  # a calibrated MixedNUTS-style map
         nl = nonlinear_mixture(std, rob, nc).eval()
-        plans.append(("nonlinear", nl, plan("mixed"), nl.describe()))
+        plans.append(("nonlinear", nl, plan("mixed", surrogate=True), nl.describe()))
         with torch.no_grad():
             nl_log_probs = mix_log_probs(g, nl.robust_map(h), nl.alpha)
         clean_full["nonlinear"] = float((nl_log_probs.argmax(1) == y_test).float().mean())
-    if pair.adaptive is not None:
-        ada = pair.adaptive.eval()
-        plans.append(("adaptive", ada, plan("adaptive"), ada.describe()))
+    for key, composite in (("adaptive", pair.adaptive), ("adaptive_nonlinear", pair.adaptive_nonlinear)):
+        if composite is None:
+            continue
+        composite = composite.eval()
+        plans.append((key, composite, plan("adaptive", surrogate=has_logit_maps(composite)), composite.describe()))
         with torch.no_grad():
-            clean_full["adaptive"] = float((batched_logits(ada, x_test, batch_size=bs, device=device, progress=progress,
-                                                           desc="test: adaptive").argmax(1) == y_test).float().mean())
+            clean_full[key] = float((batched_logits(composite, x_test, batch_size=bs, device=device, progress=progress,
+                                                    desc=f"test: {key}").argmax(1) == y_test).float().mean())
+    ada = pair.adaptive
     for name, model, attacks, info in plans:
         logger.info("attacking the %s model on %d test points", name, len(ys))
         # chunked: torchrun ranks share the examples, and the gathered report equals a one-process run's
@@ -157,6 +161,13 @@ def run_demo(
             a_adv = torch.cat([ada.alpha(adaptive_adv[i:i + bs].to(device)).cpu() for i in range(0, len(xs), bs)])
         plot_alpha_hist(a_clean, a_adv, out_dir / "alpha.png",
                         title=f"adaptive α(x) on test subset n={len(ys)}: clean vs AutoAttack ({norm} eps={eps:g})")
+    merit_adaptive_nonlinear = None
+    if "adaptive_nonlinear" in reports:
+        extra[f"adaptive + nonlinear on test (clean n={len(y_test)}, robust n={len(ys)}, worst case)"] = (
+            clean_full["adaptive_nonlinear"], reports["adaptive_nonlinear"].robust_accuracy)
+        merit_adaptive_nonlinear = figure_of_merit(
+            clean_full["standard"], clean_full["robust"], clean_full["adaptive_nonlinear"],
+            reports["robust"].robust_accuracy, reports["adaptive_nonlinear"].robust_accuracy)
     plot_tradeoff(result, out_dir / "tradeoff.png", extra_points=extra)
     plot_margins(groups, out_dir / "margins.png", alpha=alpha if alpha >= 0.5 else None,
                  title=f"robust model's margins, test subset n={len(ys)}, attacked by AutoAttack ({norm} eps={eps:g})")
@@ -175,6 +186,7 @@ def run_demo(
         "figure_of_merit": merit,
         "figure_of_merit_adaptive": merit_adaptive if "adaptive" in reports else None,
         "figure_of_merit_nonlinear": merit_nonlinear,
+        "figure_of_merit_adaptive_nonlinear": merit_adaptive_nonlinear,
         "margins": margins,
         "config": dataclasses.asdict(cfg),
         "environment": environment(device),
@@ -204,7 +216,10 @@ def format_table(results: dict) -> str:
     if "adaptive" in rob:
         c = rob["adaptive"]["model"]
         names["adaptive"] = f"Adaptive, α in [{c['alpha_range'][0]:g}, {c['alpha_range'][1]:g}]"
-    for key in [k for k in ("standard", "robust", "mixed", "nonlinear", "adaptive") if k in rob]:
+    if "adaptive_nonlinear" in rob:
+        c = rob["adaptive_nonlinear"]["model"]
+        names["adaptive_nonlinear"] = f"Adaptive + nonlinear, α in [{c['alpha_range'][0]:g}, {c['alpha_range'][1]:g}]"
+    for key in [k for k in ("standard", "robust", "mixed", "nonlinear", "adaptive", "adaptive_nonlinear") if k in rob]:
         r = rob[key]
         aa = next(a["accuracy"] for a in r["attacks"] if a["type"] == "autoattack")
         lines.append(f"{names[key]:<40s} {100 * t['clean_accuracy_full'][key]:7.2f}% {100 * aa:10.2f}% "
@@ -216,11 +231,16 @@ def format_table(results: dict) -> str:
     if results.get("figure_of_merit_nonlinear"):
         mn = results["figure_of_merit_nonlinear"]
         lines.append(f"nonlinear: gap closed {100 * mn['gap_closed']:.1f}%, robust kept {100 * mn['robust_kept']:.1f}% "
-                     f"(worst case over AutoAttack, PGD and transfer from each base model)")
+                     f"(worst case over AutoAttack and PGD, each also guided by the straight-through surrogate, "
+                     f"and transfer from each base model)")
     if results.get("figure_of_merit_adaptive"):
         ma = results["figure_of_merit_adaptive"]
         lines.append(f"adaptive: gap closed {100 * ma['gap_closed']:.1f}%, robust kept {100 * ma['robust_kept']:.1f}% "
                      f"(worst case over AutoAttack, PGD, gate-aware APGD-CE/APGD-T (w=0.5) and transfer from each base model)")
+    if results.get("figure_of_merit_adaptive_nonlinear"):
+        mb = results["figure_of_merit_adaptive_nonlinear"]
+        lines.append(f"adaptive + nonlinear: gap closed {100 * mb['gap_closed']:.1f}%, robust kept "
+                     f"{100 * mb['robust_kept']:.1f}% (the adaptive attack set plus surrogate-guided PGD and AutoAttack)")
     warn = [w for r in rob.values() for w in r["sanity"].get("autoattack_warnings", [])]
     bad = [f"{k}:{c}" for k, r in rob.items() for c, v in r["sanity"].items() if isinstance(v, dict) and not v.get("ok", True)]
     if bad:

@@ -23,12 +23,17 @@ def pretrained_dir() -> Path:
 
 @dataclass
 class PretrainedPair:
-    """A standard and a robust model (eval mode), the adaptive mixture when a mixer is shipped, metadata."""
+    """A standard and a robust model (eval mode), the adaptive mixture when a mixer is shipped, metadata.
+
+    ``adaptive_nonlinear`` is the same mixer with the calibrated MixedNUTS map on the robust logits (its γ
+    bias and α range re-calibrated for the map) when ``mixer-nonlinear`` is shipped.
+    """
 
     standard: nn.Module
     robust: nn.Module
     metadata: dict = field(default_factory=dict)
     adaptive: nn.Module | None = None
+    adaptive_nonlinear: nn.Module | None = None
 
 
 def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> PretrainedPair:
@@ -52,4 +57,12 @@ def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> Pret
 
         adaptive = load_adaptive(folder / "mixer", standard, robust).to(device)
         meta["adaptive"] = load_tensors(folder / "mixer")[1]
-    return PretrainedPair(standard=standard, robust=robust, metadata=meta, adaptive=adaptive)
+    adaptive_nonlinear = None
+    if (folder / "mixer-nonlinear.safetensors").is_file():
+        from .io import load_tensors
+        from .mixer import load_adaptive
+
+        adaptive_nonlinear = load_adaptive(folder / "mixer-nonlinear", standard, robust).to(device)
+        meta["adaptive_nonlinear"] = load_tensors(folder / "mixer-nonlinear")[1]
+    return PretrainedPair(standard=standard, robust=robust, metadata=meta, adaptive=adaptive,
+                          adaptive_nonlinear=adaptive_nonlinear)

@@ -94,6 +94,12 @@ class MixedNUTSMap(nn.Module):
         # |u|^p has an infinite slope at 0 for p < 1; a tiny floor keeps the gradient finite
         return self.scale * torch.sign(u) * u.abs().clamp_min(1e-12).pow(self.power)
 
+    def surrogate(self, z: torch.Tensor) -> torch.Tensor:
+        """A smooth stand-in for attacks: ``s·(LN_topk(z) + c)``, the map without GELU and power. GELU is
+        flat for low logits (a wrong class far below the top gets almost no gradient) and a steep power
+        flattens small ones; the linear stand-in keeps the order and passes every logit's gradient."""
+        return self.scale * (topk_layer_norm(z, self.k) + self.shift)
+
     def describe(self) -> dict:
         return {"type": "mixednuts", "scale": self.scale, "shift": self.shift, "power": self.power, "k": self.k}
 

@@ -22,6 +22,7 @@ def attack_plan(
     gate_weights: tuple[float, ...] = (0.5,),
     gate_apgd_iters: int = 100,
     gate_target_classes: int = 3,
+    surrogate: bool = False,
     seed: int = 0,
 ) -> list:
     """The attacks for a model of ``kind``:
@@ -31,6 +32,10 @@ def attack_plan(
     - ``"adaptive"``: the mixed plan plus the official APGD-CE and APGD-T (``gate_target_classes`` targets)
       on ``(1-w)·loss + w·BCE(γ, 1)`` for each ``w`` in ``gate_weights`` (the paper's 0.5 by default; each
       extra w costs two more APGD runs), which also push the gate toward "clean".
+
+    ``surrogate=True`` (for mixtures with logit maps, which may mask gradients) adds PGD and AutoAttack
+    guided by the straight-through surrogate (:class:`~adasmooth.evaluation.surrogate.SurrogateAttack`:
+    the true model's values, the smooth maps' gradients), each scored on the true model.
 
     Report the per-example worst case over all of them (:func:`evaluate_robustness` does).
     """
@@ -53,6 +58,15 @@ def attack_plan(
                      GateAPGDAttack(loss="dlr-targeted", gate_weight=w, n_iter=gate_apgd_iters,
                                     n_target_classes=gate_target_classes, seed=seed,
                                     name=f"gate-apgd-t{gate_target_classes}{suffix}")]
+    if surrogate and kind == "base":
+        raise ValueError("surrogate attacks are for mixtures with logit maps, not base models")
+    if surrogate:
+        from .surrogate import SurrogateAttack
+
+        plan.append(SurrogateAttack(PGDAttack(steps=pgd_steps, step_size=pgd_step_size, restarts=pgd_restarts,
+                                              seed=seed, name=f"pgd{pgd_steps}-ce")))
     if autoattack is not None:
         plan.append(AutoAttackSpec(version=autoattack, seed=seed))
+        if surrogate:
+            plan.append(SurrogateAttack(AutoAttackSpec(version=autoattack, seed=seed)))
     return plan

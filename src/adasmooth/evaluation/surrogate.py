@@ -27,17 +27,50 @@ def _smooth(m: nn.Module | None):
     return getattr(m, "surrogate", m)
 
 
-class SurrogateGuided(nn.Module):
-    """``true(x)`` forward, gradient of the surrogate mixture (maps replaced by their smooth surrogates)."""
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The mixture under speed wrappers (``torch.compile``, bf16 autocast): the surrogate needs its maps;
+    the attack's result is still scored on the wrapped model."""
+    while not hasattr(model, "standard_map") and (hasattr(model, "_orig_mod") or hasattr(model, "model")):
+        model = getattr(model, "_orig_mod", None) or model.model
+    return model
 
-    def __init__(self, model: MixedClassifier):
+
+class _StraightThroughMap(nn.Module):
+    """A logit map's value with its surrogate's gradient."""
+
+    def __init__(self, m: nn.Module):
         super().__init__()
-        if not isinstance(model, MixedClassifier):
-            raise TypeError(f"SurrogateGuided wraps a MixedClassifier, got {type(model).__name__}")
+        self.m = m
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return straight_through(self.m(z), _smooth(self.m)(z))
+
+
+def has_logit_maps(model: nn.Module) -> bool:
+    """Whether ``model`` (a mixed or adaptive classifier) puts a logit map on either base model."""
+    return getattr(model, "standard_map", None) is not None or getattr(model, "robust_map", None) is not None
+
+
+class SurrogateGuided(nn.Module):
+    """``true(x)`` forward, gradient of a smooth surrogate.
+
+    For a :class:`~adasmooth.MixedClassifier` the whole surrogate mixture (maps replaced by their smooth
+    surrogates) gives the gradient. For any other model with ``standard_map`` / ``robust_map`` attributes
+    (an :class:`~adasmooth.AdaptiveMixedClassifier`), each map is made straight-through for the duration of
+    the call (its value, its surrogate's gradient), so the gate and the base models still run once.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if not isinstance(model, MixedClassifier) and not (hasattr(model, "standard_map") and hasattr(model, "robust_map")):
+            raise TypeError(f"SurrogateGuided wraps a model with standard_map / robust_map attributes "
+                            f"(MixedClassifier, AdaptiveMixedClassifier), got {type(model).__name__}")
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
+        if not isinstance(m, MixedClassifier):
+            return self._straight_through_maps(x)
         g, h = m.standard(x), m.robust(x)  # one forward pass per base model serves both paths
         sm, rm = _smooth(m.standard_map), _smooth(m.robust_map)
         true_g = g if m.standard_map is None else m.standard_map(g)
@@ -46,6 +79,16 @@ class SurrogateGuided(nn.Module):
         sur = mix_log_probs(g if sm is None else sm(g), h if rm is None else rm(h), m.alpha,
                             standard_scale=m.standard_scale, robust_scale=m.robust_scale)
         return straight_through(true, sur)
+
+    def _straight_through_maps(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        saved = m.standard_map, m.robust_map
+        try:
+            m.standard_map = None if saved[0] is None else _StraightThroughMap(saved[0])
+            m.robust_map = None if saved[1] is None else _StraightThroughMap(saved[1])
+            return m(x)
+        finally:
+            m.standard_map, m.robust_map = saved
 
 
 @dataclass
@@ -63,7 +106,7 @@ class SurrogateAttack:
         return {**self.inner.settings(), "name": self.name, "guided_by": "straight-through surrogate"}
 
     def robust_mask(self, model, x, y, *, eps, norm, device, batch_size, progress):
-        out = self.inner.robust_mask(SurrogateGuided(model), x, y, eps=eps, norm=norm, device=device,
+        out = self.inner.robust_mask(SurrogateGuided(_unwrap(model)), x, y, eps=eps, norm=norm, device=device,
                                      batch_size=batch_size, progress=progress)
         robust = correct_mask(model, out.x_adv, y, device=device, batch_size=batch_size)
         return AttackOutcome(robust=robust, x_adv=out.x_adv, extra=out.extra)
