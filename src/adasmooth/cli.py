@@ -206,6 +206,40 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import json
+
+    from .evaluation.compare import compare_reports
+    from .evaluation.runner import write_json
+    from .plots import plot_comparison
+
+    named = {}
+    for item in args.reports:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).stem, item
+        if name in named:
+            raise ValueError(f"two reports are named {name!r}; name them NAME=FILE")
+        try:
+            named[name] = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read the report {path}: {exc}") from None
+    res = compare_reports(named, standard=args.standard, robust=args.robust)
+    out = _timestamped(args.out, "compare")
+    write_json(out / "compare.json", res)
+    plot_comparison(res, out / "tradeoff.png")
+    print(f"{res['dataset']} {res['split']}, {res['norm']} eps={res['eps']:g}: clean on the whole split, worst-case "
+          f"robust on the {res['n_shared']} examples every report shares")
+    print(f"{'model':<28s} {'clean':>8s} {'robust':>8s} {'gap closed':>11s} {'kept':>7s} {'vs fixed-α curve':>17s}")
+    for m in res["models"]:
+        pct = (lambda v: "" if v is None else f"{100 * v:.1f}%")
+        above = "" if m["clean_above_fixed_curve"] is None else f"{100 * m['clean_above_fixed_curve']:+.2f} pts"
+        print(f"{m['name']:<28s} {100 * m['clean']:7.2f}% {100 * m['robust']:7.2f}% {pct(m['gap_closed']):>11s} "
+              f"{pct(m['robust_kept']):>7s} {above:>17s}")
+    print(f"results in {out}/")
+    return 0
+
+
 def cmd_margins(args) -> int:
     import torch
 
@@ -619,6 +653,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default=None)
     s.set_defaults(func=cmd_sweep)
 
+    k = sub.add_parser("compare", help="compare evaluate reports on their shared examples: fixed-alpha curve, "
+                                       "other mixtures, figures of merit, plot")
+    k.add_argument("reports", nargs="+", help="evaluate JSONs, each FILE or NAME=FILE")
+    k.add_argument("--standard", default=None, help="name of the standard model's report (alpha = 0)")
+    k.add_argument("--robust", default=None, help="name of the robust model's report (alpha = 1)")
+    k.add_argument("--out", default=None, help="results folder (default: results/compare-<time>)")
+    k.set_defaults(func=cmd_compare)
     m = sub.add_parser("margins", help="histograms of the robust model's probability margin (benign confidence)")
     m.add_argument("--config", default="configs/fmnist.yaml")
     m.add_argument("--alpha", type=float, default=None, help="draw the (1-alpha)/alpha threshold")

@@ -151,6 +151,39 @@ def plot_certified_accuracy(panels: list[dict], radii, path: str | Path, *, titl
     return _save(fig, path)
 
 
+def plot_comparison(comparison: dict, path: str | Path, *, title: str = "") -> Path:
+    """Clean (x) vs robust (y) accuracy of compared evaluations (:func:`~adasmooth.evaluation.compare.compare_reports`):
+    the fixed-α curve through the base models and the fixed mixtures, every other model as a marker."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    models = comparison["models"]
+    curve = sorted((m for m in models if m["kind"] in ("fixed", "robust", "standard")), key=lambda m: m["alpha"])
+    if curve:
+        ax.plot([100 * m["clean"] for m in curve], [100 * m["robust"] for m in curve], "o-", color="tab:blue", ms=4,
+                label="fixed-α mixture (α=0: standard, α=1: robust)")
+        for m in curve:
+            ax.annotate(f"α={m['alpha']:g}", (100 * m["clean"], 100 * m["robust"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    markers = iter("P*Xv^<>hd")
+    for m in models:
+        if m["kind"] == "other":
+            ax.plot(100 * m["clean"], 100 * m["robust"], next(markers, "P"), ms=10, label=m["name"])
+    rest = [100 * m["robust"] for m in models if m["kind"] != "standard"]
+    std = [m for m in models if m["kind"] == "standard"]
+    if rest and std and 100 * std[0]["robust"] < min(rest) - 10:  # zoom on the mixtures; the curve runs on
+        ax.set_ylim(min(rest) - 3, max(rest) + 2)
+        ax.set_xlim(min(100 * m["clean"] for m in models if m["kind"] != "standard") - 1, 100 * std[0]["clean"] + 0.5)
+        ax.annotate(f"standard: {100 * std[0]['clean']:.2f} / {100 * std[0]['robust']:.2f} (below)",
+                    (100 * std[0]["clean"], min(rest) - 3), fontsize=7, ha="right", va="bottom")
+    ax.set_xlabel("clean accuracy (%), whole split")
+    ax.set_ylabel(f"worst-case robust accuracy (%), {comparison['norm']} eps={comparison['eps']:g}, "
+                  f"n={comparison['n_shared']}")
+    ax.set_title(title or f"{comparison.get('dataset')} {comparison['split']}: trade-off on shared examples")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
 def _save(fig, path) -> Path:
     plt = _pyplot()
     path = Path(path)
