@@ -231,3 +231,36 @@ def test_attack_plan_adds_surrogate_guided_attacks_for_mapped_mixtures():
     assert not any(n.endswith("surrogate") for n in plain)
     with pytest.raises(ValueError, match="base models"):
         attack_plan("base", surrogate=True)
+
+
+def test_minimum_margin_inputs_find_the_closed_form_worst_margin_of_a_linear_model():
+    from adasmooth.evaluation.calibrate_map import minimum_margin_inputs, signed_margins
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 16, generator=g)
+    w[2] = 0.0
+    model = LinearModel(w, torch.tensor([0.0, 0.0, -50.0])).eval()  # class 2 never matters: two classes
+    x = 0.4 + 0.2 * torch.rand(30, 1, 4, 4, generator=g)  # inside the box by more than eps
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    eps = 0.05
+    # the logit gap z_y - z_other falls by eps·||w_y - w_other||_1 at the ball's worst corner
+    d = (w[y] - w[1 - y])
+    gap = (x.flatten(1) * d).sum(1) - eps * d.abs().sum(1)
+    expected = torch.tanh(gap / 2)  # p_y - p_other for two classes
+    got = minimum_margin_inputs(model, x, y, eps=eps, n_iter=20, batch_size=16,
+                                candidates=(x.clone(),))  # the clean input as a (worse) candidate
+    with torch.no_grad():
+        m = signed_margins(model(got), y)
+        clean_m = signed_margins(model(x), y)
+    assert (got - x).abs().max() <= eps + 1e-6
+    assert torch.allclose(m, expected, atol=2e-3)
+    # examples that stay correct get an input below their clean margin, not the clean image back
+    assert ((m > 0).sum() >= 5) and bool((m[m > 0] < clean_m[m > 0] - 1e-3).all())
+
+
+def test_signed_margins_by_hand():
+    from adasmooth.evaluation.calibrate_map import signed_margins
+
+    z = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]]))
+    assert torch.allclose(signed_margins(z, torch.tensor([0, 0])), torch.tensor([0.3, -0.3]), atol=1e-6)

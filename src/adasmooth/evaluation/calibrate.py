@@ -79,7 +79,7 @@ def calibrate_gate(
     robust_reference: float,
     keep_robust: float = 0.97,
     biases=(0.0, 0.4, 0.8, 1.2, 1.6, 2.0, 2.5),
-    alpha_los=(0.0, 0.5, 0.6, 0.7, 0.8, 0.9),
+    alpha_los=(0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98),  # the top ones for sharp maps (adaptive + nonlinear)
     alpha_hi: float = 1.0,
     steps: int = 20,
     device="cpu",

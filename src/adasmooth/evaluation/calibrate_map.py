@@ -20,6 +20,62 @@ import torch
 from ..transforms import MixedNUTSMap
 
 
+def signed_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``p_y - max_{j != y} p_j`` per row: positive where the prediction is right (then it equals the
+    top-1 minus top-2 probability margin), negative where it is wrong."""
+    p = torch.softmax(logits.float(), dim=-1)
+    p_y = p.gather(1, y.view(-1, 1)).squeeze(1)
+    others = p.scatter(1, y.view(-1, 1), float("-inf"))
+    return p_y - others.max(1).values
+
+
+def minimum_margin_inputs(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "Linf",
+    n_iter: int = 50,
+    seed: int = 0,
+    batch_size: int = 250,
+    device="cpu",
+    candidates: tuple[torch.Tensor, ...] = (),
+) -> torch.Tensor:
+    """Per example, the attacked input with the lowest margin under ``model`` (MixedNUTS calibrates on
+    these, not on the clean input that an attack hands back where it fails).
+
+    Runs the official APGD-CE and APGD-DLR of ``pyautoattack`` with ``best_loss=True`` (the highest-loss
+    iterate of each example, misclassified or not) and keeps, per example, the input among those and
+    ``candidates`` (e.g. AutoAttack's adversarial examples) whose :func:`signed_margins` is lowest.
+    """
+    from pyautoattack.autopgd_base import APGDAttack
+
+    from .accuracy import batched_logits
+
+    model.eval()
+    device = torch.device(device)
+    pool = list(candidates)
+    for loss in ("ce", "dlr"):
+        attack = APGDAttack(model, n_iter=n_iter, norm=norm, eps=eps, loss=loss, seed=seed, device=device)
+        outs = []
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for i in range(0, len(y), batch_size):
+                outs.append(attack.perturb(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
+                                           best_loss=True).detach().cpu())
+        pool.append(torch.cat(outs))
+    best, best_margin = None, None
+    for cand in pool:
+        m = signed_margins(batched_logits(model, cand, batch_size=batch_size, device=device), y)
+        if best is None:
+            best, best_margin = cand.clone(), m
+        else:
+            lower = m < best_margin
+            best[lower], best_margin = cand[lower], torch.where(lower, m, best_margin)
+    return best
+
+
 def probability_margins(logits: torch.Tensor) -> torch.Tensor:
     """Top-1 minus top-2 softmax probability per row."""
     top2 = torch.softmax(logits, dim=-1).topk(2, dim=-1).values
