@@ -137,6 +137,23 @@ def test_map_calibration_separates_the_populations_and_its_alpha_keeps_the_robus
     assert (mix_log_probs(worst_standard, m(cw), cal.alpha).argmax(1) == 3).float().mean() >= 0.9
 
 
+def test_map_calibration_never_picks_a_map_that_changes_the_robust_prediction():
+    from adasmooth.evaluation.calibrate_map import calibrate_logit_map
+
+    ac, cw = _synthetic_margins()
+    # rows whose top four logits are nearly tied: a shift of -1 puts the top one below GELU's zero while
+    # the far-below logits map to ~0, so such a map would flip the prediction
+    g = torch.Generator().manual_seed(1)
+    tied = torch.full((40, 10), -8.0)
+    tied[:, :4] = 3.0 + 0.01 * torch.rand(40, 4, generator=g)
+    cal = calibrate_logit_map(torch.cat([ac, tied]), cw, beta=0.95, shifts=(-1.0, 0.0, 1.0))
+    flipping = [r for r in cal.grid if r["shift"] == -1.0]
+    assert flipping and all(r["argmax_changed"] > 0 for r in flipping)
+    assert cal.shift >= 0.0 and (cal.make_map()(tied).argmax(1) == tied.argmax(1)).all()
+    with pytest.raises(ValueError, match="shifts >= 0"):
+        calibrate_logit_map(torch.cat([ac, tied]), cw, shifts=(-1.0,))
+
+
 def test_map_calibration_rejects_bad_input():
     from adasmooth.evaluation.calibrate_map import calibrate_logit_map
 

@@ -119,7 +119,8 @@ def calibrate_logit_map(
 
     ``attacked_correct_logits``: robust-model logits on attacked validation inputs it still gets right;
     ``clean_wrong_logits``: its logits on clean validation inputs it gets wrong. Ties in the objective go
-    to the larger α (the more robust mixture).
+    to the larger α (the more robust mixture). Maps that change the robust model's prediction on any of
+    these inputs are left out (``argmax_changed`` in the grid rows).
     """
     if not 0.0 < beta < 1.0:
         raise ValueError(f"beta must lie in (0, 1), got {beta}")
@@ -132,12 +133,21 @@ def calibrate_logit_map(
     for s, c, p in itertools.product(scales, shifts, powers):
         m = MixedNUTSMap(scale=s, shift=c, power=p, k=k)
         with torch.no_grad():
-            m_ac, m_cw = probability_margins(m(ac)), probability_margins(m(cw))
+            mapped_ac, mapped_cw = m(ac), m(cw)
+            m_ac, m_cw = probability_margins(mapped_ac), probability_margins(mapped_cw)
+            # a negative shift can push the top logit below GELU's zero while far-below logits map to ~0:
+            # the robust model's prediction would change, so such maps are not candidates
+            changed = float(torch.cat([mapped_ac.argmax(1) != ac.argmax(1), mapped_cw.argmax(1) != cw.argmax(1)])
+                            .float().mean())
         q = float(torch.quantile(m_ac, 1.0 - beta))
         q = min(max(q, 0.0), 1.0)
         rows.append({"scale": s, "shift": c, "power": p, "threshold": q, "alpha": 1.0 / (1.0 + q),
-                     "objective": float((m_cw >= q).float().mean())})
-    best = min(rows, key=lambda r: (r["objective"], -r["alpha"]))
+                     "objective": float((m_cw >= q).float().mean()), "argmax_changed": changed})
+    kept = [r for r in rows if r["argmax_changed"] == 0.0]
+    if not kept:
+        raise ValueError("every map in the grid changes the robust model's prediction on some calibration inputs; "
+                         "use shifts >= 0")
+    best = min(kept, key=lambda r: (r["objective"], -r["alpha"]))
     return MapCalibration(scale=best["scale"], shift=best["shift"], power=best["power"], k=k, alpha=best["alpha"],
                           threshold=best["threshold"], objective=best["objective"], beta=beta,
                           n_attacked_correct=len(ac), n_clean_wrong=len(cw), grid=rows)
