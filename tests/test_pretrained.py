@@ -74,3 +74,30 @@ def test_shipped_noise_models_classify_noisy_images(sigma):
     assert abs(acc - meta["accuracies"]["test_under_noise_one_draw"]) < 0.06  # 300 points vs the full test set
     votes = Smooth(model, 10, sigma, batch_size=1000).probabilities(x[:50], 100, generator=gen).argmax(1)
     assert (votes == y[:50]).float().mean() > 0.6
+
+
+@needs_fmnist
+def test_shipped_nonlinear_map_keeps_the_robust_prediction_and_fills_an_uncalibrated_config():
+    import dataclasses
+
+    from adasmooth.config import Config
+    from adasmooth.mixing import mix_log_probs, nonlinear_mixture
+    from adasmooth.pretrained import with_shipped_nonlinear
+
+    pair = load_pretrained("fashion-mnist")
+    shipped = pair.nonlinear
+    assert shipped["split"] == "val" and 0.5 <= shipped["alpha"] <= 1.0
+    nc = with_shipped_nonlinear(Config().nonlinear)
+    assert (nc.scale, nc.shift, nc.power, nc.k, nc.alpha) == (
+        shipped["map"]["scale"], shipped["map"]["shift"], shipped["map"]["power"], shipped["map"]["k"], shipped["alpha"])
+    mine = dataclasses.replace(Config().nonlinear, scale=1.0, shift=0.0, power=1.0, alpha=0.9)
+    assert with_shipped_nonlinear(mine) == mine  # a calibrated config wins
+    x, y = load("fashion-mnist", "val")
+    x, y = x[:2000], y[:2000]
+    mixed = nonlinear_mixture(pair.standard, pair.robust, nc).eval()
+    with torch.no_grad():
+        h = pair.robust(x)
+        assert (mixed.robust_map(h).argmax(1) == h.argmax(1)).all()  # the map never changes the prediction
+        # on validation the mixture gains clean accuracy over the robust model
+        mix = mix_log_probs(pair.standard(x), mixed.robust_map(h), nc.alpha)
+    assert (mix.argmax(1) == y).float().mean() > (h.argmax(1) == y).float().mean()

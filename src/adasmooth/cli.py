@@ -64,6 +64,18 @@ def _pair(args, device, cfg: Config | None = None):
     return std, rob
 
 
+def _nonlinear_section(args, cfg):
+    """The config's nonlinear section; for the shipped pair (no --standard/--robust, no ``bases``) an
+    uncalibrated one takes the shipped calibration (pretrained/<dataset>/nonlinear.json)."""
+    from .config import BasesConfig
+
+    if getattr(args, "standard", None) or getattr(args, "robust", None) or cfg.bases != BasesConfig():
+        return cfg.nonlinear
+    from .pretrained import PRETRAINED_NAMES, with_shipped_nonlinear
+
+    return with_shipped_nonlinear(cfg.nonlinear, cfg.data.name) if cfg.data.name in PRETRAINED_NAMES else cfg.nonlinear
+
+
 def _evaluation_targets(args, cfg):
     """(name, model, plan kind, model info) for each model that ``evaluate`` was asked to attack."""
     from .io import load_model
@@ -75,7 +87,7 @@ def _evaluation_targets(args, cfg):
         if args.nonlinear:
             from .mixing import nonlinear_mixture
 
-            model = nonlinear_mixture(std, rob, cfg.nonlinear, alpha=args.alpha).eval()
+            model = nonlinear_mixture(std, rob, _nonlinear_section(args, cfg), alpha=args.alpha).eval()
             return [("nonlinear", model, "mixed", model.describe())], std, rob
         if args.mixer:
             from .mixer import load_adaptive
@@ -372,7 +384,7 @@ def cmd_calibrate_mixer(args) -> int:
     if args.nonlinear:  # adaptive + nonlinear: the calibrated MixedNUTS map on the robust side, its own scale
         from .mixing import nonlinear_mixture
 
-        model.robust_map = nonlinear_mixture(std, rob, cfg.nonlinear).robust_map
+        model.robust_map = nonlinear_mixture(std, rob, _nonlinear_section(args, cfg)).robust_map
         model.robust_scale = 1.0
     _calibrate_and_save(model, cfg, args, rob, out, {"training": meta.get("training"), "config": meta.get("config")})
     return 0

@@ -27,7 +27,7 @@ from .evaluation.surrogate import has_logit_maps
 from .evaluation.sweep import fast_attacks, sweep
 from .mixing import MixedClassifier, mix_log_probs, nonlinear_mixture
 from .plots import plot_alpha_hist, plot_margins, plot_tradeoff
-from .pretrained import load_pretrained
+from .pretrained import load_pretrained, with_shipped_nonlinear
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def run_demo(
         ("robust", rob, plan("base"), {"type": "robust", "checkpoint": "pretrained/fashion-mnist/adversarial"}),
         ("mixed", mixed, plan("mixed"), mixed.describe()),
     ]
-    nc = cfg.nonlinear
+    nc = with_shipped_nonlinear(cfg.nonlinear, cfg.data.name)  # the config's calibration, else the shipped one
     if None not in (nc.scale, nc.shift, nc.power, nc.alpha):  # a calibrated MixedNUTS-style map
         nl = nonlinear_mixture(std, rob, nc).eval()
         plans.append(("nonlinear", nl, plan("mixed", surrogate=True), nl.describe()))

@@ -162,7 +162,9 @@ def plot_comparison(comparison: dict, path: str | Path, *, title: str = "") -> P
         ax.plot([100 * m["clean"] for m in curve], [100 * m["robust"] for m in curve], "o-", color="tab:blue", ms=4,
                 label="fixed-α mixture (α=0: standard, α=1: robust)")
         for m in curve:
-            ax.annotate(f"α={m['alpha']:g}", (100 * m["clean"], 100 * m["robust"]), fontsize=7, xytext=(3, 3),
+            sh = m.get("robust_scale")
+            label = f"α={m['alpha']:g}" + (f", s_h={sh:g}" if sh not in (None, 1, 1.0) else "")
+            ax.annotate(label, (100 * m["clean"], 100 * m["robust"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     markers = iter("P*Xv^<>hd")
     for m in models:

@@ -34,6 +34,7 @@ class PretrainedPair:
     metadata: dict = field(default_factory=dict)
     adaptive: nn.Module | None = None
     adaptive_nonlinear: nn.Module | None = None
+    nonlinear: dict | None = None  # the calibrated MixedNUTS map and α of nonlinear.json, when shipped
 
 
 def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> PretrainedPair:
@@ -65,4 +66,32 @@ def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> Pret
         adaptive_nonlinear = load_adaptive(folder / "mixer-nonlinear", standard, robust).to(device)
         meta["adaptive_nonlinear"] = load_tensors(folder / "mixer-nonlinear")[1]
     return PretrainedPair(standard=standard, robust=robust, metadata=meta, adaptive=adaptive,
-                          adaptive_nonlinear=adaptive_nonlinear)
+                          adaptive_nonlinear=adaptive_nonlinear, nonlinear=shipped_nonlinear(name))
+
+
+def shipped_nonlinear(name: str = "fashion-mnist") -> dict | None:
+    """The shipped pair's calibrated MixedNUTS map (``nonlinear.json``, written from ``adasmooth calibrate``
+    on validation data), or None when none is shipped."""
+    import json
+
+    path = pretrained_dir() / name / "nonlinear.json"
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text())
+    if d.get("kind") != "nonlinear-map":
+        raise CheckpointError(f"{path} is not a nonlinear-map calibration (kind={d.get('kind')!r})")
+    return d
+
+
+def with_shipped_nonlinear(nonlinear_cfg, name: str = "fashion-mnist"):
+    """``nonlinear_cfg`` with the shipped calibration filled in where the config leaves it null (the config
+    wins when it is calibrated; unchanged when nothing is shipped)."""
+    import dataclasses
+
+    nc = nonlinear_cfg
+    shipped = shipped_nonlinear(name)
+    if shipped is None or None not in (nc.scale, nc.shift, nc.power, nc.alpha):
+        return nc
+    m = shipped["map"]
+    return dataclasses.replace(nc, scale=m["scale"], shift=m["shift"], power=m["power"], k=m["k"],
+                               alpha=shipped["alpha"])

@@ -23,6 +23,7 @@ class ComparedModel:
     robust: float  # worst case on the shared examples
     kind: str  # "standard", "robust", "fixed", or "other"
     alpha: float | None = None
+    robust_scale: float | None = None  # s_h of a fixed mixture
     attacks: list = field(default_factory=list)
     gap_closed: float | None = None
     robust_kept: float | None = None
@@ -79,6 +80,7 @@ def compare_reports(reports: dict[str, dict], *, standard: str | None = None, ro
         kind, alpha = _kind(r, "standard" if name == standard else "robust" if name == robust else None)
         models.append(ComparedModel(name=name, clean=float(r.get("clean_accuracy_full_split", r["clean_accuracy"])),
                                     robust=sum(flags) / len(flags), kind=kind, alpha={"robust": 1.0, "standard": 0.0}.get(kind, alpha),
+                                    robust_scale=r.get("model", {}).get("robust_scale") if kind == "fixed" else None,
                                     attacks=[a["name"] for a in r.get("attacks", [])]))
     by = {m.name: m for m in models}
     curve = [(m.clean, m.robust) for m in models if m.kind in ("fixed", "robust", "standard")]
