@@ -101,3 +101,25 @@ def test_shipped_nonlinear_map_keeps_the_robust_prediction_and_fills_an_uncalibr
         # on validation the mixture gains clean accuracy over the robust model
         mix = mix_log_probs(pair.standard(x), mixed.robust_map(h), nc.alpha)
     assert (mix.argmax(1) == y).float().mean() > (h.argmax(1) == y).float().mean()
+
+
+@needs_fmnist
+def test_shipped_adaptive_nonlinear_mixer_carries_the_shipped_map_and_coexists_with_the_mixer():
+    from adasmooth.mixer import load_adaptive
+    from adasmooth.pretrained import pretrained_dir
+
+    pair = load_pretrained("fashion-mnist")
+    if pair.adaptive_nonlinear is None:
+        pytest.skip("no adaptive + nonlinear mixer shipped")
+    m = pair.nonlinear["map"]
+    rmap = pair.adaptive_nonlinear.robust_map
+    assert (rmap.scale, rmap.shift, rmap.power, rmap.k) == (m["scale"], m["shift"], m["power"], m["k"])
+    x, _ = load("fashion-mnist", "val")
+    x = x[:64]
+    # two composites tap the same base models: each still computes exactly what it computes alone
+    with torch.no_grad():
+        both = pair.adaptive(x), pair.adaptive_nonlinear(x)
+        alone = load_adaptive(pretrained_dir() / "fashion-mnist" / "mixer-nonlinear", pair.standard, pair.robust)(x)
+        again = pair.adaptive(x)
+    assert torch.allclose(both[1], alone, atol=1e-5) and torch.allclose(both[0], again, atol=1e-5)
+    assert not torch.allclose(both[0], both[1], atol=1e-3)
