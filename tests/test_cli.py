@@ -24,7 +24,7 @@ def test_resume_without_state_is_a_clear_error(tmp_path, tiny_fmnist, capsys):
 @needs_fmnist
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--n", "20", "--n-sweep", "40", "--out", str(out)]) == 0
+    assert main(["demo", "--n", "12", "--n-sweep", "40", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "AutoAttack" in printed and "gap closed" in printed
     res = json.loads((out / "results.json").read_text())
@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     rob = res["test"]["robust"]
     for name in ("standard", "robust", "mixed"):
         r = rob[name]
-        assert r["n"] == 20 and r["eps"] == 0.1 and r["norm"] == "Linf"
+        assert r["n"] == 12 and r["eps"] == 0.1 and r["norm"] == "Linf"
         assert r["robust_accuracy"] <= r["clean_accuracy"]
         assert r["sanity"]["eps_zero_equals_clean"]["ok"]
     assert [a["type"] for a in rob["mixed"]["attacks"]] == ["pgd", "transfer", "transfer", "autoattack"]
