@@ -50,21 +50,16 @@ def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> Pret
             f"{exc}. The shipped models live in the source tree's pretrained/ folder "
             f"(or set ADASMOOTH_PRETRAINED); see pretrained/README.md for the command that makes them"
         ) from None
-    adaptive = None
     meta = {"standard": meta_s, "robust": meta_r}
-    if (folder / "mixer.safetensors").is_file():
-        from .io import load_tensors
-        from .mixer import load_adaptive
+    composites = {}
+    for key, stem in (("adaptive", "mixer"), ("adaptive_nonlinear", "mixer-nonlinear")):
+        if (folder / f"{stem}.safetensors").is_file():
+            from .io import load_tensors
+            from .mixer import load_adaptive
 
-        adaptive = load_adaptive(folder / "mixer", standard, robust).to(device)
-        meta["adaptive"] = load_tensors(folder / "mixer")[1]
-    adaptive_nonlinear = None
-    if (folder / "mixer-nonlinear.safetensors").is_file():
-        from .io import load_tensors
-        from .mixer import load_adaptive
-
-        adaptive_nonlinear = load_adaptive(folder / "mixer-nonlinear", standard, robust).to(device)
-        meta["adaptive_nonlinear"] = load_tensors(folder / "mixer-nonlinear")[1]
+            composites[key] = load_adaptive(folder / stem, standard, robust).to(device)
+            meta[key] = load_tensors(folder / stem)[1]
+    adaptive, adaptive_nonlinear = composites.get("adaptive"), composites.get("adaptive_nonlinear")
     return PretrainedPair(standard=standard, robust=robust, metadata=meta, adaptive=adaptive,
                           adaptive_nonlinear=adaptive_nonlinear, nonlinear=shipped_nonlinear(name))
 
