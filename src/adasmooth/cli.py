@@ -25,6 +25,12 @@ def cmd_train_base(args) -> int:
     cfg, source = _load_cfg(args.config)
     if args.data_root:
         cfg = _with_data_root(cfg, args.data_root)
+    if args.beta is not None:
+        if args.kind != "trades":
+            raise ValueError(f"--beta applies to --kind trades only, not {args.kind!r}")
+        if not args.beta > 0:
+            raise ValueError(f"--beta (TRADES' KL weight) must be > 0, got {args.beta}")
+        cfg = dataclasses.replace(cfg, train_trades=dataclasses.replace(cfg.train_trades, trades_beta=args.beta))
     out = Path(args.out)
     _, meta = train_base(cfg, args.kind, out, resume=args.resume, device=args.device, config_source=source,
                          max_epochs=args.max_epochs, sigma=args.sigma)
@@ -582,9 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train-base", help="train a standard, PGD-adversarial or Gaussian-noise base model")
+    t = sub.add_parser("train-base", help="train a standard, PGD-adversarial, TRADES or Gaussian-noise base model")
     t.add_argument("--config", default="configs/fmnist.yaml")
-    t.add_argument("--kind", choices=("standard", "adversarial", "noise"), required=True)
+    t.add_argument("--kind", choices=("standard", "adversarial", "trades", "noise"), required=True)
+    t.add_argument("--beta", type=float, default=None, help="TRADES' KL weight (default: train_trades.trades_beta)")
     t.add_argument("--sigma", type=float, default=None,
                    help="noise level of --kind noise (on the [0, 1] scale), e.g. 0.25 or 0.5")
     t.add_argument("--out", default="runs/base", help="folder for checkpoints (default: runs/base)")

@@ -62,7 +62,10 @@ class TrainConfig:
     augment: bool = True  # random 2-pixel shifts and horizontal flips
     seed: int = 0
     attack_steps: int = 10  # adversarial training only
-    attack_step_size: float = 0.025  # adversarial training only; absolute, in the input's [0, 1] scale
+    attack_step_size: float = 0.025  # adversarial and TRADES training; absolute, in the input's [0, 1] scale
+    trades_beta: float = 6.0  # TRADES only: weight of the KL term
+    ema_decay: float | None = None  # exponential moving average of the weights (e.g. 0.998); null: none
+    width_multiplier: float = 1.0  # scales model.args.width (small_resnet) for this kind
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ class Config:
     train_standard: TrainConfig = field(default_factory=TrainConfig)
     train_adversarial: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6))
     train_noise: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))  # Gaussian augmentation
+    train_trades: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, ema_decay=0.998))
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
@@ -260,10 +264,16 @@ def _check_values(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'threat.norm' must be Linf or L2, got {cfg.threat.norm!r}")
     if cfg.threat.eps < 0:
         raise ConfigError(f"{source}: 'threat.eps' must be >= 0, got {cfg.threat.eps}")
-    for name in ("train_standard", "train_adversarial", "train_noise"):
+    for name in ("train_standard", "train_adversarial", "train_noise", "train_trades"):
         t = getattr(cfg, name)
         if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
             raise ConfigError(f"{source}: '{name}' needs epochs >= 1, batch_size >= 1 and lr > 0")
+        if not t.trades_beta > 0:
+            raise ConfigError(f"{source}: '{name}.trades_beta' must be > 0, got {t.trades_beta}")
+        if t.ema_decay is not None and not 0.0 < t.ema_decay < 1.0:
+            raise ConfigError(f"{source}: '{name}.ema_decay' must lie in (0, 1) or be null, got {t.ema_decay}")
+        if not t.width_multiplier > 0:
+            raise ConfigError(f"{source}: '{name}.width_multiplier' must be > 0, got {t.width_multiplier}")
     if any(not 0.0 <= a <= 1.0 for a in cfg.sweep.alphas):
         raise ConfigError(f"{source}: 'sweep.alphas' must lie in [0, 1], got {list(cfg.sweep.alphas)}")
     if cfg.sweep.attack not in ("apgd", "pgd"):

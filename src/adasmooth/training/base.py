@@ -1,5 +1,6 @@
-"""Training of base models: standard (clean) training, PGD adversarial training (Madry et al. 2018) and
-Gaussian data augmentation for randomized smoothing (Cohen et al. 2019).
+"""Training of base models: standard (clean) training, PGD adversarial training (Madry et al. 2018),
+TRADES (Zhang et al. 2019) and Gaussian data augmentation for randomized smoothing (Cohen et al. 2019),
+each optionally with an exponential moving average of the weights.
 
 Stateless schedules (learning rate from the global step, data order and augmentation from a generator
 seeded by ``seed`` and the epoch) make a resumed run equal an uninterrupted one.
@@ -24,17 +25,34 @@ from ..config import Config, TrainConfig
 from ..evaluation.accuracy import accuracy, attack_batched
 from ..io import load_resume_state, save_model, save_tensors
 from ..models import build
+from .averaging import WeightAverage
+from .trades import trades_adversarial, trades_loss
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("standard", "adversarial", "noise")
+KINDS = ("standard", "adversarial", "noise", "trades")
 WARMUP_FRACTION = 0.05
 
 
 def train_config_for(cfg: Config, kind: str) -> TrainConfig:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return {"standard": cfg.train_standard, "adversarial": cfg.train_adversarial, "noise": cfg.train_noise}[kind]
+    return {"standard": cfg.train_standard, "adversarial": cfg.train_adversarial, "noise": cfg.train_noise,
+            "trades": cfg.train_trades}[kind]
+
+
+def arch_args_for(cfg: Config, kind: str, in_channels: int, num_classes: int) -> dict:
+    """The architecture's keyword arguments for ``kind``: the config's, with ``width`` scaled by the
+    kind's ``width_multiplier``."""
+    mult = train_config_for(cfg, kind).width_multiplier
+    if not mult > 0:
+        raise ValueError(f"width_multiplier must be > 0, got {mult}")
+    args = {"in_channels": in_channels, "num_classes": num_classes, **cfg.model.args}
+    if mult != 1.0:
+        if "width" not in args:
+            raise ValueError(f"width_multiplier {mult} needs a 'width' in model.args ({cfg.model.architecture})")
+        args["width"] = max(1, round(args["width"] * mult))
+    return args
 
 
 def checkpoint_name(kind: str, sigma: float | None = None) -> str:
@@ -84,7 +102,7 @@ def train_base(
     max_epochs: int | None = None,
     sigma: float | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train a base model of ``kind`` ("standard", "adversarial" or "noise") as ``cfg`` says.
+    """Train a base model of ``kind`` ("standard", "adversarial", "trades" or "noise") as ``cfg`` says.
 
     Noise training adds N(0, σ²) to every training image (no clipping), the base network of a
     randomized-smoothing classifier; it needs ``sigma``. Writes ``out_dir/<name>-last`` after every epoch
@@ -92,6 +110,8 @@ def train_base(
     the kind (``noise-sigma<σ>`` for noise training). With ``resume=True`` training continues from
     ``<kind>-last``; its recorded settings must equal this run's. ``max_epochs`` stops early after that
     many epochs in total (to split a long run; the schedule still spans the configured epochs).
+    With the kind's ``ema_decay`` set, an exponential moving average of the weights is kept, resumed
+    and saved as the final model (the sidecar says ``"weights": "ema"``).
     Returns the trained model (eval mode) and its checkpoint metadata.
     """
     tcfg = train_config_for(cfg, kind)
@@ -103,17 +123,18 @@ def train_base(
 
     x_train, y_train = data_mod.load(cfg.data.name, "train", root=cfg.data.root)
     n_classes = data_mod.num_classes(cfg.data.name)
-    arch_args = {"in_channels": x_train.shape[1], "num_classes": n_classes, **cfg.model.args}
+    arch_args = arch_args_for(cfg, kind, x_train.shape[1], n_classes)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(tcfg.seed)
         model = build(cfg.model.architecture, **arch_args).to(device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay, nesterov=True
     )
+    average = WeightAverage(model, decay=tcfg.ema_decay) if tcfg.ema_decay is not None else None
     start_epoch = 0
     elapsed = 0.0
     if resume:
-        start_epoch, elapsed = _restore(state_stem, settings, model, optimizer, device)
+        start_epoch, elapsed = _restore(state_stem, settings, model, optimizer, device, average)
         logger.info("resuming %s training at epoch %d from %s", kind, start_epoch, state_stem)
 
     steps_per_epoch = math.ceil(len(x_train) / tcfg.batch_size)
@@ -139,29 +160,42 @@ def train_base(
                 )
             elif kind == "noise":
                 xb = xb + sigma * torch.randn(xb.shape, generator=gen).to(device)
+            elif kind == "trades":
+                model.eval()
+                x_adv = trades_adversarial(model, xb, eps=cfg.threat.eps, steps=tcfg.attack_steps,
+                                           step_size=tcfg.attack_step_size, generator=gen)
             model.train()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total_steps, tcfg.lr)
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            if kind == "trades":
+                loss = trades_loss(logits, model(x_adv), yb, beta=tcfg.trades_beta)
+            else:
+                loss = F.cross_entropy(logits, yb)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {i}; last good state in {state_stem}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update(model)
             run_loss = 0.95 * run_loss + 0.05 * loss.item() if i else loss.item()
             run_acc = 0.95 * run_acc + 0.05 * (logits.argmax(1) == yb).float().mean().item() if i else 0.0
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}")
         elapsed += time.perf_counter() - t0
         model.eval()
-        _save_state(state_stem, model, optimizer, epoch + 1, elapsed, settings, arch_args, cfg)
+        _save_state(state_stem, model, optimizer, epoch + 1, elapsed, settings, arch_args, cfg, average)
         logger.info("%s epoch %d done, loss %.4f, %.0f s so far", kind, epoch + 1, run_loss, elapsed)
 
     model.eval()
+    if average is not None:
+        model = average.model
     if last_epoch < tcfg.epochs:
         return model, {"epochs_done": last_epoch}
     meta = _final_metadata(model, cfg, kind, settings, elapsed, device, progress, config_source, sigma)
+    if average is not None:
+        meta["weights"] = "ema"
     save_model(out_dir / name, model, architecture=cfg.model.architecture, arch_args=arch_args, **meta)
     return model, meta
 
@@ -177,8 +211,10 @@ def _settings(cfg: Config, kind: str) -> dict:
     }
 
 
-def _save_state(stem, model, optimizer, epoch, elapsed, settings, arch_args, cfg) -> None:
+def _save_state(stem, model, optimizer, epoch, elapsed, settings, arch_args, cfg, average=None) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors |= {f"ema.{k}": v for k, v in average.state_dict().items()}
     for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
         buf = optimizer.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
@@ -186,12 +222,16 @@ def _save_state(stem, model, optimizer, epoch, elapsed, settings, arch_args, cfg
     save_tensors(stem, tensors, {
         "architecture": cfg.model.architecture, "arch_args": arch_args,
         "epoch": epoch, "seconds": elapsed, "settings": settings,
+        "ema_updates": average.updates if average is not None else None,
     })
 
 
-def _restore(stem, settings, model, optimizer, device) -> tuple[int, float]:
+def _restore(stem, settings, model, optimizer, device, average=None) -> tuple[int, float]:
     tensors, meta = load_resume_state(stem, settings)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    if average is not None:
+        average.load_state_dict({k[len("ema."):]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")},
+                                updates=int(meta["ema_updates"]))
     for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
         key = f"optim.momentum.{i}"
         if key in tensors:
