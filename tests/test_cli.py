@@ -22,6 +22,7 @@ def test_resume_without_state_is_a_clear_error(tmp_path, tiny_fmnist, capsys):
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--n", "12", "--n-sweep", "40", "--out", str(out)]) == 0

@@ -44,6 +44,7 @@ def _torchrun(args, nproc):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_fmnist, trained_pair, capsys):
     single = tmp_path / "single"
     one = _torchrun(_evaluate_args(tmp_path, tiny_fmnist, single, trained_pair), 1)  # same thread count as the ranks
@@ -80,6 +81,7 @@ def test_rerun_resumes_from_finished_chunks(tmp_path, tiny_fmnist, trained_pair,
     assert again["robust_per_example"][8:] == first["robust_per_example"][8:]
 
 
+@pytest.mark.slow
 def test_more_ranks_than_chunks_is_an_error(tmp_path, tiny_fmnist, trained_pair):
     args = _evaluate_args(tmp_path, tiny_fmnist, tmp_path / "x", trained_pair)
     args[args.index("--n-examples") + 1] = "8"  # one chunk for two ranks
@@ -90,6 +92,7 @@ def test_more_ranks_than_chunks_is_an_error(tmp_path, tiny_fmnist, trained_pair)
     assert "some ranks would get no data" in proc.stderr
 
 
+@pytest.mark.slow
 def test_certify_on_two_ranks_equals_one_process(tmp_path, tiny_fmnist, trained_pair, capsys):
     std = trained_pair[1]
     rob = trained_pair[3]
@@ -108,6 +111,7 @@ def test_certify_on_two_ranks_equals_one_process(tmp_path, tiny_fmnist, trained_
     assert len(list((tmp_path / "one" / ".votes" / "sigma0.25").glob("chunk-*.npz"))) == 4
 
 
+@pytest.mark.slow
 def test_fit_mixer_on_two_ranks_equals_one_process(tmp_path, tiny_fmnist, trained_pair, capsys):
     from safetensors.torch import load_file
 

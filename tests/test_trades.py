@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import LinearModel
 
 from adasmooth.config import ConfigError, config_from_dict
 from adasmooth.io import CheckpointError, load_model
@@ -10,8 +11,6 @@ from adasmooth.models import build
 from adasmooth.training import train_base
 from adasmooth.training.averaging import WeightAverage
 from adasmooth.training.trades import kl_to_clean, trades_adversarial, trades_loss
-
-from conftest import LinearModel
 
 
 def _cfg(root, **trades):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -121,9 +122,9 @@ def cmd_evaluate(args) -> int:
     from .distributed import init_distributed, is_main
     from .evaluation import accuracy
     from .evaluation.plans import attack_plan
-    from .evaluation.runner import write_json
     from .evaluation.sharded import evaluate_in_chunks
     from .evaluation.surrogate import has_logit_maps
+    from .io import write_json
 
     _, world, device = init_distributed(args.device)
     args.device = device
@@ -196,8 +197,8 @@ def _alpha_report(model, x, kept: dict, rep, png, cfg, device, batch_size) -> di
 
 def cmd_sweep(args) -> int:
     from . import data as data_mod
-    from .evaluation.runner import write_json
     from .evaluation.sweep import fast_attacks, sweep
+    from .io import write_json
     from .plots import plot_tradeoff
 
     cfg, _ = _load_cfg(args.config)
@@ -228,7 +229,7 @@ def cmd_compare(args) -> int:
     import json
 
     from .evaluation.compare import compare_reports
-    from .evaluation.runner import write_json
+    from .io import write_json
     from .plots import plot_comparison
 
     named = {}
@@ -264,7 +265,7 @@ def cmd_margins(args) -> int:
     from . import data as data_mod
     from .evaluation import PGDAttack, batched_logits, evaluate_robustness
     from .evaluation.margins import margin_groups, margin_summary
-    from .evaluation.runner import write_json
+    from .io import write_json
     from .plots import plot_margins
 
     cfg, _ = _load_cfg(args.config)
@@ -348,7 +349,7 @@ def _calibrate_and_save(model, cfg, args, rob, stem: Path, metadata: dict) -> No
 
     from . import data as data_mod
     from .evaluation.calibrate import calibrate_gate, robust_reference
-    from .evaluation.runner import write_json
+    from .io import write_json
     from .mixer import save_adaptive
 
     if cfg.mixer.alpha_range:  # the config fixes them (e.g. the paper's released values): no calibration
@@ -406,7 +407,7 @@ def cmd_calibrate(args) -> int:
     from .evaluation import batched_logits
     from .evaluation.autoattack import run_autoattack
     from .evaluation.calibrate_map import calibrate_logit_map, minimum_margin_inputs
-    from .evaluation.runner import write_json
+    from .io import write_json
     from .plots import plot_map_objective
 
     cfg, _ = _load_cfg(args.config)
@@ -460,8 +461,7 @@ def cmd_certify(args) -> int:
     from . import data as data_mod
     from .certify.experiment import certification_report
     from .distributed import init_distributed, is_main
-    from .evaluation.runner import write_json
-    from .io import load_model
+    from .io import load_model, write_json
     from .plots import plot_certified_accuracy
     from .speed import fast_inference
 
@@ -525,8 +525,7 @@ def cmd_export(args) -> int:
     import json
 
     from .bundle import robustbench_model_info, save_bundle
-    from .evaluation.runner import write_json
-    from .io import load_tensors
+    from .io import load_tensors, write_json
 
     cfg, _ = _load_cfg(args.config)
     std, rob = _pair(args, args.device, cfg)

@@ -21,10 +21,11 @@ from .distributed import is_main
 from .evaluation import AutoAttackSpec, batched_logits
 from .evaluation.margins import margin_groups, margin_summary
 from .evaluation.plans import attack_plan
-from .evaluation.runner import environment, write_json
+from .evaluation.report import environment
 from .evaluation.sharded import evaluate_in_chunks
 from .evaluation.surrogate import has_logit_maps
 from .evaluation.sweep import fast_attacks, sweep
+from .io import write_json
 from .mixing import MixedClassifier, mix_log_probs, nonlinear_mixture
 from .plots import plot_alpha_hist, plot_margins, plot_tradeoff
 from .pretrained import load_pretrained, with_shipped_nonlinear

@@ -5,6 +5,7 @@ A checkpoint ``name`` is the pair ``name.safetensors`` + ``name.json``. Loading 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ except ImportError:  # older safetensors
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .models import build
 
 FORMAT_VERSION = 1
@@ -57,6 +58,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as JSON; tensors become lists, dataclasses dicts, anything else its str."""
+    atomic_write_json(path, json.loads(json.dumps(obj, default=_json_default)))
+
+
+def _json_default(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    return str(o)
 
 
 def _paths(stem: str | os.PathLike) -> tuple[Path, Path]:
@@ -162,6 +176,16 @@ def load_model(
 
 def _key_mismatch(expected: dict, got: dict) -> tuple[list[str], list[str]]:
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """sha256 over a module's state (names, shapes, bytes): ties a mixer to the base models it was fit on."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -190,8 +190,7 @@ class AdaptiveMixedClassifier(nn.Module):
 def save_adaptive(stem, model: AdaptiveMixedClassifier, **metadata) -> None:
     """Save the gate (a :class:`MixingNetwork`) and γ's BatchNorm, with fingerprints of both base models
     so that the mixer is never paired with other base models by mistake."""
-    from .io import save_tensors
-    from .training.mixer import state_fingerprint
+    from .io import save_tensors, state_fingerprint
 
     if not isinstance(model.gate, MixingNetwork):
         raise TypeError("save_adaptive stores MixingNetwork gates; save a custom gate's state_dict yourself")
@@ -212,8 +211,7 @@ def save_adaptive(stem, model: AdaptiveMixedClassifier, **metadata) -> None:
 def load_adaptive(stem, standard: nn.Module, robust: nn.Module) -> AdaptiveMixedClassifier:
     """Rebuild an :class:`AdaptiveMixedClassifier` saved by :func:`save_adaptive` around ``standard`` and
     ``robust``; refuses base models whose weights differ from those the mixer was fit on."""
-    from .io import CheckpointError, load_tensors
-    from .training.mixer import state_fingerprint
+    from .io import CheckpointError, load_tensors, state_fingerprint
 
     tensors, meta = load_tensors(stem)
     if meta.get("kind") != "adaptive-mixer":

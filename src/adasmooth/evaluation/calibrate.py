@@ -44,7 +44,7 @@ def gate_apgd_robust_mask(model, x, y, *, eps, device="cpu", batch_size=250, see
     """Per-example robustness of an adaptive composite under the worst of the official APGD-CE and APGD-T
     on the gate-aware loss (the verification attack of :func:`calibrate_gate`)."""
     from .accuracy import correct_mask
-    from .runner import GateAPGDAttack
+    from .attack_specs import GateAPGDAttack
 
     robust = correct_mask(model, x, y, device=device, batch_size=batch_size)
     for attack in (GateAPGDAttack("ce", w, n_iter, seed=seed),

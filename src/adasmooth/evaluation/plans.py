@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .runner import AutoAttackSpec, GateAPGDAttack, PGDAttack, TransferAttack
+from .attack_specs import AutoAttackSpec, GateAPGDAttack, PGDAttack, TransferAttack
 
 KINDS = ("base", "mixed", "adaptive")
 

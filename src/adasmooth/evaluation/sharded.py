@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from ..distributed import all_gather_objects, rank_and_world
 from ..io import atomic_write_json
 from .accuracy import correct_mask
-from .runner import RobustnessReport, _probe_classes, assemble_report
+from .checks import probe_classes
+from .report import RobustnessReport, assemble_report
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def evaluate_in_chunks(
     from ..validation import check_images, check_labels
 
     check_images(x)
-    check_labels(y, num_classes=_probe_classes(model, x[:2], device), n=len(x))
+    check_labels(y, num_classes=probe_classes(model, x[:2], device), n=len(x))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     rank, world = rank_and_world()

@@ -18,7 +18,7 @@ from torch import nn
 from ..mixing import MixedClassifier, mix_log_probs
 from ..transforms import straight_through
 from .accuracy import correct_mask
-from .runner import AttackOutcome
+from .attack_specs import AttackOutcome
 
 
 def _smooth(m: nn.Module | None):

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..mixing import MixedClassifier, mix_log_probs
 from .accuracy import batched_logits
-from .runner import AutoAttackSpec, PGDAttack, evaluate_robustness
+from .attack_specs import AutoAttackSpec, PGDAttack
+from .runner import evaluate_robustness
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ without a gradient all-reduce). Only rank 0 writes checkpoints and metrics.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 from ..attacks.adaptive import gate_bce, randomized_attack
 from ..config import MixerConfig
 from ..distributed import all_gather_objects, rank_and_world
-from ..io import CheckpointError, load_resume_state, save_tensors
+from ..io import CheckpointError, load_resume_state, save_tensors, state_fingerprint
 from ..mixer import AdaptiveMixedClassifier
 
 logger = logging.getLogger(__name__)
@@ -41,16 +40,6 @@ def mixer_loss(log_probs, gamma, labels, is_attacked, *, c_bce: float, c_ce: flo
     bce = gate_bce(gamma, is_attacked.to(gamma.dtype))
     ce = F.nll_loss(log_probs, labels, reduction="none")
     return (c_bce * bce + c_ce * ce + c_prod * bce * ce).mean()
-
-
-def state_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over a module's state (names, shapes, bytes): ties a mixer to the base models it was fit on."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
