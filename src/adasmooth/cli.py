@@ -8,15 +8,17 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, resolve_config_path
+from .pretrained import pretrained_dir
 
 logger = logging.getLogger("adasmooth.cli")
 
 
 def _load_cfg(path: str | None) -> tuple[Config, str | None]:
-    if path is None:
-        return Config(), None
-    return load_config(path), str(path)
+    """The config a command runs with: the user's file, a packaged config by name, or (None) the packaged
+    embedded default."""
+    resolved = resolve_config_path(path)
+    return load_config(resolved), str(path if path is not None else f"{resolved.name} (packaged)")
 
 
 def cmd_train_base(args) -> int:
@@ -107,7 +109,8 @@ def _evaluation_targets(args, cfg):
                                 robust_scale=args.robust_scale).eval()
         return [(f"mixed-alpha{args.alpha:g}", model, "mixed", model.describe())], std, rob
     targets = []
-    for ckpt in args.checkpoint or ["pretrained/fashion-mnist/standard", "pretrained/fashion-mnist/adversarial"]:
+    for ckpt in args.checkpoint or [str(pretrained_dir() / "fashion-mnist" / "standard"),
+                                        str(pretrained_dir() / "fashion-mnist" / "adversarial")]:
         model, meta = load_model(ckpt, map_location=args.device)
         targets.append((Path(ckpt).name, model, "base",
                         {"checkpoint": str(ckpt), "architecture": meta.get("architecture"),
@@ -475,7 +478,7 @@ def cmd_certify(args) -> int:
 
         standard = load_pretrained(cfg.data.name, device=args.device).standard
     robust_by_sigma = {}
-    stems = args.robust or [f"pretrained/{cfg.data.name}/noise-sigma{s:g}" for s in c.sigmas]
+    stems = args.robust or [str(pretrained_dir() / cfg.data.name / f"noise-sigma{s:g}") for s in c.sigmas]
     for stem in stems:
         model, meta = load_model(stem, map_location=args.device)
         sigma = args.sigma if args.sigma is not None else meta.get("sigma")
@@ -498,7 +501,7 @@ def cmd_certify(args) -> int:
         return 0
     report.update({"dataset": cfg.data.name, "split": args.split, "indices_seed": c.seed, "robust": stems,
                    "robust_inference": {"torch_compile": args.compile, "bf16_autocast": args.bf16},
-                   "standard": args.standard or f"pretrained/{cfg.data.name}/standard"})
+                   "standard": args.standard or str(pretrained_dir() / cfg.data.name / "standard")})
     write_json(out / "certify.json", report)
     panels = [{"sigma": s["sigma"], "curves": s["certified_accuracy"], "clean": s["clean_accuracy"]}
               for s in report["sigmas"]]
@@ -538,7 +541,6 @@ def cmd_export(args) -> int:
         elif spec.architecture is not None:
             archs[role] = {"architecture": spec.architecture, "arch_args": spec.args}
         else:
-            from .pretrained import pretrained_dir
 
             meta = load_tensors(pretrained_dir() / cfg.data.name / ("standard" if role == "standard" else "adversarial"))[1]
             archs[role] = {"architecture": meta["architecture"], "arch_args": meta.get("arch_args", {})}
@@ -582,13 +584,16 @@ def _with_data_root(cfg: Config, root: str) -> Config:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
 
 
+CONFIG_HELP = "YAML config file, or a packaged one by name (fmnist, cifar10, cifar100); default: fmnist"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adasmooth", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train-base", help="train a standard, PGD-adversarial, TRADES or Gaussian-noise base model")
-    t.add_argument("--config", default="configs/fmnist.yaml")
+    t.add_argument("--config", default=None, help=CONFIG_HELP)
     t.add_argument("--kind", choices=("standard", "adversarial", "trades", "noise"), required=True)
     t.add_argument("--beta", type=float, default=None, help="TRADES' KL weight (default: train_trades.trades_beta)")
     t.add_argument("--sigma", type=float, default=None,
@@ -601,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train_base)
 
     c = sub.add_parser("certify", help="certified l2 accuracy of smoothed robust bases and their mixtures")
-    c.add_argument("--config", default="configs/fmnist.yaml")
+    c.add_argument("--config", default=None, help=CONFIG_HELP)
     c.add_argument("--robust", action="append",
                    help="noise-trained checkpoint stem (repeatable); default: the shipped noise-sigma<S> models")
     c.add_argument("--sigma", type=float, default=None, help="noise level, when the checkpoint does not record it")
@@ -623,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_certify)
 
     x = sub.add_parser("export", help="bundle a mixed or adaptive classifier whole (+ RobustBench model info)")
-    x.add_argument("--config", default="configs/fmnist.yaml")
+    x.add_argument("--config", default=None, help=CONFIG_HELP)
     x.add_argument("--mixer", default=None, help="adaptive mixer stem")
     x.add_argument("--alpha", type=float, default=None, help="fixed-alpha mixture instead of a mixer")
     x.add_argument("--standard-scale", type=float, default=1.0)
@@ -638,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export)
 
     e = sub.add_parser("evaluate", help="clean accuracy and PGD (optionally AutoAttack) robust accuracy of checkpoints")
-    e.add_argument("--config", default="configs/fmnist.yaml")
+    e.add_argument("--config", default=None, help=CONFIG_HELP)
     e.add_argument("--checkpoint", action="append", help="checkpoint stem (repeatable); default: both shipped models")
     e.add_argument("--n", "--n-examples", dest="n", type=int, default=None,
                    help="points attacked (default: evaluate.n in the config); under torchrun write --n-examples, "
@@ -665,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("sweep", help="trade-off sweep over alpha (and logit scales) on the validation split")
-    s.add_argument("--config", default="configs/fmnist.yaml")
+    s.add_argument("--config", default=None, help=CONFIG_HELP)
     s.add_argument("--alphas", type=float, nargs="+", default=None)
     s.add_argument("--standard-scales", type=float, nargs="+", default=None)
     s.add_argument("--robust-scales", type=float, nargs="+", default=None)
@@ -685,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", default=None, help="results folder (default: results/compare-<time>)")
     k.set_defaults(func=cmd_compare)
     m = sub.add_parser("margins", help="histograms of the robust model's probability margin (benign confidence)")
-    m.add_argument("--config", default="configs/fmnist.yaml")
+    m.add_argument("--config", default=None, help=CONFIG_HELP)
     m.add_argument("--alpha", type=float, default=None, help="draw the (1-alpha)/alpha threshold")
     m.add_argument("--n", type=int, default=1000)
     m.add_argument("--split", default="val", choices=("train", "val", "test"))
@@ -705,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     f = sub.add_parser("fit-mixer", help="train the mixing network (adaptive smoothing) and calibrate it on validation")
-    f.add_argument("--config", default="configs/fmnist.yaml")
+    f.add_argument("--config", default=None, help=CONFIG_HELP)
     f.add_argument("--out", default="runs/mixer")
     f.add_argument("--resume", action="store_true", help="continue from <out>/mixer-last")
     f.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
@@ -718,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_fit_mixer)
 
     n = sub.add_parser("calibrate", help="choose a MixedNUTS map of the robust logits and its alpha on validation")
-    n.add_argument("--config", default="configs/fmnist.yaml")
+    n.add_argument("--config", default=None, help=CONFIG_HELP)
     n.add_argument("--n", type=int, default=None, help="validation points (default: nonlinear.n_calibrate)")
     n.add_argument("--out", default=None, help="results folder (default: results/calibrate-<time>)")
     n.add_argument("--write-config", default=None, help="write the config with the chosen parameters to this YAML")
@@ -728,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=cmd_calibrate)
 
     c = sub.add_parser("calibrate-mixer", help="re-choose a trained mixer's gamma bias and alpha range on validation")
-    c.add_argument("--config", default="configs/fmnist.yaml")
+    c.add_argument("--config", default=None, help=CONFIG_HELP)
     c.add_argument("--mixer", required=True, help="mixer checkpoint stem (e.g. runs/mixer/mixer)")
     c.add_argument("--out", default=None, help="stem to save the calibrated mixer to (default: overwrite --mixer)")
     c.add_argument("--n-calibrate", type=int, default=500, help="validation points for calibration")

@@ -187,9 +187,34 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a YAML file into a :class:`Config`; missing keys take their defaults."""
-    path = Path(path)
+PACKAGED_CONFIGS = ("fmnist", "cifar10", "cifar100")
+DEFAULT_CONFIG = "fmnist"
+
+
+def packaged_config_path(name: str) -> Path:
+    """The config file shipped inside the package (``fmnist``: the embedded default; ``cifar10``,
+    ``cifar100``: the paper's settings), found through ``importlib.resources``."""
+    from importlib import resources
+
+    if name not in PACKAGED_CONFIGS:
+        raise ConfigError(f"no packaged config named {name!r}; packaged: {', '.join(PACKAGED_CONFIGS)}")
+    return Path(str(resources.files("adasmooth").joinpath("assets", "configs", f"{name}.yaml")))
+
+
+def resolve_config_path(path_or_name: str | Path | None) -> Path:
+    """A config file: an existing path as given, a packaged config by name (``fmnist``, ``cifar100``), and
+    for None the packaged embedded default, so that commands run from any folder."""
+    if path_or_name is None:
+        return packaged_config_path(DEFAULT_CONFIG)
+    if str(path_or_name) in PACKAGED_CONFIGS and not Path(path_or_name).exists():
+        return packaged_config_path(str(path_or_name))
+    return Path(path_or_name)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read a YAML file into a :class:`Config`; missing keys take their defaults. ``path`` may also name a
+    packaged config (``fmnist``, ``cifar10``, ``cifar100``); None reads the embedded default's."""
+    path = resolve_config_path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:

@@ -14,11 +14,14 @@ PRETRAINED_NAMES = ("fashion-mnist",)
 
 
 def pretrained_dir() -> Path:
-    """Folder of the shipped checkpoints: ``$ADASMOOTH_PRETRAINED``, else ``pretrained/`` in the source tree."""
+    """Folder of the shipped checkpoints: ``$ADASMOOTH_PRETRAINED``, else the package's own
+    ``assets/pretrained`` (package data, found through ``importlib.resources``, so an installed wheel has it)."""
+    from importlib import resources
+
     env = os.environ.get("ADASMOOTH_PRETRAINED")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "pretrained"
+    return Path(str(resources.files("adasmooth").joinpath("assets", "pretrained")))
 
 
 @dataclass
@@ -47,8 +50,8 @@ def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> Pret
         robust, meta_r = load_model(folder / "adversarial", expect_num_classes=10, map_location=device)
     except CheckpointError as exc:
         raise CheckpointError(
-            f"{exc}. The shipped models live in the source tree's pretrained/ folder "
-            f"(or set ADASMOOTH_PRETRAINED); see pretrained/README.md for the command that makes them"
+            f"{exc}. The shipped models travel inside the package (adasmooth/assets/pretrained; "
+            f"ADASMOOTH_PRETRAINED overrides); see adasmooth/assets/pretrained/README.md for the commands that make them"
         ) from None
     meta = {"standard": meta_s, "robust": meta_r}
     composites = {}

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import all_gather_objects, rank_and_world
 from ..io import atomic_write_bytes
+from ..seeding import chunk_seed
 from ..speed import fast_inference  # noqa: F401  (re-exported: the certify command uses it)
 from .mixture import Votes, certify_from_votes, sample_votes
 from .radii import _check_alpha_for_certificate
@@ -71,7 +72,7 @@ def certification_report(standard: nn.Module, robust_by_sigma: dict[float, nn.Mo
                 if str(saved["key"]) == key:
                     mine[c] = Votes(saved["chosen"], saved["counts"], saved["standard_probs"])
                     continue
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + round(sigma * 1e6) * 7919 + c)
+            gen = torch.Generator(device=device).manual_seed(chunk_seed(seed, c, sigma=sigma))
             sl = slice(c * chunk_points, min(len(y), (c + 1) * chunk_points))
             votes = sample_votes(standard, smooth, x[sl], n0=n0, n=n, generator=gen, progress=False)
             if path is not None:

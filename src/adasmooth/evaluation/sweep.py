@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..mixing import MixedClassifier, mix_log_probs
+from ..seeding import seeded_subset
 from .accuracy import batched_logits
 from .attack_specs import AutoAttackSpec, PGDAttack
 from .runner import evaluate_robustness
@@ -113,7 +114,7 @@ def sweep(
     g = batched_logits(standard, x, batch_size=batch_size, device=device, progress=progress, desc="standard logits")
     h = batched_logits(robust, x, batch_size=batch_size, device=device, progress=progress, desc="robust logits")
     clean = clean_accuracy_grid(g, h, y, alphas, standard_scales, robust_scales)
-    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: min(n_robust, len(y))]
+    idx = seeded_subset(len(y), n_robust, seed)
     xs, ys = x[idx], y[idx]
 
     def robust_acc(model):

@@ -25,6 +25,7 @@ from ..config import Config, TrainConfig
 from ..evaluation.accuracy import accuracy, attack_batched
 from ..io import load_resume_state, save_model, save_tensors
 from ..models import build
+from ..seeding import epoch_seed
 from .averaging import WeightAverage
 from .trades import trades_adversarial, trades_loss
 
@@ -142,7 +143,7 @@ def train_base(
     last_epoch = tcfg.epochs if max_epochs is None else min(tcfg.epochs, max_epochs)
     for epoch in range(start_epoch, last_epoch):
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(tcfg.seed, epoch))
         perm = torch.randperm(len(x_train), generator=gen)
         bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{tcfg.epochs}", disable=not progress)
         run_loss = run_acc = 0.0

@@ -31,6 +31,7 @@ from ..config import MixerConfig
 from ..distributed import all_gather_objects, rank_and_world
 from ..io import CheckpointError, load_resume_state, save_tensors, state_fingerprint
 from ..mixer import AdaptiveMixedClassifier
+from ..seeding import epoch_seed, step_seed
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def fit_mixer(
     last = {}
     while step < end:
         epoch, i = divmod(step, steps_per_epoch)
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
         idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         xb, yb = x[idx].to(device), y[idx].to(device)
         model.eval()
@@ -171,11 +172,11 @@ def _shared_attack(attack, model, xb, yb, *, seed: int, step: int, chunk: int, r
     rank r makes pieces r, r + W, ... and every rank gets all of them back, in order."""
     n_pieces = -(-len(yb) // chunk)
     if n_pieces == 1 and world == 1:
-        return attack(model, xb, yb, torch.Generator().manual_seed(seed * 1_000_000_007 + step))
+        return attack(model, xb, yb, torch.Generator().manual_seed(step_seed(seed, step)))
     mine = {}
     for c in range(rank, n_pieces, world):
         sl = slice(c * chunk, (c + 1) * chunk)
-        gen = torch.Generator().manual_seed(seed * 1_000_000_007 + step * 4099 + c + 1)
+        gen = torch.Generator().manual_seed(step_seed(seed, step, c))
         mine[c] = attack(model, xb[sl], yb[sl], gen).detach().cpu()
     pieces: dict = {}
     for part in all_gather_objects(mine):
