@@ -146,3 +146,12 @@ def test_margin_groups_and_summary():
     assert s["threshold"]["margin"] == pytest.approx(0.25)
     assert s["clean_wrong"]["share_above_threshold"] == 0.0  # margin of [0.1, 0, 0] is ~0.03
     assert s["clean_correct"]["share_above_threshold"] == 1.0
+
+
+def test_benign_confidence_share_is_computed_from_the_quantile():
+    from adasmooth.evaluation.margins import benign_confidence
+
+    groups = {"attacked_correct": torch.linspace(0.0, 1.0, 101), "clean_wrong": torch.tensor([0.01, 0.02, 0.5, 0.9])}
+    b = benign_confidence(groups)
+    assert b["q"] == pytest.approx(0.05) and b["share_clean_wrong_below_q"] == 0.5
+    assert benign_confidence({"attacked_correct": torch.tensor([]), "clean_wrong": torch.tensor([0.1])}) is None

@@ -26,7 +26,7 @@ def save_bundle(stem: str | Path, model: nn.Module, *, standard_arch: dict, robu
     ``standard_arch`` / ``robust_arch`` say how to rebuild each base model with
     :func:`adasmooth.models.build` (the ``architecture`` and ``arch_args`` of its checkpoint sidecar).
     """
-    from .mixer import AdaptiveMixedClassifier, MixingNetwork
+    from .mixer import AdaptiveMixedClassifier, mixer_state
     from .mixing import MixedClassifier
 
     if not isinstance(model, (MixedClassifier, AdaptiveMixedClassifier)):
@@ -36,13 +36,8 @@ def save_bundle(stem: str | Path, model: nn.Module, *, standard_arch: dict, robu
     meta = {"kind": BUNDLE_KIND, "composite": model.describe(),
             "standard": _arch(standard_arch, "standard"), "robust": _arch(robust_arch, "robust"), **metadata}
     if isinstance(model, AdaptiveMixedClassifier):
-        if not isinstance(model.gate, MixingNetwork):
-            raise TypeError("bundles store MixingNetwork gates; save a custom gate's state_dict yourself")
-        g = model.gate
-        tensors.update({f"gate.{k}": v for k, v in g.state_dict().items()})
-        tensors.update({f"gamma_bn.{k}": v for k, v in model.gamma_bn.state_dict().items()})
-        meta["gate"] = {"type": "MixingNetwork", "depth_channels": list(g.depth_channels),
-                        "width": g.project[0].out_channels, "blocks": len(g.head)}
+        gate_tensors, meta["gate"] = mixer_state(model)
+        tensors.update(gate_tensors)
     elif torch.is_tensor(model.alpha):
         raise ValueError("a per-example alpha tensor cannot be bundled; bundle a fixed alpha or an adaptive model")
     save_tensors(stem, {k: v.contiguous() for k, v in tensors.items()}, meta)
@@ -50,7 +45,7 @@ def save_bundle(stem: str | Path, model: nn.Module, *, standard_arch: dict, robu
 
 def load(stem: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a composite saved by :func:`save_bundle` (eval mode). Reads safetensors only."""
-    from .mixer import AdaptiveMixedClassifier, MixingNetwork
+    from .mixer import adaptive_from_state
     from .mixing import MixedClassifier
     from .models import build
     from .transforms import map_from_description
@@ -77,15 +72,7 @@ def load(stem: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Mo
         model = MixedClassifier(bases["standard"], bases["robust"], alpha=c["alpha"], standard_scale=c["standard_scale"],
                                 robust_scale=c["robust_scale"], **maps)
     elif c["type"] == "AdaptiveMixedClassifier":
-        g = meta["gate"]
-        gate = MixingNetwork(g["depth_channels"], width=g["width"], blocks=g["blocks"])
-        gate.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")})
-        model = AdaptiveMixedClassifier(
-            bases["standard"], bases["robust"], gate, standard_layers=c["standard_layers"],
-            robust_layers=c["robust_layers"], gamma_scale=c["gamma_scale"], gamma_bias=c["gamma_bias"],
-            alpha_range=tuple(c["alpha_range"]), standard_scale=c["standard_scale"], robust_scale=c["robust_scale"],
-            **maps)
-        model.gamma_bn.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("gamma_bn.")})
+        model = adaptive_from_state(bases["standard"], bases["robust"], c, meta["gate"], tensors)
     else:
         raise CheckpointError(f"{stem}: unknown composite type {c['type']!r}")
     return model.to(map_location).eval()

@@ -175,7 +175,8 @@ class Config:
     train_standard: TrainConfig = field(default_factory=TrainConfig)
     train_adversarial: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6))
     train_noise: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))  # Gaussian augmentation
-    train_trades: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, ema_decay=0.998))
+    train_trades: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=10, attack_steps=7, attack_step_size=0.03, ema_decay=0.998, width_multiplier=1.5))
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)

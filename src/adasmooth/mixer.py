@@ -66,6 +66,17 @@ class MixingNetwork(nn.Module):
         self.bn = nn.BatchNorm2d(width)
         self.fc = nn.Linear(width, 1)
 
+    def config(self) -> dict:
+        """What :meth:`from_config` needs to rebuild this gate (weights aside)."""
+        return {"type": "MixingNetwork", "depth_channels": list(self.depth_channels),
+                "width": self.project[0].out_channels, "blocks": len(self.head)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> MixingNetwork:
+        if config.get("type") != "MixingNetwork":
+            raise ValueError(f"not a MixingNetwork gate config: type={config.get('type')!r}")
+        return cls(config["depth_channels"], width=config["width"], blocks=config["blocks"])
+
     @classmethod
     def from_models(cls, standard: nn.Module, robust: nn.Module, *, standard_layers: Sequence[str],
                     robust_layers: Sequence[str], input_shape: Sequence[int], **kwargs) -> MixingNetwork:
@@ -187,20 +198,45 @@ class AdaptiveMixedClassifier(nn.Module):
                    if self.standard_map is not None or self.robust_map is not None else {})}
 
 
+def mixer_state(model: AdaptiveMixedClassifier) -> tuple[dict[str, torch.Tensor], dict]:
+    """The trained part of an adaptive composite: the gate's and γ's BatchNorm tensors (``gate.*``,
+    ``gamma_bn.*``) and the gate's config. Mixer files and bundles both store these."""
+    if not isinstance(model.gate, MixingNetwork):
+        raise TypeError("only MixingNetwork gates are saved; save a custom gate's state_dict yourself")
+    tensors = {f"gate.{k}": v for k, v in model.gate.state_dict().items()}
+    tensors.update({f"gamma_bn.{k}": v for k, v in model.gamma_bn.state_dict().items()})
+    return tensors, model.gate.config()
+
+
+def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def adaptive_from_state(standard: nn.Module, robust: nn.Module, composite: dict, gate_config: dict,
+                        tensors: dict[str, torch.Tensor]) -> AdaptiveMixedClassifier:
+    """Rebuild an adaptive composite around ``standard`` and ``robust`` from its description
+    (:meth:`AdaptiveMixedClassifier.describe`), its gate config and the tensors of :func:`mixer_state`."""
+    gate = MixingNetwork.from_config(gate_config)
+    gate.load_state_dict(_with_prefix(tensors, "gate."))
+    c = composite
+    model = AdaptiveMixedClassifier(
+        standard, robust, gate, standard_layers=c["standard_layers"], robust_layers=c["robust_layers"],
+        gamma_scale=c["gamma_scale"], gamma_bias=c["gamma_bias"], alpha_range=tuple(c["alpha_range"]),
+        standard_scale=c["standard_scale"], robust_scale=c["robust_scale"],
+        standard_map=map_from_description(c.get("standard_map")), robust_map=map_from_description(c.get("robust_map")))
+    model.gamma_bn.load_state_dict(_with_prefix(tensors, "gamma_bn."))
+    return model.eval()
+
+
 def save_adaptive(stem, model: AdaptiveMixedClassifier, **metadata) -> None:
     """Save the gate (a :class:`MixingNetwork`) and γ's BatchNorm, with fingerprints of both base models
     so that the mixer is never paired with other base models by mistake."""
     from .io import save_tensors, state_fingerprint
 
-    if not isinstance(model.gate, MixingNetwork):
-        raise TypeError("save_adaptive stores MixingNetwork gates; save a custom gate's state_dict yourself")
-    tensors = {f"gate.{k}": v for k, v in model.gate.state_dict().items()}
-    tensors.update({f"gamma_bn.{k}": v for k, v in model.gamma_bn.state_dict().items()})
-    gate = model.gate
+    tensors, gate_config = mixer_state(model)
     meta = {
         "kind": "adaptive-mixer",
-        "gate": {"type": "MixingNetwork", "depth_channels": list(gate.depth_channels), "width": gate.project[0].out_channels,
-                 "blocks": len(gate.head)},
+        "gate": gate_config,
         "composite": model.describe(),
         "base_fingerprints": {"standard": state_fingerprint(model.standard), "robust": state_fingerprint(model.robust)},
         **metadata,
@@ -221,13 +257,4 @@ def load_adaptive(stem, standard: nn.Module, robust: nn.Module) -> AdaptiveMixed
         if state_fingerprint(m) != fp[name]:
             raise CheckpointError(f"the mixer in {stem} was fit on another {name} model (its weights differ); "
                                   f"pair it with the base models it was trained with")
-    g, c = meta["gate"], meta["composite"]
-    gate = MixingNetwork(g["depth_channels"], width=g["width"], blocks=g["blocks"])
-    gate.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("gate.")})
-    model = AdaptiveMixedClassifier(
-        standard, robust, gate, standard_layers=c["standard_layers"], robust_layers=c["robust_layers"],
-        gamma_scale=c["gamma_scale"], gamma_bias=c["gamma_bias"], alpha_range=tuple(c["alpha_range"]),
-        standard_scale=c["standard_scale"], robust_scale=c["robust_scale"],
-        standard_map=map_from_description(c.get("standard_map")), robust_map=map_from_description(c.get("robust_map")))
-    model.gamma_bn.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("gamma_bn.")})
-    return model.eval()
+    return adaptive_from_state(standard, robust, meta["composite"], meta["gate"], tensors)

@@ -4,6 +4,7 @@ whether the model survived it (``robust_mask``), with the adversarial images it 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -92,6 +93,7 @@ class TransferAttack:
     steps: int = 20
     step_size: float | None = None
     seed: int = 0
+    cache: dict | None = field(default=None, repr=False, compare=False)  # shared across models: craft once
 
     @property
     def name(self) -> str:
@@ -102,9 +104,17 @@ class TransferAttack:
                 "steps": self.steps, "step_size": self.step_size, "seed": self.seed}
 
     def robust_mask(self, model, x, y, *, eps, norm, device, batch_size, progress):
-        x_adv = attack_batched(pgd, self.source, x, y, eps=eps, norm=norm, steps=self.steps,
-                               step_size=self.step_size, generator=torch.Generator().manual_seed(self.seed),
-                               batch_size=batch_size, device=device, progress=progress, desc=self.name)
+        key = None
+        if self.cache is not None:  # the crafted images depend on the source, settings and inputs only
+            key = (id(self.source), self.steps, self.step_size, self.seed, eps, norm, batch_size,
+                   hashlib.sha256(x.cpu().contiguous().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest())
+        x_adv = self.cache.get(key) if key is not None else None
+        if x_adv is None:
+            x_adv = attack_batched(pgd, self.source, x, y, eps=eps, norm=norm, steps=self.steps,
+                                   step_size=self.step_size, generator=torch.Generator().manual_seed(self.seed),
+                                   batch_size=batch_size, device=device, progress=progress, desc=self.name)
+            if key is not None:
+                self.cache[key] = x_adv
         return AttackOutcome(robust=correct_mask(model, x_adv, y, device=device, batch_size=batch_size), x_adv=x_adv)
 
 

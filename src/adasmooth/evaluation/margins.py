@@ -52,4 +52,20 @@ def margin_summary(groups: dict[str, torch.Tensor], *, alpha: float | None = Non
         summary[name] = entry
     if thr is not None:
         summary["threshold"] = {"alpha": alpha, "margin": thr}
+    benign = benign_confidence(groups)
+    if benign is not None:
+        summary["benign_confidence"] = benign
     return summary
+
+
+def benign_confidence(groups: dict[str, torch.Tensor], *, quantile: float = 0.05) -> dict | None:
+    """How well a confidence threshold separates: ``q``, the ``quantile`` of the attacked-correct margins,
+    and the share of clean-wrong margins below it (what a mixture trusting the robust model above ``q``
+    hands to the standard model while keeping ``1 - quantile`` of the robust model's attacked-correct
+    answers). None when either group is empty."""
+    attacked, wrong = groups.get("attacked_correct"), groups.get("clean_wrong")
+    if attacked is None or wrong is None or not attacked.numel() or not wrong.numel():
+        return None
+    q = float(torch.quantile(attacked.float(), quantile))
+    return {"quantile": quantile, "q": q, "share_clean_wrong_below_q": float((wrong.float() < q).float().mean()),
+            "n_attacked_correct": int(attacked.numel()), "n_clean_wrong": int(wrong.numel())}

@@ -24,6 +24,7 @@ def attack_plan(
     gate_target_classes: int = 3,
     surrogate: bool = False,
     seed: int = 0,
+    transfer_cache: dict | None = None,
 ) -> list:
     """The attacks for a model of ``kind``:
 
@@ -37,6 +38,9 @@ def attack_plan(
     guided by the straight-through surrogate (:class:`~adasmooth.evaluation.surrogate.SurrogateAttack`:
     the true model's values, the smooth maps' gradients), each scored on the true model.
 
+    ``transfer_cache`` (a dict shared between plans) lets the transfer attacks of several models on the same
+    points craft their images once.
+
     Report the per-example worst case over all of them (:func:`evaluate_robustness` does).
     """
     if kind not in KINDS:
@@ -46,8 +50,8 @@ def attack_plan(
     if kind in ("mixed", "adaptive"):
         if standard is None or robust is None:
             raise ValueError(f"a {kind} plan needs the standard and robust models for the transfer attacks")
-        plan += [TransferAttack(standard, "standard", steps=pgd_steps, seed=seed),
-                 TransferAttack(robust, "robust", steps=pgd_steps, seed=seed)]
+        plan += [TransferAttack(standard, "standard", steps=pgd_steps, seed=seed, cache=transfer_cache),
+                 TransferAttack(robust, "robust", steps=pgd_steps, seed=seed, cache=transfer_cache)]
     if kind == "adaptive":
         if not gate_weights or any(not 0.0 <= w <= 1.0 for w in gate_weights):
             raise ValueError(f"gate_weights must be a non-empty list of values in [0, 1], got {gate_weights}")

@@ -29,12 +29,16 @@ from .report import RobustnessReport, assemble_report
 logger = logging.getLogger(__name__)
 
 
-def _chunk_result(model, x, y, attacks, *, eps, norm, device, batch_size, keep_adversarials) -> dict:
+def _chunk_result(model, x, y, attacks, *, eps, norm, device, batch_size, keep_adversarials, bar=None, label="") -> dict:
     clean = correct_mask(model, x, y, device=device, batch_size=batch_size)
     rows = []
     for attack in attacks:
         t = time.perf_counter()
+        if bar is not None:
+            bar.set_description(f"{label}{attack.name}")
         out = attack.robust_mask(model, x, y, eps=eps, norm=norm, device=device, batch_size=batch_size, progress=False)
+        if bar is not None:
+            bar.update(len(y))
         rows.append({"name": attack.name, "robust": (out.robust.cpu() & clean).tolist(),
                      "seconds": time.perf_counter() - t, "extra": out.extra,
                      "x_adv": out.x_adv.cpu() if keep_adversarials and out.x_adv is not None else None})
@@ -60,11 +64,13 @@ def evaluate_in_chunks(
     keep_adversarials: bool = False,
     sanity_checks: bool = True,
     progress: bool = True,
+    label: str | None = None,
 ) -> tuple[RobustnessReport, dict | None]:
     """Like :func:`~adasmooth.evaluation.evaluate_robustness`, chunk by chunk, sharded over the ranks of an
     initialised process group (every rank must call it with the same arguments).
 
-    Returns ``(report, adversarials)`` on every rank; ``adversarials`` maps attack name to the adversarial
+    The progress bar counts example-attacks (each example under each attack) and names ``label`` (the
+    model), the running attack and the rank. Returns ``(report, adversarials)`` on every rank; ``adversarials`` maps attack name to the adversarial
     images of all examples when ``keep_adversarials`` (gathered to every rank), else None.
     """
     from ..validation import check_images, check_labels
@@ -84,20 +90,26 @@ def evaluate_in_chunks(
     key = _fingerprint(attacks, eps, norm, chunk_size, len(y), indices, model_info)
     mine = {}
     todo = list(range(rank, n_chunks, world))
-    for c in tqdm(todo, desc=f"chunks (rank {rank})" if world > 1 else "chunks", disable=not progress):
-        sl = slice(c * chunk_size, min(len(y), (c + 1) * chunk_size))
+    slices = {c: slice(c * chunk_size, min(len(y), (c + 1) * chunk_size)) for c in todo}
+    prefix = (f"{label}: " if label else "") + (f"rank {rank}: " if world > 1 else "")
+    bar = tqdm(total=sum(s.stop - s.start for s in slices.values()) * len(attacks), desc=prefix + "attacks",
+               unit="ex", disable=not progress)
+    for c in todo:
+        sl = slices[c]
         path = cache / f"chunk-{c:05d}.json" if cache is not None else None
         if path is not None and path.is_file() and not keep_adversarials:
             saved = json.loads(path.read_text())
             if saved.get("key") == key:
                 mine[c] = saved["result"]
+                bar.update((sl.stop - sl.start) * len(attacks))
                 continue
         res = _chunk_result(model, x[sl], y[sl], attacks, eps=eps, norm=norm, device=device, batch_size=batch_size,
-                            keep_adversarials=keep_adversarials)
+                            keep_adversarials=keep_adversarials, bar=bar, label=prefix)
         if path is not None:
             atomic_write_json(path, {"key": key, "result": {**res, "attacks": [
                 {k: v for k, v in a.items() if k != "x_adv"} for a in res["attacks"]]}})
         mine[c] = res
+    bar.close()
     merged: dict = {}
     for part in all_gather_objects(mine):
         merged.update(part)

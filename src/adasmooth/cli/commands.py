@@ -1,0 +1,152 @@
+"""One function per command: parse → call a workflow → print. No logic that a library user would need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import workflows as wf
+from ..config import Config, load_config, resolve_config_path
+from ..distributed import init_distributed, is_main
+from ..mixer import load_adaptive
+from ..mixing import MixedClassifier
+
+
+def load_cfg(args) -> tuple[Config, str]:
+    """The config a command runs with (the user's file, a packaged one by name, or the packaged default),
+    with ``--data-root`` applied, and where it came from."""
+    resolved = resolve_config_path(args.config)
+    source = str(args.config if args.config is not None else f"{resolved.name} (packaged)")
+    return wf.with_data_root(load_config(resolved), getattr(args, "data_root", None)), source
+
+
+def _pair(args, cfg):
+    return wf.load_pair(cfg, standard=getattr(args, "standard", None), robust=getattr(args, "robust", None),
+                        device=args.device)
+
+
+def _shipped(args, cfg) -> bool:
+    return wf.is_shipped_pair(cfg, standard=getattr(args, "standard", None), robust=getattr(args, "robust", None))
+
+
+def train_base(args) -> int:
+    cfg, source = load_cfg(args)
+    print(wf.train(cfg, args.kind, Path(args.out), beta=args.beta, sigma=args.sigma, resume=args.resume,
+                   max_epochs=args.max_epochs, device=args.device, config_source=source))
+    return 0
+
+
+def evaluate(args) -> int:
+    _, _, args.device = init_distributed(args.device)
+    cfg, _ = load_cfg(args)
+    targets, std, rob = wf.evaluation_targets(
+        cfg, checkpoints=args.checkpoint, mixer=args.mixer, alpha=args.alpha, nonlinear=args.nonlinear,
+        standard_scale=args.standard_scale, robust_scale=args.robust_scale, standard=args.standard,
+        robust=args.robust, device=args.device)
+    res = wf.evaluate(cfg, targets, wf.output_dir(args.out, "evaluate"), standard=std, robust=rob, n=args.n,
+                      split=args.split, autoattack=args.autoattack, chunk_size=args.chunk_size, device=args.device,
+                      bf16=args.bf16, compile=args.compile, channels_last=args.channels_last)
+    if is_main():
+        print(res.format())
+    return 0
+
+
+def sweep(args) -> int:
+    cfg, _ = load_cfg(args)
+    std, rob = _pair(args, cfg)
+    print(wf.run_sweep(cfg, std, rob, wf.output_dir(args.out, "sweep"), alphas=args.alphas,
+                       standard_scales=args.standard_scales, robust_scales=args.robust_scales, n=args.n,
+                       device=args.device).format())
+    return 0
+
+
+def compare(args) -> int:
+    print(wf.run_compare(wf.read_reports(args.reports), wf.output_dir(args.out, "compare"), standard=args.standard,
+                         robust=args.robust).format())
+    return 0
+
+
+def margins(args) -> int:
+    cfg, _ = load_cfg(args)
+    _, rob = _pair(args, cfg)
+    print(wf.run_margins(cfg, rob, wf.output_dir(args.out, "margins"), n=args.n, split=args.split, alpha=args.alpha,
+                         device=args.device).format())
+    return 0
+
+
+def demo(args) -> int:
+    _, _, args.device = init_distributed(args.device)
+    cfg, _ = load_cfg(args)
+    out = wf.output_dir(args.out, "")
+    rows = wf.ALL_ROWS if args.all_rows else wf.DEFAULT_ROWS
+    res = wf.run_demo(cfg, out, n=args.n, n_sweep=args.n_sweep, rows=rows, device=args.device, progress=is_main())
+    if is_main():
+        print(res.format())
+        print(f"results, trade-off and margin plots in {out}/  ({res.seconds:.0f} s)")
+    return 0
+
+
+def fit_mixer(args) -> int:
+    _, _, args.device = init_distributed(args.device)
+    cfg, source = load_cfg(args)
+    std, rob = _pair(args, cfg)
+    done = wf.fit_and_calibrate(cfg, std, rob, Path(args.out), resume=args.resume, max_steps=args.max_steps,
+                                n_calibrate=args.n_calibrate, verify_iters=args.verify_iters, device=args.device,
+                                config_source=source)
+    if is_main():
+        print(done)
+    return 0
+
+
+def calibrate_mixer(args) -> int:
+    cfg, _ = load_cfg(args)
+    std, rob = _pair(args, cfg)
+    print(wf.recalibrate(cfg, std, rob, args.mixer, out=args.out, nonlinear=args.nonlinear,
+                         shipped_pair=_shipped(args, cfg), n_calibrate=args.n_calibrate,
+                         verify_iters=args.verify_iters, device=args.device))
+    return 0
+
+
+def calibrate(args) -> int:
+    cfg, _ = load_cfg(args)
+    _, rob = _pair(args, cfg)
+    out = wf.output_dir(args.out, "calibrate")
+    run = wf.calibrate_map(cfg, rob, out, n=args.n, device=args.device)
+    print(run.format())
+    if args.write_config:
+        wf.write_config(run.config_with_map(cfg), args.write_config)
+        print(f"wrote {args.write_config}")
+    print(f"results in {out}/")
+    return 0
+
+
+def certify(args) -> int:
+    _, _, args.device = init_distributed(args.device)
+    cfg, _ = load_cfg(args)
+    run = wf.run_certify(cfg, wf.output_dir(args.out, "certify"), standard=args.standard, robust=args.robust,
+                         sigma=args.sigma, alphas=args.alphas, n_points=args.n_points, n0=args.n0, n=args.n,
+                         chunk_points=args.chunk_points, split=args.split, compile=args.compile, bf16=args.bf16,
+                         device=args.device)
+    if is_main():
+        print(run.format())
+    return 0
+
+
+def export(args) -> int:
+    cfg, _ = load_cfg(args)
+    std, rob = _pair(args, cfg)
+    if args.mixer:
+        model = load_adaptive(args.mixer, std, rob)
+    elif args.alpha is not None:
+        model = MixedClassifier(std, rob, alpha=args.alpha, standard_scale=args.standard_scale,
+                                robust_scale=args.robust_scale).eval()
+    else:
+        raise ValueError("export needs --mixer STEM or --alpha A")
+    archs = wf.base_architectures(cfg, standard=args.standard, robust=args.robust)
+    for line in wf.export_composite(cfg, model, Path(args.out), archs=archs, results=args.results, name=args.name,
+                                    architecture=args.architecture):
+        print(line)
+    return 0
+
+
+__all__ = ["calibrate", "calibrate_mixer", "certify", "compare", "demo", "evaluate", "export", "fit_mixer",
+           "margins", "sweep", "train_base"]

@@ -1,0 +1,30 @@
+"""Workflows: one function per job, between the library and the command line. Each takes a config, models
+and an output folder and returns a result that formats itself for the terminal (and has written its files).
+
+| job | function |
+| --- | --- |
+| evaluate models | :func:`evaluation_targets`, :func:`evaluate` |
+| the demo | :func:`run_demo` |
+| α sweep, comparison, margins | :func:`run_sweep`, :func:`run_compare`, :func:`run_margins` |
+| MixedNUTS-style map | :func:`calibrate_map` |
+| adaptive mixer | :func:`fit_and_calibrate`, :func:`recalibrate` |
+| certification | :func:`run_certify` |
+| export | :func:`export_composite` |
+| base models | :func:`train` |
+"""
+
+from .analysis import read_reports, run_compare, run_margins, run_sweep
+from .calibration import calibrate_map, calibrate_mixer_and_save, write_config
+from .certify import run_certify
+from .common import figure_of_merit, is_shipped_pair, load_pair, nonlinear_section, output_dir, with_data_root
+from .demo import ALL_ROWS, DEFAULT_ROWS, run_demo
+from .evaluate import EvaluationTarget, evaluate, evaluation_targets
+from .export import base_architectures, export_composite
+from .mixer import build_adaptive, fit_and_calibrate, recalibrate
+from .train import train
+
+__all__ = ["ALL_ROWS", "DEFAULT_ROWS", "EvaluationTarget", "base_architectures", "build_adaptive", "calibrate_map",
+           "calibrate_mixer_and_save", "evaluate", "evaluation_targets", "export_composite", "figure_of_merit",
+           "fit_and_calibrate", "is_shipped_pair", "load_pair", "nonlinear_section", "output_dir", "read_reports",
+           "recalibrate", "run_certify", "run_compare", "run_demo", "run_margins", "run_sweep", "train",
+           "with_data_root", "write_config"]

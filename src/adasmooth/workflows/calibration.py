@@ -1,0 +1,123 @@
+"""Calibration workflows, on validation data only: the MixedNUTS-style map of the robust logits and its α,
+and an adaptive mixer's γ bias and α range."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from ..config import Config
+from ..evaluation import batched_logits
+from ..evaluation.autoattack import run_autoattack
+from ..evaluation.calibrate import calibrate_gate, robust_reference
+from ..evaluation.calibrate_map import MapCalibration, calibrate_logit_map, minimum_margin_inputs
+from ..io import write_json
+from ..mixer import AdaptiveMixedClassifier, save_adaptive
+from ..plots import plot_map_objective
+from .common import load_subset
+
+
+@dataclass
+class MapCalibrationRun:
+    calibration: MapCalibration
+    n: int
+    n_clean_wrong: int
+    n_attacked_correct: int
+    beta: float
+    eps: float
+    norm: str
+    out: Path
+
+    def format(self) -> str:
+        cal = self.calibration
+        return "\n".join([
+            f"validation: {self.n} points; robust model {self.n_clean_wrong} clean-wrong, "
+            f"{self.n_attacked_correct} correct after APGD-CE/APGD-T ({self.norm} eps={self.eps:g})",
+            f"chosen map: scale={cal.scale:g} shift={cal.shift:g} power={cal.power:g} (k={cal.k}); alpha={cal.alpha:.4f} "
+            f"keeps {100 * self.beta:g}% of attacked-correct margins above {cal.threshold:.4f}; "
+            f"{100 * cal.objective:.1f}% of clean-wrong inputs stay above it"])
+
+    def config_with_map(self, cfg: Config) -> Config:
+        cal = self.calibration
+        return dataclasses.replace(cfg, nonlinear=dataclasses.replace(
+            cfg.nonlinear, scale=cal.scale, shift=cal.shift, power=cal.power, alpha=cal.alpha))
+
+
+def calibrate_map(cfg: Config, robust: nn.Module, out: Path, *, n: int | None = None,
+                  device: str = "cpu") -> MapCalibrationRun:
+    """Choose the robust-logit map (s, c, p) and α on validation margins: clean-wrong inputs against each
+    example's lowest-margin attacked input. Writes ``calibration.json`` and ``objective.png``."""
+    nc = cfg.nonlinear
+    _, _, _, xs, ys = load_subset(cfg, "val", n or nc.n_calibrate, nc.seed)
+    bs = cfg.evaluate.batch_size
+    h_clean = batched_logits(robust, xs, batch_size=bs, device=device, progress=True, desc="robust logits")
+    res = run_autoattack(robust, xs, ys, eps=cfg.threat.eps, norm=cfg.threat.norm, version="custom",
+                         attacks=["apgd-ce", "apgd-t"], seed=nc.seed, batch_size=bs, device=device,
+                         options={"apgd.n_iter": nc.attack_iters, "apgd_targeted.n_iter": nc.attack_iters,
+                                  "apgd_targeted.n_target_classes": 3})
+    # per example the lowest-margin input found (AutoAttack hands back the clean image where it fails)
+    x_low = minimum_margin_inputs(robust, xs, ys, eps=cfg.threat.eps, norm=cfg.threat.norm, n_iter=nc.attack_iters,
+                                  seed=nc.seed, batch_size=bs, device=device, candidates=(res.x_adv,))
+    h_adv = batched_logits(robust, x_low, batch_size=bs, device=device)
+    attacked_correct = (h_adv.argmax(1) == ys) & (h_clean.argmax(1) == ys)
+    clean_wrong = h_clean.argmax(1) != ys
+    cal = calibrate_logit_map(h_adv[attacked_correct], h_clean[clean_wrong], beta=nc.beta, k=nc.k)
+    chosen = {"scale": cal.scale, "shift": cal.shift, "power": cal.power}
+    plot_map_objective(cal.grid, out / "objective.png", chosen=chosen,
+                       title=f"{cfg.data.name} val n={len(ys)}, beta={nc.beta:g}: objective, best scale per cell")
+    write_json(out / "calibration.json", {
+        **cal.to_dict(), "split": "val", "n": len(ys), "indices_seed": nc.seed,
+        "attack": {"name": "apgd-ce + apgd-t3 (official), then per example the lowest margin of those and of "
+                           "apgd-ce / apgd-dlr highest-loss iterates (best_loss=True)",
+                   "n_iter": nc.attack_iters, "eps": cfg.threat.eps, "norm": cfg.threat.norm,
+                   "robust_accuracy_autoattack": res.robust_accuracy,
+                   "robust_accuracy": float(attacked_correct.float().mean())}})
+    return MapCalibrationRun(cal, len(ys), int(clean_wrong.sum()), int(attacked_correct.sum()), nc.beta,
+                             cfg.threat.eps, cfg.threat.norm, out)
+
+
+def write_config(cfg: Config, path: str | Path) -> None:
+    """``cfg`` as a YAML file (tuples as lists)."""
+    Path(path).write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust: nn.Module, stem: Path, *,
+                             metadata: dict, n_calibrate: int = 500, verify_iters: int = 50,
+                             device: str = "cpu") -> str:
+    """Choose the gate's γ bias and α range on validation points (never test) and save the mixer at
+    ``stem``; the config's ``mixer.alpha_range`` / ``eval_gamma_bias``, when set, are used as given.
+    Returns a summary of what was chosen."""
+    if cfg.mixer.alpha_range:  # the config fixes them (e.g. the paper's released values): no calibration
+        model.alpha_range = tuple(cfg.mixer.alpha_range)
+        model.gamma_bias = float(cfg.mixer.eval_gamma_bias)
+        save_adaptive(stem, model, calibration={"source": "config", "alpha_range": list(model.alpha_range),
+                                                "gamma_bias": model.gamma_bias}, dataset=cfg.data.name, **metadata)
+        return (f"saved {stem}.safetensors (+ .json) with the config's alpha range {list(model.alpha_range)} and "
+                f"gamma bias {model.gamma_bias:g} (not calibrated)")
+    seed = cfg.mixer.seed
+    _, _, _, xv, yv = load_subset(cfg, "val", n_calibrate, seed)
+    ref = robust_reference(robust, xv, yv, eps=cfg.threat.eps, device=device, seed=seed, n_iter=verify_iters)
+    cal = calibrate_gate(model, xv, yv, eps=cfg.threat.eps, robust_reference=ref, keep_robust=cfg.sweep.keep_robust,
+                         device=device, seed=seed, verify_iters=verify_iters)
+    save_adaptive(stem, model, calibration=cal, dataset=cfg.data.name, **metadata)
+    write_json(stem.parent / "calibration.json", cal)
+    ch = cal["chosen"]
+    return (f"saved {stem}.safetensors (+ .json)\n"
+            f"calibrated on {cal['n']} validation points: gamma_bias={ch['gamma_bias']:g}, alpha range "
+            f"[{ch['alpha_lo']:g}, {ch['alpha_hi']:g}]: clean {100 * ch['clean']:.2f}%, robust "
+            f"{100 * cal['robust_verified']:.2f}% under gate-aware APGD-CE/APGD-T "
+            f"(robust model alone, APGD-CE/APGD-T: {100 * ref:.2f}%; target {100 * cfg.sweep.keep_robust:g}% of it"
+            f"{'' if cal['target_met'] else ', NOT met'})")
+

@@ -1,0 +1,175 @@
+"""The evaluate workflow: clean accuracy on a whole split and the honest attack plan of each model's kind
+on a seeded subset, chunk by chunk (resumable, shared by torchrun ranks); a JSON per model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..distributed import init_distributed, is_main
+from ..evaluation import accuracy
+from ..evaluation.plans import attack_plan
+from ..evaluation.report import RobustnessReport
+from ..evaluation.sharded import evaluate_in_chunks
+from ..evaluation.surrogate import has_logit_maps
+from ..io import load_model, write_json
+from ..mixer import load_adaptive
+from ..mixing import MixedClassifier, nonlinear_mixture
+from ..plots import plot_alpha_hist
+from ..pretrained import pretrained_dir
+from ..speed import fast_inference
+from .common import is_shipped_pair, load_pair, load_subset, nonlinear_section
+
+
+@dataclass
+class EvaluationTarget:
+    """One model to evaluate: its name (file stem of its JSON), the module, the kind of attack plan it
+    gets (``base``, ``mixed`` or ``adaptive``) and what the report says about it."""
+
+    name: str
+    model: nn.Module
+    kind: str
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelEvaluation:
+    name: str
+    clean_full: float  # on the whole split
+    report: RobustnessReport  # on the seeded subset
+    alpha: dict | None = None  # an adaptive model's α(x) on clean and attacked inputs
+
+    def to_dict(self, n_full: int) -> dict:
+        out = {**self.report.to_dict(), "clean_accuracy_full_split": self.clean_full, "n_full_split": n_full}
+        if self.alpha is not None:
+            out["alpha"] = self.alpha
+        return out
+
+
+@dataclass
+class EvaluateResult:
+    dataset: str
+    split: str
+    n_full: int
+    n: int
+    eps: float
+    norm: str
+    world: int
+    out: Path
+    models: list[ModelEvaluation] = field(default_factory=list)
+
+    def format(self) -> str:
+        lines = [f"{self.dataset} {self.split}: clean on {self.n_full} images; robust on {self.n} seeded images, "
+                 f"{self.norm} eps={self.eps:g}" + (f"; {self.world} ranks" if self.world > 1 else "")]
+        for m in self.models:
+            rep = m.report
+            lines.append(f"{m.name}: clean {100 * m.clean_full:.2f}%, worst case {100 * rep.robust_accuracy:.2f}% "
+                         f"(clean on the subset {100 * rep.clean_accuracy:.2f}%)")
+            lines += [f"  {a['name']:<28s} {100 * a['accuracy']:6.2f}%  ({a['seconds']:.0f} s)" for a in rep.attacks]
+        lines.append(f"results in {self.out}/")
+        return "\n".join(lines)
+
+
+def evaluation_targets(cfg: Config, *, checkpoints: list[str] | None = None, mixer: str | None = None,
+                       alpha: float | None = None, nonlinear: bool = False, standard_scale: float = 1.0,
+                       robust_scale: float = 1.0, standard: str | None = None, robust: str | None = None,
+                       device: str = "cpu") -> tuple[list[EvaluationTarget], nn.Module | None, nn.Module | None]:
+    """The models to evaluate and the (standard, robust) pair that mixtures' transfer attacks start from:
+    base checkpoints (default: both shipped models), or one mixture of the pair (``mixer``, ``alpha`` or
+    ``nonlinear``)."""
+    if mixer or alpha is not None or nonlinear:
+        if checkpoints:
+            raise ValueError("--checkpoint evaluates base models; it does not go with --mixer, --alpha or --nonlinear")
+        std, rob = load_pair(cfg, standard=standard, robust=robust, device=device)
+        if nonlinear:
+            shipped = is_shipped_pair(cfg, standard=standard, robust=robust)
+            model = nonlinear_mixture(std, rob, nonlinear_section(cfg, shipped_pair=shipped), alpha=alpha).eval()
+            return [EvaluationTarget("nonlinear", model, "mixed", model.describe())], std, rob
+        if mixer:
+            model = load_adaptive(mixer, std, rob).to(device)
+            return [EvaluationTarget(Path(mixer).name, model, "adaptive", {"mixer": str(mixer), **model.describe()})], std, rob
+        model = MixedClassifier(std, rob, alpha=alpha, standard_scale=standard_scale, robust_scale=robust_scale).eval()
+        return [EvaluationTarget(f"mixed-alpha{alpha:g}", model, "mixed", model.describe())], std, rob
+    targets = []
+    for ckpt in checkpoints or [str(pretrained_dir() / cfg.data.name / s) for s in ("standard", "adversarial")]:
+        model, meta = load_model(ckpt, map_location=device)
+        targets.append(EvaluationTarget(Path(ckpt).name, model, "base", {
+            "checkpoint": str(ckpt), "architecture": meta.get("architecture"), "arch_args": meta.get("arch_args"),
+            "kind": meta.get("kind")}))
+    return targets, None, None
+
+
+def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, *,
+                    cfg: Config, split: str, device: str, chunk_size: int | None = None,
+                    cache_dir: Path | None = None, alpha_png: Path | None = None, plain: nn.Module | None = None,
+                    keep_adversarials: bool | None = None, progress: bool = True) -> tuple[ModelEvaluation, dict | None]:
+    """One model: clean accuracy on the whole split, ``attacks`` on ``idx`` (per-example worst case);
+    for an adaptive model also its α on clean and attacked inputs (``alpha_png``). Returns the evaluation
+    and the adversarial images of each attack (kept for adaptive models unless ``keep_adversarials`` says
+    otherwise; None when not kept)."""
+    bs = cfg.evaluate.batch_size
+    adaptive = target.kind == "adaptive"
+    keep = adaptive if keep_adversarials is None else keep_adversarials
+    clean_full = accuracy(target.model, x, y, device=device, batch_size=bs, progress=progress,
+                          desc=f"{target.name}: clean {split}")
+    rep, kept = evaluate_in_chunks(
+        target.model, x[idx], y[idx], attacks, eps=cfg.threat.eps, norm=cfg.threat.norm, chunk_size=chunk_size or bs,
+        device=device, batch_size=bs, dataset=cfg.data.name, split=split, indices=idx, model_info=target.info,
+        cache_dir=cache_dir, keep_adversarials=keep, progress=progress, label=target.name)
+    alpha = None
+    if adaptive and keep and alpha_png is not None and is_main():
+        alpha = alpha_report(plain or target.model, x[idx], kept, rep, alpha_png, cfg=cfg, device=device)
+    return ModelEvaluation(target.name, clean_full, rep, alpha), kept
+
+
+def alpha_report(model, x: torch.Tensor, kept: dict, rep: RobustnessReport, png: Path, *, cfg: Config,
+                 device: str) -> dict:
+    """α(x) on the clean subset and on the examples of the attack that broke the most (plot + quantiles)."""
+    bs = cfg.evaluate.batch_size
+
+    def alphas(images):
+        with torch.no_grad():
+            return torch.cat([model.alpha(images[i:i + bs].to(device)).cpu() for i in range(0, len(images), bs)])
+
+    strongest = min(rep.attacks, key=lambda a: a["accuracy"])["name"]
+    a_clean, a_adv = alphas(x), alphas(kept[strongest])
+    plot_alpha_hist(a_clean, a_adv, png, title=f"α(x), n={len(x)}: clean vs {strongest} "
+                                               f"({cfg.threat.norm} eps={cfg.threat.eps:g})")
+    q = torch.tensor([0.1, 0.5, 0.9])
+    return {"attack": strongest, "clean_mean": float(a_clean.mean()), "attacked_mean": float(a_adv.mean()),
+            "clean_quantiles_10_50_90": a_clean.quantile(q).tolist(),
+            "attacked_quantiles_10_50_90": a_adv.quantile(q).tolist(), "plot": str(png)}
+
+
+def evaluate(cfg: Config, targets: list[EvaluationTarget], out: Path, *, standard: nn.Module | None = None,
+             robust: nn.Module | None = None, n: int | None = None, split: str = "test",
+             autoattack: str | None = None, chunk_size: int | None = None, device: str = "cpu", bf16: bool = False,
+             compile: bool = False, channels_last: bool = False) -> EvaluateResult:
+    """Evaluate every target on ``n`` seeded points of ``split`` (default ``cfg.evaluate.n``), writing
+    ``out/<name>.json`` as each finishes (rank 0); finished chunks are cached in ``out/.chunks-<name>``."""
+    _, world, device = init_distributed(device)
+    ev = cfg.evaluate
+    x, y, idx, _, _ = load_subset(cfg, split, n if n is not None else ev.n, ev.seed)
+    result = EvaluateResult(cfg.data.name, split, len(y), len(idx), cfg.threat.eps, cfg.threat.norm, world, out)
+    for target in targets:
+        plain = target.model  # α(x) and other named methods live on the unwrapped model
+        if bf16 or compile or channels_last:
+            target = EvaluationTarget(target.name, fast_inference(target.model, compile=compile, bf16=bf16,
+                                                                  channels_last=channels_last, device=device),
+                                      target.kind, {**target.info, "inference": {
+                                          "bf16_autocast": bf16, "torch_compile": compile,
+                                          "channels_last": channels_last}})
+        attacks = attack_plan(target.kind, standard=standard, robust=robust, pgd_steps=ev.pgd_steps,
+                              pgd_step_size=ev.pgd_step_size, pgd_restarts=ev.pgd_restarts, autoattack=autoattack,
+                              surrogate=has_logit_maps(plain), seed=ev.seed)
+        evaluation, _ = evaluate_target(target, attacks, x, y, idx, cfg=cfg, split=split, device=device,
+                                        chunk_size=chunk_size, cache_dir=out / f".chunks-{target.name}",
+                                        alpha_png=out / f"{target.name}-alpha.png", plain=plain, progress=is_main())
+        if is_main():
+            write_json(out / f"{target.name}.json", evaluation.to_dict(len(y)))
+        result.models.append(evaluation)
+    return result

@@ -1,0 +1,69 @@
+"""The adaptive-smoothing workflows: build a composite from the config, fit its mixing network (base
+models frozen), then calibrate it on validation and save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import data as data_mod
+from ..config import Config
+from ..distributed import init_distributed, is_main
+from ..io import load_tensors
+from ..mixer import AdaptiveMixedClassifier, MixingNetwork, load_adaptive
+from ..mixing import nonlinear_mixture
+from ..training import fit_mixer
+from .calibration import calibrate_mixer_and_save
+from .common import nonlinear_section
+
+
+def build_adaptive(cfg: Config, standard: nn.Module, robust: nn.Module, *, input_shape: tuple[int, ...],
+                   device: str = "cpu") -> AdaptiveMixedClassifier:
+    """A fresh composite as the config's ``mixer`` section says (the gate seeded by ``mixer.seed``)."""
+    mc = cfg.mixer
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(mc.seed)
+        gate = MixingNetwork.from_models(standard, robust, standard_layers=mc.standard_layers,
+                                         robust_layers=mc.robust_layers, input_shape=input_shape, width=mc.width,
+                                         blocks=mc.blocks).to(device)
+    return AdaptiveMixedClassifier(standard, robust, gate, standard_layers=mc.standard_layers,
+                                   robust_layers=mc.robust_layers, gamma_scale=mc.gamma_scale,
+                                   gamma_bias=mc.gamma_bias, standard_scale=mc.standard_scale,
+                                   robust_scale=mc.robust_scale)
+
+
+def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: Path, *, resume: bool = False,
+                      max_steps: int | None = None, n_calibrate: int = 500, verify_iters: int = 50,
+                      device: str = "cpu", config_source: str | None = None) -> str:
+    """Train the mixing network on the training split, then (rank 0) calibrate it on validation and save
+    ``out/mixer``. Returns what happened, for the terminal."""
+    _, _, device = init_distributed(device)
+    x, y = data_mod.load(cfg.data.name, "train", root=cfg.data.root)
+    model = build_adaptive(cfg, standard, robust, input_shape=tuple(x.shape[1:]), device=device)
+    summary = fit_mixer(model, x, y, cfg.mixer, out, eps=cfg.threat.eps, resume=resume, device=device,
+                        max_steps=max_steps, progress=is_main())
+    if not is_main():
+        return ""  # rank 0 reports, calibrates and saves
+    if summary["steps"] < summary["total_steps"]:
+        return f"stopped at step {summary['steps']}/{summary['total_steps']}; continue with --resume"
+    saved = calibrate_mixer_and_save(model, cfg, robust, out / "mixer", metadata={"training": summary,
+                                     "config": config_source}, n_calibrate=n_calibrate,
+                                     verify_iters=verify_iters, device=device)
+    return f"trained {summary['steps']} steps in {summary['seconds']:.0f} s\n{saved}"
+
+
+def recalibrate(cfg: Config, standard: nn.Module, robust: nn.Module, mixer: str, *, out: str | None = None,
+                nonlinear: bool = False, shipped_pair: bool = True, n_calibrate: int = 500, verify_iters: int = 50,
+                device: str = "cpu") -> str:
+    """Re-choose a trained mixer's γ bias and α range on validation (optionally with the calibrated
+    MixedNUTS map on the robust side first: adaptive + nonlinear)."""
+    model = load_adaptive(mixer, standard, robust).to(device)
+    _, meta = load_tensors(mixer)
+    if nonlinear:
+        model.robust_map = nonlinear_mixture(standard, robust, nonlinear_section(cfg, shipped_pair=shipped_pair)).robust_map
+        model.robust_scale = 1.0
+    return calibrate_mixer_and_save(model, cfg, robust, Path(out) if out else Path(mixer),
+                                    metadata={"training": meta.get("training"), "config": meta.get("config")},
+                                    n_calibrate=n_calibrate, verify_iters=verify_iters, device=device)
