@@ -6,7 +6,16 @@ from __future__ import annotations
 import torch
 
 from ..attacks import pgd
+from ..validation import check_images, check_labels
 from .accuracy import attack_batched, correct_mask
+
+
+def check_evaluation_inputs(model, x: torch.Tensor, y: torch.Tensor, device) -> int:
+    """Images in [0, 1] of a shape the model takes, labels in its class range; returns the class count."""
+    check_images(x)
+    n_classes = probe_classes(model, x[:2], device)
+    check_labels(y, num_classes=n_classes, n=len(x))
+    return n_classes
 
 
 def probe_classes(model, x, device) -> int:

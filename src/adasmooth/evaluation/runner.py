@@ -8,20 +8,33 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from .accuracy import correct_mask
 from .attack_specs import Attack, AttackOutcome, AutoAttackSpec, GateAPGDAttack, PGDAttack, TransferAttack
-from .checks import probe_classes
+from .checks import check_evaluation_inputs
 from .report import RobustnessReport, assemble_report, environment
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Attack", "AttackOutcome", "AutoAttackSpec", "GateAPGDAttack", "PGDAttack", "RobustnessReport",
            "TransferAttack", "assemble_report", "environment", "evaluate_robustness"]
+
+
+def run_attacks(model, x, y, attacks, clean: torch.Tensor, *, eps, norm, device, batch_size, progress=False,
+                on_start: Callable[[object], None] | None = None) -> Iterator[tuple]:
+    """Run each attack in turn; yields ``(attack, robust, outcome, seconds)`` where ``robust`` is the
+    per-example mask of examples correct clean *and* after the attack (on the CPU)."""
+    for attack in attacks:
+        if on_start is not None:
+            on_start(attack)
+        t = time.perf_counter()
+        out = attack.robust_mask(model, x, y, eps=eps, norm=norm, device=device, batch_size=batch_size,
+                                 progress=progress)
+        yield attack, out.robust.cpu() & clean, out, time.perf_counter() - t
 
 
 def evaluate_robustness(
@@ -48,24 +61,17 @@ def evaluate_robustness(
     the worst case; PGD with eps = 0 reproduces clean accuracy; PGD with a very large eps drives accuracy
     to about 0. ``on_outcome(name, outcome)`` sees each attack's outcome (e.g. to keep adversarial images).
     """
-    from ..validation import check_images, check_labels
-
-    check_images(x)
-    n_classes = probe_classes(model, x[:2], device)
-    check_labels(y, num_classes=n_classes, n=len(x))
+    check_evaluation_inputs(model, x, y, device)
     model.eval()
     t0 = time.perf_counter()
     clean_ok = correct_mask(model, x, y, device=device, batch_size=batch_size)
     worst = clean_ok.clone()
     rows = []
-    for attack in attacks:
-        t = time.perf_counter()
-        out = attack.robust_mask(model, x, y, eps=eps, norm=norm, device=device, batch_size=batch_size,
-                                 progress=progress)
-        robust = out.robust.cpu() & clean_ok
+    for attack, robust, out, seconds in run_attacks(model, x, y, attacks, clean_ok, eps=eps, norm=norm, device=device,
+                                                    batch_size=batch_size, progress=progress):
         worst &= robust
-        rows.append({**attack.settings(), "accuracy": float(robust.float().mean()),
-                     "seconds": round(time.perf_counter() - t, 2), **out.extra})
+        rows.append({**attack.settings(), "accuracy": float(robust.float().mean()), "seconds": round(seconds, 2),
+                     **out.extra})
         logger.info("%s: %.2f%%", attack.name, 100 * rows[-1]["accuracy"])
         if on_outcome is not None:
             on_outcome(attack.name, out)

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from ..distributed import all_gather_objects, rank_and_world
 from ..io import atomic_write_json
 from .accuracy import correct_mask
-from .checks import probe_classes
+from .checks import check_evaluation_inputs
 from .report import RobustnessReport, assemble_report
+from .runner import run_attacks
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +33,12 @@ logger = logging.getLogger(__name__)
 def _chunk_result(model, x, y, attacks, *, eps, norm, device, batch_size, keep_adversarials, bar=None, label="") -> dict:
     clean = correct_mask(model, x, y, device=device, batch_size=batch_size)
     rows = []
-    for attack in attacks:
-        t = time.perf_counter()
-        if bar is not None:
-            bar.set_description(f"{label}{attack.name}")
-        out = attack.robust_mask(model, x, y, eps=eps, norm=norm, device=device, batch_size=batch_size, progress=False)
+    for attack, robust, out, seconds in run_attacks(
+            model, x, y, attacks, clean, eps=eps, norm=norm, device=device, batch_size=batch_size,
+            on_start=(lambda a: bar.set_description(f"{label}{a.name}")) if bar is not None else None):
         if bar is not None:
             bar.update(len(y))
-        rows.append({"name": attack.name, "robust": (out.robust.cpu() & clean).tolist(),
-                     "seconds": time.perf_counter() - t, "extra": out.extra,
+        rows.append({"name": attack.name, "robust": robust.tolist(), "seconds": seconds, "extra": out.extra,
                      "x_adv": out.x_adv.cpu() if keep_adversarials and out.x_adv is not None else None})
     return {"clean": clean.tolist(), "attacks": rows}
 
@@ -73,10 +71,7 @@ def evaluate_in_chunks(
     model), the running attack and the rank. Returns ``(report, adversarials)`` on every rank; ``adversarials`` maps attack name to the adversarial
     images of all examples when ``keep_adversarials`` (gathered to every rank), else None.
     """
-    from ..validation import check_images, check_labels
-
-    check_images(x)
-    check_labels(y, num_classes=probe_classes(model, x[:2], device), n=len(x))
+    check_evaluation_inputs(model, x, y, device)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     rank, world = rank_and_world()
