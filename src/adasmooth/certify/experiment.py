@@ -3,7 +3,7 @@ on seeded test points; a results dict (JSON-ready) with the curves, clean accura
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -14,10 +14,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..distributed import all_gather_objects, rank_and_world
-from ..io import atomic_write_bytes
+from ..distributed import rank_and_world
 from ..seeding import chunk_seed
-from ..speed import fast_inference  # noqa: F401  (re-exported: the certify command uses it)
+from ..sharding import ChunkStore, chunk_slices, my_chunks, run_chunks, settings_key
 from .mixture import Votes, certify_from_votes, sample_votes
 from .radii import _check_alpha_for_certificate
 from .smoothing import Smooth
@@ -53,38 +52,30 @@ def certification_report(standard: nn.Module, robust_by_sigma: dict[float, nn.Mo
     standard = standard.eval()
     a = _check_alpha_for_certificate(list(alphas))
     rank, world = rank_and_world()
-    n_chunks = -(-len(y) // chunk_points)
-    if world > n_chunks:
-        raise ValueError(f"{world} ranks for {n_chunks} chunks of {chunk_points} points: launch fewer ranks")
+    slices = chunk_slices(len(y), chunk_points)
+    my_chunks(len(slices), what=f"chunks of {chunk_points} points")  # fail before any work
     for sigma, robust in robust_by_sigma.items():
         smooth = Smooth(robust.eval(), num_classes, sigma, batch_size=batch_size, device=device)
         smooth.check_sample_sizes(n0, n, delta, alpha=float(a.min()), num_classes=num_classes)
         t0 = time.perf_counter()
-        mine = {}
-        todo = list(range(rank, n_chunks, world))
-        bar = tqdm(todo, desc=f"certify sigma={sigma:g}" + (f" (rank {rank})" if world > 1 else ""), unit="chunk",
-                   disable=not progress)
-        for c in bar:
-            path = Path(cache_dir) / f"sigma{sigma:g}" / f"chunk-{c:05d}.npz" if cache_dir is not None else None
-            key = f"{seed}-{sigma:g}-{n0}-{n}-{chunk_points}-{len(y)}"
-            if path is not None and path.is_file():
-                saved = np.load(path)
-                if str(saved["key"]) == key:
-                    mine[c] = Votes(saved["chosen"], saved["counts"], saved["standard_probs"])
-                    continue
+        store = None
+        if cache_dir is not None:
+            key = settings_key({"seed": seed, "sigma": sigma, "n0": n0, "n": n, "chunk": chunk_points, "n_points": len(y)},
+                               model=nn.ModuleList([standard, robust]), data=(x, y))
+            store = ChunkStore(Path(cache_dir) / f"sigma{sigma:g}", key, fmt="npz")
+        bar = tqdm(total=len(slices[rank::world]), desc=f"certify sigma={sigma:g}" + (f" (rank {rank})" if world > 1 else ""),
+                   unit="chunk", disable=not progress)
+
+        def compute(c: int, sl: slice, smooth=smooth, sigma=sigma, bar=bar) -> Votes:
             gen = torch.Generator(device=device).manual_seed(chunk_seed(seed, c, sigma=sigma))
-            sl = slice(c * chunk_points, min(len(y), (c + 1) * chunk_points))
             votes = sample_votes(standard, smooth, x[sl], n0=n0, n=n, generator=gen, progress=False)
-            if path is not None:
-                buf = io.BytesIO()
-                np.savez(buf, key=np.array(key), chosen=votes.chosen, counts=votes.counts,
-                         standard_probs=votes.standard_probs)
-                atomic_write_bytes(path, buf.getvalue())
-            mine[c] = votes
-        merged: dict = {}
-        for part in all_gather_objects(mine):
-            merged.update(part)
-        votes = Votes.concatenate([merged[c] for c in range(n_chunks)])
+            bar.update(1)
+            return votes
+
+        parts = run_chunks(slices, compute, store=store, encode=dataclasses.asdict, decode=lambda d: Votes(**d),
+                           on_cached=lambda c, sl, bar=bar: bar.update(1), what=f"chunks of {chunk_points} points")
+        bar.close()
+        votes = Votes.concatenate(parts)
         res = certify_from_votes(votes, y, alphas=alphas, sigma=sigma, n0=n0, n=n, delta=delta)
         seconds = time.perf_counter() - t0
         curves = res.certified_accuracy(radii)

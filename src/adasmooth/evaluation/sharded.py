@@ -10,8 +10,6 @@ a run is killed).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,8 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..distributed import all_gather_objects, rank_and_world
-from ..io import atomic_write_json
+from ..distributed import rank_and_world
+from ..sharding import ChunkStore, chunk_slices, run_chunks, settings_key
 from .accuracy import correct_mask
 from .checks import check_evaluation_inputs
 from .report import RobustnessReport, assemble_report
@@ -72,43 +70,30 @@ def evaluate_in_chunks(
     images of all examples when ``keep_adversarials`` (gathered to every rank), else None.
     """
     check_evaluation_inputs(model, x, y, device)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    slices = chunk_slices(len(y), chunk_size)
     rank, world = rank_and_world()
-    n_chunks = -(-len(y) // chunk_size)
-    if world > n_chunks:
-        raise ValueError(f"{world} ranks for {len(y)} examples in {n_chunks} chunks of {chunk_size}: some ranks "
-                         "would get no data; launch at most as many ranks as chunks or make chunk_size smaller")
     model.eval()
     t0 = time.perf_counter()
-    cache = Path(cache_dir) if cache_dir is not None else None
-    key = _fingerprint(attacks, eps, norm, chunk_size, len(y), indices, model_info)
-    mine = {}
-    todo = list(range(rank, n_chunks, world))
-    slices = {c: slice(c * chunk_size, min(len(y), (c + 1) * chunk_size)) for c in todo}
+    store = None
+    if cache_dir is not None:
+        store = ChunkStore(cache_dir, settings_key(
+            {"attacks": [a.settings() for a in attacks], "eps": eps, "norm": norm, "chunk": chunk_size,
+             "model": model_info, "n": len(y), "indices": indices.tolist() if indices is not None else None},
+            model=model, data=(x, y)))
     prefix = (f"{label}: " if label else "") + (f"rank {rank}: " if world > 1 else "")
-    bar = tqdm(total=sum(s.stop - s.start for s in slices.values()) * len(attacks), desc=prefix + "attacks",
-               unit="ex", disable=not progress)
-    for c in todo:
-        sl = slices[c]
-        path = cache / f"chunk-{c:05d}.json" if cache is not None else None
-        if path is not None and path.is_file() and not keep_adversarials:
-            saved = json.loads(path.read_text())
-            if saved.get("key") == key:
-                mine[c] = saved["result"]
-                bar.update((sl.stop - sl.start) * len(attacks))
-                continue
-        res = _chunk_result(model, x[sl], y[sl], attacks, eps=eps, norm=norm, device=device, batch_size=batch_size,
-                            keep_adversarials=keep_adversarials, bar=bar, label=prefix)
-        if path is not None:
-            atomic_write_json(path, {"key": key, "result": {**res, "attacks": [
-                {k: v for k, v in a.items() if k != "x_adv"} for a in res["attacks"]]}})
-        mine[c] = res
+    n_mine = sum(slices[c].stop - slices[c].start for c in range(rank, len(slices), world))
+    bar = tqdm(total=n_mine * len(attacks), desc=prefix + "attacks", unit="ex", disable=not progress)
+
+    def compute(c: int, sl: slice) -> dict:
+        return _chunk_result(model, x[sl], y[sl], attacks, eps=eps, norm=norm, device=device, batch_size=batch_size,
+                             keep_adversarials=keep_adversarials, bar=bar, label=prefix)
+
+    chunks = run_chunks(slices, compute, store=store, read_cache=not keep_adversarials,
+                        encode=lambda res: {**res, "attacks": [{k: v for k, v in a.items() if k != "x_adv"}
+                                                               for a in res["attacks"]]},
+                        on_cached=lambda c, sl: bar.update((sl.stop - sl.start) * len(attacks)),
+                        what=f"chunks ({len(y)} examples in chunks of {chunk_size})")
     bar.close()
-    merged: dict = {}
-    for part in all_gather_objects(mine):
-        merged.update(part)
-    chunks = [merged[c] for c in range(n_chunks)]
     clean = torch.tensor([v for ch in chunks for v in ch["clean"]], dtype=torch.bool)
     worst = clean.clone()
     rows = []
@@ -149,10 +134,3 @@ def _merge_extras(extras: list[dict], sizes: list[int]) -> dict:
         if k not in ("after_each_subattack", "warnings"):
             out[k] = v
     return out
-
-
-def _fingerprint(attacks, eps, norm, chunk_size, n, indices, model_info) -> str:
-    desc = json.dumps({"attacks": [a.settings() for a in attacks], "eps": eps, "norm": norm, "chunk": chunk_size,
-                       "model": model_info,
-                       "n": n, "indices": indices.tolist() if indices is not None else None}, sort_keys=True, default=str)
-    return hashlib.sha256(desc.encode()).hexdigest()[:16]

@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 
 from ..attacks.adaptive import gate_bce, randomized_attack
 from ..config import MixerConfig
-from ..distributed import all_gather_objects, rank_and_world
+from ..distributed import rank_and_world
 from ..io import CheckpointError, load_resume_state, save_tensors, state_fingerprint
 from ..mixer import AdaptiveMixedClassifier
 from ..seeding import epoch_seed, step_seed
+from ..sharding import chunk_slices, run_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -173,15 +174,11 @@ def _shared_attack(attack, model, xb, yb, *, seed: int, step: int, chunk: int, r
     n_pieces = -(-len(yb) // chunk)
     if n_pieces == 1 and world == 1:
         return attack(model, xb, yb, torch.Generator().manual_seed(step_seed(seed, step)))
-    mine = {}
-    for c in range(rank, n_pieces, world):
-        sl = slice(c * chunk, (c + 1) * chunk)
-        gen = torch.Generator().manual_seed(step_seed(seed, step, c))
-        mine[c] = attack(model, xb[sl], yb[sl], gen).detach().cpu()
-    pieces: dict = {}
-    for part in all_gather_objects(mine):
-        pieces.update(part)
-    return torch.cat([pieces[c] for c in range(n_pieces)]).to(xb.device)
+
+    def piece(c: int, sl: slice) -> torch.Tensor:
+        return attack(model, xb[sl], yb[sl], torch.Generator().manual_seed(step_seed(seed, step, c))).detach().cpu()
+
+    return torch.cat(run_chunks(chunk_slices(len(yb), chunk), piece, strict=False)).to(xb.device)
 
 
 def _tensorboard(log_dir: Path, step: int):
