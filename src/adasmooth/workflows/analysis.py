@@ -31,8 +31,8 @@ class SweepRun:
 
     def format(self) -> str:
         res = self.result
-        lines = [f"validation split: clean on {res.settings['n_clean']}, robust on {res.settings['n_robust']} "
-                 f"({self.norm} eps={self.eps:g}, {self.attack} {self.steps} steps)",
+        lines = [(f"validation split: clean on {res.settings['n_clean']}, robust on {res.settings['n_robust']} "
+                 f"({self.norm} eps={self.eps:g}, {self.attack} {self.steps} steps)"),
                  f"{'alpha':>6s} {'s_g':>5s} {'s_h':>5s} {'clean':>8s} {'robust':>8s}"]
         for p in res.points:
             mark = "  <- chosen" if p == res.chosen else ""
@@ -64,8 +64,8 @@ class CompareRun:
 
     def format(self) -> str:
         res = self.result
-        lines = [f"{res['dataset']} {res['split']}, {res['norm']} eps={res['eps']:g}: clean on the whole split, "
-                 f"worst-case robust on the {res['n_shared']} examples every report shares",
+        lines = [(f"{res['dataset']} {res['split']}, {res['norm']} eps={res['eps']:g}: clean on the whole split, "
+                 f"worst-case robust on the {res['n_shared']} examples every report shares"),
                  f"{'model':<28s} {'clean':>8s} {'robust':>8s} {'gap closed':>11s} {'kept':>7s} {'vs fixed-α curve':>17s}"]
         for m in res["models"]:
             def pct(v):

@@ -35,11 +35,11 @@ class MapCalibrationRun:
     def format(self) -> str:
         cal = self.calibration
         return "\n".join([
-            f"validation: {self.n} points; robust model {self.n_clean_wrong} clean-wrong, "
-            f"{self.n_attacked_correct} correct after APGD-CE/APGD-T ({self.norm} eps={self.eps:g})",
-            f"chosen map: scale={cal.scale:g} shift={cal.shift:g} power={cal.power:g} (k={cal.k}); alpha={cal.alpha:.4f} "
+            (f"validation: {self.n} points; robust model {self.n_clean_wrong} clean-wrong, "
+            f"{self.n_attacked_correct} correct after APGD-CE/APGD-T ({self.norm} eps={self.eps:g})"),
+            (f"chosen map: scale={cal.scale:g} shift={cal.shift:g} power={cal.power:g} (k={cal.k}); alpha={cal.alpha:.4f} "
             f"keeps {100 * self.beta:g}% of attacked-correct margins above {cal.threshold:.4f}; "
-            f"{100 * cal.objective:.1f}% of clean-wrong inputs stay above it"])
+            f"{100 * cal.objective:.1f}% of clean-wrong inputs stay above it")])
 
     def config_with_map(self, cfg: Config) -> Config:
         cal = self.calibration

@@ -30,8 +30,8 @@ class CertifyRun:
 
     def format(self) -> str:
         r = self.report
-        lines = [f"{r['dataset']} {r['split']}: {r['n_points']} seeded points; n0={r['n0']}, n={r['n']}, "
-                 f"delta={r['delta']:g}; certified accuracy (%) at l2 radius"]
+        lines = [(f"{r['dataset']} {r['split']}: {r['n_points']} seeded points; n0={r['n0']}, n={r['n']}, "
+                 f"delta={r['delta']:g}; certified accuracy (%) at l2 radius")]
         for s in r["sigmas"]:
             lines.append(f"sigma={s['sigma']:g} ({s['seconds']:.0f} s, {s['noise_samples_per_second']:.0f} noisy images/s)")
             lines.append(f"  {'model':<12s} {'clean':>6s} " + " ".join(f"{x:>6g}" for x in self.radii))

@@ -86,8 +86,8 @@ class DemoResult:
         """The results in the paper's format: clean and AutoAttack accuracy per model."""
         thr, n = self.cfg.threat, self.rows[0].evaluation.report.n
         head = f"{'Model':<40s} {'Clean':>8s} {'AutoAttack':>11s} {'Worst case':>11s}"
-        lines = [f"{self.cfg.data.name}, {thr.norm} eps={thr.eps:g}; clean on {self.n_test} test images, "
-                 f"robust on {n} seeded test images", head, "-" * len(head)]
+        lines = [(f"{self.cfg.data.name}, {thr.norm} eps={thr.eps:g}; clean on {self.n_test} test images, "
+                 f"robust on {n} seeded test images"), head, "-" * len(head)]
         for r in self.rows:
             rep = r.evaluation.report
             aa = next(a["accuracy"] for a in rep.attacks if a["type"] == "autoattack")
