@@ -107,6 +107,8 @@ class MixerConfig:
     blocks: int = 2
     gamma_scale: float = 2.0  # k in γ = k·BN(γ_raw) + b (paper: 2)
     gamma_bias: float = 0.4  # b (paper: 0.4 in training)
+    gamma_clamp: float | None = 0.6  # training: γ_raw clamped to the batch mean ± 0.6·std (paper); null: none
+    bn_momentum: float = 0.01  # γ's BatchNorm1d momentum (paper: 0.01)
     standard_scale: float = 1.0
     robust_scale: float = 2.0  # s_h; the val sweep of the fixed mixture favours a sharper robust softmax
     epochs: int = 1  # paper: a few epochs on GPUs; one is what a 2-core CPU affords for Fashion-MNIST

@@ -121,6 +121,9 @@ class AdaptiveMixedClassifier(nn.Module):
     gate : a :class:`Gate` (e.g. :class:`MixingNetwork`).
     standard_layers, robust_layers : names of the tapped submodules, one per depth.
     gamma_scale, gamma_bias : ``k`` and ``b`` in ``γ = k·BN(γ_raw) + b``.
+    gamma_clamp : in training, γ_raw is clamped to the batch mean ± ``gamma_clamp``·std before the
+        BatchNorm (the paper's 0.6; None: no clamp). Evaluation never clamps.
+    bn_momentum : momentum of γ's BatchNorm1d (affine=False; the paper's 0.01).
     alpha_range : ``(α_lo, α_hi)`` applied in eval mode.
     standard_scale, robust_scale : logit scales applied before each softmax.
     standard_map, robust_map : optional logit maps (:mod:`adasmooth.transforms`) applied before the scales.
@@ -130,7 +133,7 @@ class AdaptiveMixedClassifier(nn.Module):
                  standard_layers: Sequence[str], robust_layers: Sequence[str], gamma_scale: float = 2.0,
                  gamma_bias: float = 0.4, alpha_range: tuple[float, float] = (0.0, 1.0),
                  standard_scale: float = 1.0, robust_scale: float = 1.0, standard_map: nn.Module | None = None,
-                 robust_map: nn.Module | None = None):
+                 robust_map: nn.Module | None = None, gamma_clamp: float | None = None, bn_momentum: float = 0.1):
         super().__init__()
         n_g, n_h = _num_classes(standard), _num_classes(robust)
         if n_g is not None and n_h is not None and n_g != n_h:
@@ -141,7 +144,12 @@ class AdaptiveMixedClassifier(nn.Module):
         self.standard, self.robust, self.gate = standard, robust, gate
         for p in list(standard.parameters()) + list(robust.parameters()):
             p.requires_grad_(False)
-        self.gamma_bn = nn.BatchNorm1d(1, affine=False)
+        if gamma_clamp is not None and not gamma_clamp > 0:
+            raise ValueError(f"gamma_clamp must be > 0 or None, got {gamma_clamp}")
+        if not 0.0 < bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must lie in (0, 1], got {bn_momentum}")
+        self.gamma_bn = nn.BatchNorm1d(1, affine=False, momentum=bn_momentum)
+        self.gamma_clamp = None if gamma_clamp is None else float(gamma_clamp)
         self.gamma_scale, self.gamma_bias = float(gamma_scale), float(gamma_bias)
         self.alpha_range = (float(lo), float(hi))
         self.standard_scale, self.robust_scale = float(standard_scale), float(robust_scale)
@@ -164,8 +172,17 @@ class AdaptiveMixedClassifier(nn.Module):
         g = self.standard(x)
         h = self.robust(x)
         raw = self.gate(self._tap_standard.features(), self._tap_robust.features())
-        gamma = self.gamma_scale * self.gamma_bn(raw.view(-1, 1)).view(-1) + self.gamma_bias
+        gamma = self.gamma_scale * self.gamma_bn(self.clamp_raw(raw).view(-1, 1)).view(-1) + self.gamma_bias
         return g, h, gamma
+
+    def clamp_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        """In training (batches of two or more), γ_raw clamped to the batch mean ± ``gamma_clamp``·std
+        (statistics without gradient), so a few extreme scores cannot dominate the BatchNorm statistics."""
+        if not self.training or self.gamma_clamp is None or raw.numel() < 2:
+            return raw
+        with torch.no_grad():
+            mean, std = raw.mean(), raw.std()
+        return torch.max(torch.min(raw, mean + self.gamma_clamp * std), mean - self.gamma_clamp * std)
 
     def alpha_from_gamma(self, gamma: torch.Tensor) -> torch.Tensor:
         a = torch.sigmoid(gamma)
@@ -193,6 +210,7 @@ class AdaptiveMixedClassifier(nn.Module):
         return {"type": "AdaptiveMixedClassifier", "gate": type(self.gate).__name__,
                 "standard_layers": list(self.standard_layers), "robust_layers": list(self.robust_layers),
                 "gamma_scale": self.gamma_scale, "gamma_bias": self.gamma_bias, "alpha_range": list(self.alpha_range),
+                "gamma_clamp": self.gamma_clamp, "bn_momentum": self.gamma_bn.momentum,
                 "standard_scale": self.standard_scale, "robust_scale": self.robust_scale,
                 **({"standard_map": describe_map(self.standard_map), "robust_map": describe_map(self.robust_map)}
                    if self.standard_map is not None or self.robust_map is not None else {})}
@@ -223,7 +241,8 @@ def adaptive_from_state(standard: nn.Module, robust: nn.Module, composite: dict,
         standard, robust, gate, standard_layers=c["standard_layers"], robust_layers=c["robust_layers"],
         gamma_scale=c["gamma_scale"], gamma_bias=c["gamma_bias"], alpha_range=tuple(c["alpha_range"]),
         standard_scale=c["standard_scale"], robust_scale=c["robust_scale"],
-        standard_map=map_from_description(c.get("standard_map")), robust_map=map_from_description(c.get("robust_map")))
+        standard_map=map_from_description(c.get("standard_map")), robust_map=map_from_description(c.get("robust_map")),
+        gamma_clamp=c.get("gamma_clamp"), bn_momentum=c.get("bn_momentum", 0.1))
     model.gamma_bn.load_state_dict(_with_prefix(tensors, "gamma_bn."))
     return model.eval()
 
