@@ -49,3 +49,59 @@ def test_gamma_clamp_and_momentum_follow_the_papers_formula_on_a_hand_computed_b
         AdaptiveMixedClassifier(std, rob, FixedGate(torch.zeros(2)), standard_layers=["stage1"],
                                 robust_layers=["stage1"], gamma_clamp=0.0)
     assert math.isclose(model.describe()["bn_momentum"], 0.01)
+
+
+class LinearComposite(nn.Module):
+    """Four classes with logits (0, a·x, -5, -5) from both bases and a gate score γ = -a·x: for label 0 the
+    gate-aware loss (1-w)·CE + w·BCE(γ, 1) grows with a·x, so its l-inf worst case is x + ε·sign(a)."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = a
+
+    def components(self, x):
+        s = x.flatten(1) @ self.a
+        z = torch.stack([torch.zeros_like(s), s, torch.full_like(s, -5.0), torch.full_like(s, -5.0)], 1)
+        return z, z, -s
+
+    def mix(self, g, h, gamma):
+        return torch.log_softmax(g, 1)
+
+    def forward(self, x):
+        return self.mix(*self.components(x))
+
+
+def test_training_attack_is_the_official_apgd_and_finds_the_closed_form_worst_case():
+    from adasmooth.attacks.apgd_training import apgd_training_attack
+
+    torch.manual_seed(0)
+    a = torch.randn(1 * 6 * 6) * 0.1
+    model = LinearComposite(a)
+    x = 0.3 + 0.4 * torch.rand(5, 1, 6, 6)  # away from the box, so the corner is not clipped
+    y = torch.zeros(5, dtype=torch.long)
+    out = apgd_training_attack(model, x, y, eps=0.1, generator=torch.Generator().manual_seed(0), copies=1,
+                               iters_df=30.0, max_iters=40, eps_range=(1.0, 1.0), w_max=0.4)
+    assert out.x.shape == x.shape and torch.equal(out.y, y) and out.iters[0] <= 40
+    assert torch.allclose(out.x, x + 0.1 * a.sign().view(1, 1, 6, 6), atol=1e-6)
+    assert (out.w >= 0).all() and (out.w <= 0.4).all()
+
+
+def test_training_attack_copies_are_targeted_seeded_and_inside_their_own_balls():
+    from adasmooth.attacks.apgd_training import apgd_training_attack
+
+    torch.manual_seed(1)
+    model = LinearComposite(torch.randn(36) * 0.1)
+    x, y = torch.rand(6, 1, 6, 6), torch.zeros(6, dtype=torch.long)
+    kw = {"eps": 0.2, "copies": 3, "iters_df": 5.0, "eps_range": (0.4, 1.1)}
+    out = apgd_training_attack(model, x, y, generator=torch.Generator().manual_seed(3), **kw)
+    again = apgd_training_attack(model, x, y, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(out.x, again.x) and out.iters == again.iters
+    assert out.x.shape == (18, 1, 6, 6) and torch.equal(out.y, y.repeat(3))
+    assert out.targeted.tolist() == [False] * 6 + [True] * 12
+    dist = (out.x - x.repeat(3, 1, 1, 1)).abs().flatten(1).amax(1)
+    assert (dist <= out.eps + 1e-6).all() and (out.eps >= 0.08 - 1e-6).all() and (out.eps <= 0.22 + 1e-6).all()
+    assert out.x.min() >= 0 and out.x.max() <= 1
+    with pytest.raises(ValueError, match="copies must be >= 1"):
+        apgd_training_attack(model, x, y, eps=0.1, generator=torch.Generator(), copies=0)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        apgd_training_attack(model, x, y, eps=0.1, generator=torch.Generator(), iters_df=0.0)

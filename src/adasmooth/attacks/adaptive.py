@@ -137,3 +137,36 @@ def gate_pgd(
         return log_p, composite_attack_loss(log_p, gamma, y, w=w, targets=targets)
 
     return pgd(composite, x, y, eps=eps, objective=objective, **pgd_options)
+
+
+class CompositeLossModel:
+    """An adaptive composite seen through the official APGD's external-model interface (its
+    ``is_tf_model`` path): APGD asks for ``(log-probs, per-example loss, input gradient)`` and gets those of
+    ``(1-w)·(CE or targeted DLR) + w·BCE(γ, 1)``, so its own step sizes, momentum and checkpoints run
+    unchanged on the gate-aware loss. ``w`` is a float or a per-example tensor."""
+
+    def __init__(self, composite, w: float | torch.Tensor, device):
+        self.composite, self.w, self.device = composite, w, torch.device(device)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.composite(x)
+
+    __call__ = predict
+
+    def _loss_grad(self, x, y, targets):
+        x = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            g, h, gamma = self.composite.components(x)
+            log_p = self.composite.mix(g, h, gamma)
+            loss = composite_attack_loss(log_p, gamma, y, w=self.w, targets=targets)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        if not bool(torch.isfinite(grad).all()):
+            raise FloatingPointError("the composite attack loss has a non-finite input gradient")
+        return log_p.detach(), loss.detach(), grad.detach()
+
+    def get_logits_loss_grad_xent(self, x, y):
+        return self._loss_grad(x, y, None)
+
+    def get_logits_loss_grad_target(self, x, y, y_target):
+        return self._loss_grad(x, y, y_target)

@@ -3,7 +3,7 @@
 
 APGD computes its loss from the model's output alone, but the gate term needs γ as well. APGD also
 accepts an external model that returns ``(logits, per-example loss, input gradient)`` itself (its
-``is_tf_model`` interface); :class:`_CompositeLoss` implements that interface in torch, so APGD's own
+``is_tf_model`` interface); :class:`~adasmooth.attacks.adaptive.CompositeLossModel` implements it, so APGD's own
 step-size schedule, momentum and checkpoints run unchanged on our loss. Nothing of APGD is re-implemented.
 """
 
@@ -11,37 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attacks.adaptive import composite_attack_loss
-
-
-class _CompositeLoss:
-    """An adaptive composite seen through APGD's external-model interface."""
-
-    def __init__(self, composite, w: float, device):
-        self.composite, self.w, self.device = composite, float(w), torch.device(device)
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.composite(x)
-
-    __call__ = predict
-
-    def _loss_grad(self, x, y, targets):
-        x = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            g, h, gamma = self.composite.components(x)
-            log_p = self.composite.mix(g, h, gamma)
-            loss = composite_attack_loss(log_p, gamma, y, w=self.w, targets=targets)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        if not bool(torch.isfinite(grad).all()):
-            raise FloatingPointError("the composite attack loss has a non-finite input gradient")
-        return log_p.detach(), loss.detach(), grad.detach()
-
-    def get_logits_loss_grad_xent(self, x, y):
-        return self._loss_grad(x, y, None)
-
-    def get_logits_loss_grad_target(self, x, y, y_target):
-        return self._loss_grad(x, y, y_target)
+from ..attacks.adaptive import CompositeLossModel
 
 
 def gate_apgd(
@@ -71,7 +41,7 @@ def gate_apgd(
         raise ValueError(f"the gate weight w must lie in [0, 1], got {w}")
     composite.eval()
     device = torch.device(device)
-    wrapped = _CompositeLoss(composite, w, device)
+    wrapped = CompositeLossModel(composite, float(w), device)
     common = {"n_iter": n_iter, "norm": norm, "n_restarts": n_restarts, "eps": eps, "seed": seed,
               "device": device, "is_tf_model": True}
     if loss == "ce":

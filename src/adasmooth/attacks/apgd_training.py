@@ -1,0 +1,100 @@
+"""The mixer's training attack as the paper's released configs run it (Bai et al., arXiv 2301.12554):
+the official APGD of ``pyautoattack`` on the gate-aware composite loss, randomized per attack and per example.
+
+For every clean image, ``copies`` attacked copies: one untargeted APGD-CE and ``copies - 1`` APGD-T
+(targeted DLR) aimed at the composite's 2nd, 3rd, ... ranked classes. Each attack draws its number of
+iterations as round(χ²(df)) (at least 1, optionally capped), and each example its radius ε·U(eps_range)
+and its gate weight w ~ U(0, w_max) in ``(1-w)·loss + w·BCE(γ, 1)``. APGD starts at a random point of the
+ball and returns its best-loss iterate. Nothing of APGD is re-implemented: its single run is called with a
+per-example radius, which its ℓ∞/ℓ2 steps and projections broadcast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .adaptive import CompositeLossModel
+
+
+@dataclass
+class AttackedCopies:
+    """Adversarial copies, copy-major (rows ``k·N .. (k+1)·N - 1`` are copy k of the N clean images),
+    with their labels and what was drawn for each row."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    eps: torch.Tensor
+    w: torch.Tensor
+    iters: list[int]  # per copy
+    targeted: torch.Tensor  # per row
+
+    @staticmethod
+    def concatenate(parts: list[AttackedCopies]) -> AttackedCopies:
+        return AttackedCopies(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "eps", "w")),
+                              [i for p in parts for i in p.iters], torch.cat([p.targeted for p in parts]))
+
+
+def draw_iterations(df: float, *, generator: torch.Generator, max_iters: int | None = None) -> int:
+    """round(χ²(df)) from ``generator`` (a χ²(df) is Gamma(df/2, scale 2)), at least 1, at most ``max_iters``."""
+    if not df > 0:
+        raise ValueError(f"the chi-square degrees of freedom must be > 0, got {df}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        k = int(torch.distributions.Chi2(torch.tensor(float(df))).sample().round())
+    return max(1, k if max_iters is None else min(k, max_iters))
+
+
+def apgd_training_attack(
+    composite,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    generator: torch.Generator,
+    copies: int = 10,
+    iters_df: float = 75.0,
+    max_iters: int | None = None,
+    eps_range: tuple[float, float] = (0.4, 1.1),
+    w_max: float = 0.4,
+    norm: str = "Linf",
+) -> AttackedCopies:
+    """``copies`` attacked copies of ``(x, y)`` against ``composite`` (an adaptive mixture: ``components``,
+    ``mix`` and a forward returning log-probabilities), drawn from ``generator``. The composite's mode is
+    left as it is; the caller's global RNG state is restored."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1 (one untargeted attack, then targeted ones), got {copies}")
+    lo, hi = eps_range
+    if not 0 < lo <= hi:
+        raise ValueError(f"eps_range must satisfy 0 < low <= high, got {eps_range}")
+    if norm not in ("Linf", "L2"):
+        raise ValueError(f"norm must be Linf or L2, got {norm!r}")
+    if not iters_df > 0:
+        raise ValueError(f"the chi-square degrees of freedom must be > 0, got {iters_df}")
+    n, device = len(x), x.device
+    view = (n,) + (1,) * (x.dim() - 1)
+    with torch.no_grad():
+        ranked = composite(x).argsort(dim=1, descending=True)
+    if copies > ranked.shape[1]:
+        raise ValueError(f"{copies} copies need {copies - 1} target classes; the model has {ranked.shape[1]} classes")
+    parts = []
+    for k in range(copies):
+        draw = torch.rand(2, n, generator=generator, device=generator.device).to(device)
+        eps_i, w_i = eps * (lo + (hi - lo) * draw[0]), w_max * draw[1]
+        iters = draw_iterations(iters_df, generator=generator, max_iters=max_iters)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        model = CompositeLossModel(composite, w_i, device)
+        common = {"n_iter": iters, "norm": norm, "eps": eps, "seed": seed, "device": device, "is_tf_model": True}
+        attack = APGDAttack(model, loss="ce", **common) if k == 0 else APGDAttack_targeted(model, **common)
+        attack.init_hyperparam(x)
+        attack.eps = eps_i.view(view)  # APGD's steps and projections broadcast a per-example radius
+        if k > 0:
+            attack.y_target = ranked[:, k]
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            x_best = attack.attack_single_run(x, y)[0]  # the highest-loss iterate
+        parts.append(AttackedCopies(x_best.detach(), y, eps_i, w_i, [iters], torch.full((n,), k > 0, device=device)))
+    return AttackedCopies.concatenate(parts)
