@@ -96,9 +96,9 @@ def test_gate_apgd_runs_the_official_apgd_on_the_composite_loss():
         y = model(x).argmax(1)
         gamma0 = model.gamma(x)
     # the interface APGD calls returns the composite loss and its exact input gradient
-    from adasmooth.evaluation.gate_apgd import _CompositeLoss
+    from adasmooth.attacks.adaptive import CompositeLossModel
 
-    logits, loss, grad = _CompositeLoss(model, 0.5, "cpu").get_logits_loss_grad_xent(x, y)
+    logits, loss, grad = CompositeLossModel(model, 0.5, "cpu").get_logits_loss_grad_xent(x, y)
     xr = x.clone().requires_grad_(True)
     g, h, gamma = model.components(xr)
     ref = composite_attack_loss(model.mix(g, h, gamma), gamma, y, w=0.5)
