@@ -105,3 +105,52 @@ def test_training_attack_copies_are_targeted_seeded_and_inside_their_own_balls()
         apgd_training_attack(model, x, y, eps=0.1, generator=torch.Generator(), copies=0)
     with pytest.raises(ValueError, match="degrees of freedom"):
         apgd_training_attack(model, x, y, eps=0.1, generator=torch.Generator(), iters_df=0.0)
+
+
+def _small_composite(seed=0):
+    from adasmooth.mixer import MixingNetwork
+
+    torch.manual_seed(seed)
+    std, rob = build("small_resnet", in_channels=1, num_classes=10, width=4).eval(), \
+        build("small_resnet", in_channels=1, num_classes=10, width=4).eval()
+    gate = MixingNetwork.from_models(std, rob, standard_layers=["stage1"], robust_layers=["stage1"],
+                                     input_shape=(1, 28, 28), width=8, blocks=1)
+    return AdaptiveMixedClassifier(std, rob, gate, standard_layers=["stage1"], robust_layers=["stage1"],
+                                   gamma_clamp=0.6, bn_momentum=0.01)
+
+
+def test_fit_mixer_with_the_apgd_copies_trains_and_resumes_to_the_same_weights(tmp_path):
+    import json
+
+    from adasmooth.config import MixerConfig
+    from adasmooth.training import fit_mixer
+
+    cfg = MixerConfig(epochs=1, batch_size=16, lr=1e-2, checkpoint_every=2, attack_copies=3, attack_iters_df=3.0,
+                      attack_max_iters=4, tensorboard=False)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(48, 1, 28, 28, generator=g), torch.randint(0, 10, (48,), generator=g)
+    full = _small_composite()
+    before = {k: v.clone() for k, v in full.gate.state_dict().items()}
+    summary = fit_mixer(full, x, y, cfg, tmp_path / "full", eps=0.1, progress=False)
+    assert summary["steps"] == 3
+    assert any(not torch.equal(before[k], v) for k, v in full.gate.state_dict().items())
+    fit_mixer(_small_composite(), x, y, cfg, tmp_path / "split", eps=0.1, progress=False, max_steps=2)
+    resumed = _small_composite()
+    fit_mixer(resumed, x, y, cfg, tmp_path / "split", eps=0.1, progress=False, resume=True)
+    for (k, a), b in zip(full.gate.state_dict().items(), resumed.gate.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_weighted_mixer_loss_balances_clean_and_attacked_examples():
+    from adasmooth.training import mixer_loss
+
+    log_p = torch.log_softmax(torch.randn(4, 10), 1)
+    gamma, y = torch.tensor([0.5, -1.0, 2.0, 0.1]), torch.tensor([1, 2, 3, 4])
+    t = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    w = torch.tensor([3.0, 1.0, 1.0, 1.0])  # one clean example against three attacked copies
+    per = mixer_loss(log_p[:1], gamma[:1], y[:1], t[:1], c_bce=1.5, c_ce=0.0, c_prod=0.0)
+    rest = mixer_loss(log_p[1:], gamma[1:], y[1:], t[1:], c_bce=1.5, c_ce=0.0, c_prod=0.0)
+    got = mixer_loss(log_p, gamma, y, t, c_bce=1.5, c_ce=0.0, c_prod=0.0, weights=w)
+    assert torch.allclose(got, (3 * per + 3 * rest) / 6)

@@ -120,13 +120,16 @@ class MixerConfig:
     c_bce: float = 1.5
     c_ce: float = 0.0
     c_prod: float = 0.25  # paper: 0.2 to 0.3
-    attack_max_iters: int = 20  # paper: χ²(75) iterations, uncapped; capped here for CPU
-    attack_iters_df: float = 75.0
+    attack_method: str = "apgd"  # "apgd": the paper's official APGD-CE + APGD-T copies; "pgd": our older sign-PGD
+    attack_copies: int = 2  # apgd: attacked copies per clean image, 1 APGD-CE + (K-1) APGD-T (paper: 10)
+    attack_max_iters: int | None = 30  # apgd: cap on the χ² draws (paper: none); pgd: the draws' mean is half of it
+    attack_iters_df: float = 12.0  # iterations per attack ~ round(χ²(df)) (paper: 75)
     attack_eps_low: float = 0.4
     attack_eps_high: float = 1.1
     attack_w_max: float = 0.6  # paper: 0.4; ours covers the w = 0.5 of the evaluation attack
-    attack_n_targets: int = 9
-    attack_untargeted_share: float = 0.5
+    attack_n_targets: int = 9  # pgd only: targets drawn from the 9 most likely wrong classes
+    attack_untargeted_share: float = 0.5  # pgd only
+    clean_weight: float | None = None  # loss weight of a clean example (attacked ones: 1); null: attack_copies
     attack_chunk: int = 0  # examples per independently seeded attack piece; 0: the whole batch at once.
     # Set it (e.g. batch_size / number of processes) to make a run's result independent of the process count.
     checkpoint_every: int = 100  # optimiser steps
@@ -313,6 +316,22 @@ def _check_values(cfg: Config, source: str) -> None:
     if (m.eval_gamma_bias is None) != (not m.alpha_range):
         raise ConfigError(f"{source}: 'mixer.alpha_range' and 'mixer.eval_gamma_bias' go together: give both "
                           "(used as given) or neither (calibrated on validation)")
+    if m.attack_method not in ("apgd", "pgd"):
+        raise ConfigError(f"{source}: 'mixer.attack_method' must be apgd or pgd, got {m.attack_method!r}")
+    if m.attack_copies < 1:
+        raise ConfigError(f"{source}: 'mixer.attack_copies' must be >= 1 (one untargeted attack, then targeted), "
+                          f"got {m.attack_copies}")
+    if not m.attack_iters_df > 0:
+        raise ConfigError(f"{source}: 'mixer.attack_iters_df' must be > 0, got {m.attack_iters_df}")
+    if not 0 < m.attack_eps_low <= m.attack_eps_high:
+        raise ConfigError(f"{source}: 'mixer.attack_eps_low' and 'attack_eps_high' need 0 < low <= high, got "
+                          f"{m.attack_eps_low}, {m.attack_eps_high}")
+    if m.attack_max_iters is not None and m.attack_max_iters < 1:
+        raise ConfigError(f"{source}: 'mixer.attack_max_iters' must be >= 1 or null, got {m.attack_max_iters}")
+    if m.attack_method == "pgd" and m.attack_max_iters is None:
+        raise ConfigError(f"{source}: 'mixer.attack_max_iters' is needed by attack_method pgd")
+    if m.clean_weight is not None and not m.clean_weight > 0:
+        raise ConfigError(f"{source}: 'mixer.clean_weight' must be > 0 or null, got {m.clean_weight}")
     c = cfg.certify
     if any(not s > 0 for s in c.sigmas):
         raise ConfigError(f"{source}: 'certify.sigmas' must all be > 0, got {list(c.sigmas)}")

@@ -30,6 +30,10 @@ class AttackedCopies:
     iters: list[int]  # per copy
     targeted: torch.Tensor  # per row
 
+    def to(self, device) -> AttackedCopies:
+        return AttackedCopies(self.x.detach().to(device), self.y.to(device), self.eps.to(device), self.w.to(device),
+                              self.iters, self.targeted.to(device))
+
     @staticmethod
     def concatenate(parts: list[AttackedCopies]) -> AttackedCopies:
         return AttackedCopies(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "eps", "w")),

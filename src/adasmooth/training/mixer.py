@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..attacks.adaptive import gate_bce, randomized_attack
+from ..attacks.apgd_training import AttackedCopies, apgd_training_attack
 from ..config import MixerConfig
 from ..distributed import rank_and_world
 from ..io import CheckpointError, load_resume_state, save_tensors, state_fingerprint
@@ -37,11 +38,16 @@ from ..sharding import chunk_slices, run_chunks
 logger = logging.getLogger(__name__)
 
 
-def mixer_loss(log_probs, gamma, labels, is_attacked, *, c_bce: float, c_ce: float, c_prod: float) -> torch.Tensor:
-    """Mean over examples of ``c_bce·BCE(γ, t) + c_ce·CE(f(x), y) + c_prod·BCE·CE``."""
+def mixer_loss(log_probs, gamma, labels, is_attacked, *, c_bce: float, c_ce: float, c_prod: float,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over examples (weighted by ``weights`` when given) of ``c_bce·BCE(γ, t) + c_ce·CE(f(x), y) +
+    c_prod·BCE·CE``."""
     bce = gate_bce(gamma, is_attacked.to(gamma.dtype))
     ce = F.nll_loss(log_probs, labels, reduction="none")
-    return (c_bce * bce + c_ce * ce + c_prod * bce * ce).mean()
+    per_example = c_bce * bce + c_ce * ce + c_prod * bce * ce
+    if weights is None:
+        return per_example.mean()
+    return (weights * per_example).sum() / weights.sum()
 
 
 def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
@@ -72,8 +78,10 @@ def fit_mixer(
     """Train ``model``'s gate on ``(x, y)`` (training split). Writes ``out_dir/mixer-last`` every
     ``cfg.checkpoint_every`` steps and at the end, and appends metrics to ``out_dir/metrics.jsonl``.
 
-    ``attack(model, x, y, generator)`` makes the attacked copies; default: the paper's randomized attack
-    with ``eps`` and ``cfg``'s distributions. ``max_steps`` stops early (the schedule still spans all
+    ``attack(model, x, y, generator)`` makes the attacked copies (a tensor with one copy per image, or
+    :class:`~adasmooth.attacks.apgd_training.AttackedCopies`); default: ``cfg.attack_method``'s attack with
+    ``eps`` and ``cfg``'s distributions (``apgd``: the paper's official-APGD copies, each clean example then
+    weighing ``cfg.clean_weight``, by default the number of copies). ``max_steps`` stops early (the schedule still spans all
     epochs). Returns a summary dict.
     """
     out_dir = Path(out_dir)
@@ -90,7 +98,13 @@ def fit_mixer(
     if resume:
         step = _restore(stem, model, opt, settings, device)
         logger.info("resuming mixer training at step %d", step)
-    if attack is None:
+    if attack is None and cfg.attack_method == "apgd":
+        def attack(m, xb, yb, gen):
+            return apgd_training_attack(
+                m, xb, yb, eps=eps, generator=gen, copies=cfg.attack_copies, iters_df=cfg.attack_iters_df,
+                max_iters=cfg.attack_max_iters, eps_range=(cfg.attack_eps_low, cfg.attack_eps_high),
+                w_max=cfg.attack_w_max)
+    elif attack is None:
         def attack(m, xb, yb, gen):
             return randomized_attack(
                 m, xb, yb, eps=eps, generator=gen, eps_range=(cfg.attack_eps_low, cfg.attack_eps_high),
@@ -123,13 +137,20 @@ def fit_mixer(
         with autocast():
             x_adv = _shared_attack(attack, model, xb, yb, seed=cfg.seed, step=step, chunk=chunk, rank=rank, world=world)
         model.train()
-        inputs = torch.cat([xb, x_adv.to(xb.dtype)])
-        labels = torch.cat([yb, yb])
-        is_adv = torch.cat([torch.zeros(len(yb)), torch.ones(len(yb))]).to(device)
+        copies = x_adv if isinstance(x_adv, AttackedCopies) else None
+        x_adv, y_adv = (copies.x, copies.y.to(device)) if copies is not None else (x_adv, yb)
+        inputs = torch.cat([xb, x_adv.to(device, xb.dtype)])
+        labels = torch.cat([yb, y_adv])
+        is_adv = torch.cat([torch.zeros(len(yb)), torch.ones(len(y_adv))]).to(device)
+        weights = None
+        if copies is not None:  # several copies per clean image: clean examples weigh clean_weight each
+            clean_w = cfg.clean_weight if cfg.clean_weight is not None else len(y_adv) / len(yb)
+            weights = torch.cat([torch.full((len(yb),), float(clean_w)), torch.ones(len(y_adv))]).to(device)
         with autocast():
             g, h, gamma = model.components(inputs)
             log_p = model.mix(g.float(), h.float(), gamma.float())
-            loss = mixer_loss(log_p, gamma.float(), labels, is_adv, c_bce=cfg.c_bce, c_ce=cfg.c_ce, c_prod=cfg.c_prod)
+            loss = mixer_loss(log_p, gamma.float(), labels, is_adv, c_bce=cfg.c_bce, c_ce=cfg.c_ce, c_prod=cfg.c_prod,
+                              weights=weights)
         if not torch.isfinite(loss):
             if board is not None:
                 board.close()
@@ -175,10 +196,14 @@ def _shared_attack(attack, model, xb, yb, *, seed: int, step: int, chunk: int, r
     if n_pieces == 1 and world == 1:
         return attack(model, xb, yb, torch.Generator().manual_seed(step_seed(seed, step)))
 
-    def piece(c: int, sl: slice) -> torch.Tensor:
-        return attack(model, xb[sl], yb[sl], torch.Generator().manual_seed(step_seed(seed, step, c))).detach().cpu()
+    def piece(c: int, sl: slice):
+        out = attack(model, xb[sl], yb[sl], torch.Generator().manual_seed(step_seed(seed, step, c)))
+        return out.to("cpu") if isinstance(out, AttackedCopies) else out.detach().cpu()
 
-    return torch.cat(run_chunks(chunk_slices(len(yb), chunk), piece, strict=False)).to(xb.device)
+    parts = run_chunks(chunk_slices(len(yb), chunk), piece, strict=False)
+    if isinstance(parts[0], AttackedCopies):
+        return AttackedCopies.concatenate(parts)
+    return torch.cat(parts).to(xb.device)
 
 
 def _tensorboard(log_dir: Path, step: int):
