@@ -154,3 +154,27 @@ def test_weighted_mixer_loss_balances_clean_and_attacked_examples():
     rest = mixer_loss(log_p[1:], gamma[1:], y[1:], t[1:], c_bce=1.5, c_ce=0.0, c_prod=0.0)
     got = mixer_loss(log_p, gamma, y, t, c_bce=1.5, c_ce=0.0, c_prod=0.0, weights=w)
     assert torch.allclose(got, (3 * per + 3 * rest) / 6)
+
+
+def test_auroc_of_a_signature_reading_gate_is_one_and_of_a_constant_gate_one_half():
+    from adasmooth.evaluation.separation import auroc
+
+    clean, attacked = torch.rand(50), torch.rand(60) + 2.0  # a gate that reads a planted signature
+    assert auroc(attacked, clean) == 1.0 and auroc(clean, attacked) == 0.0
+    assert auroc(torch.full((7,), 0.8), torch.full((9,), 0.8)) == 0.5  # a constant gate
+    assert auroc(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0])) == 0.75
+    with pytest.raises(ValueError):
+        auroc(torch.tensor([]), clean)
+
+
+def test_gate_separation_scores_final_iterates_of_every_example():
+    from adasmooth.evaluation.separation import gate_separation
+
+    model = _small_composite().eval()
+    model.alpha_range = (0.5, 1.0)
+    x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    sep = gate_separation(model, x, y, eps=0.1, weights=(0.0, 2.0), n_iter=3)
+    assert set(sep.auroc) == {0.0, 2.0} and all(0.0 <= v <= 1.0 for v in sep.auroc.values())
+    assert sep.alpha_attacked[2.0].shape == (6,) and ((sep.alpha_clean >= 0.5) & (sep.alpha_clean <= 1.0)).all()
+    d = sep.to_dict()
+    assert set(d["auroc"]) == {"w=0", "w=2"} and d["settings"]["n"] == 6

@@ -79,13 +79,17 @@ def plot_margins(groups: dict, path: str | Path, *, alpha: float | None = None, 
 
 
 def plot_alpha_hist(alpha_clean, alpha_attacked, path: str | Path, *, title: str = "") -> Path:
-    """Histograms of the adaptive model's α(x) on clean and on attacked inputs."""
+    """Histograms of the adaptive model's α(x) on clean and on attacked inputs; ``alpha_attacked`` may map
+    labels (e.g. ``"w=0.5, AUROC 0.93"``) to several attacked sets."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     bins = [i / 50 for i in range(51)]
-    for a, label, color in ((alpha_clean, "clean", "tab:blue"), (alpha_attacked, "attacked", "tab:orange")):
+    attacked = alpha_attacked if isinstance(alpha_attacked, dict) else {"attacked": alpha_attacked}
+    colors = ("tab:orange", "tab:red", "tab:green", "tab:purple", "tab:brown")
+    sets = [(alpha_clean, "clean", "tab:blue")] + [(a, k, c) for (k, a), c in zip(attacked.items(), colors)]
+    for a, label, color in sets:
         a = a.float().numpy()
-        ax.hist(a, bins=bins, alpha=0.6, color=color, density=True, label=f"{label} (n={len(a)}, mean {a.mean():.3f})")
+        ax.hist(a, bins=bins, alpha=0.5, color=color, density=True, label=f"{label} (n={len(a)}, mean {a.mean():.3f})")
     ax.set_xlabel("α(x), weight of the robust model")
     ax.set_ylabel("density")
     ax.set_title(title or "mixing weight chosen by the mixer")

@@ -67,8 +67,6 @@ def apgd_training_attack(
     """``copies`` attacked copies of ``(x, y)`` against ``composite`` (an adaptive mixture: ``components``,
     ``mix`` and a forward returning log-probabilities), drawn from ``generator``. The composite's mode is
     left as it is; the caller's global RNG state is restored."""
-    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
-
     if copies < 1:
         raise ValueError(f"copies must be >= 1 (one untargeted attack, then targeted ones), got {copies}")
     lo, hi = eps_range
@@ -79,7 +77,6 @@ def apgd_training_attack(
     if not iters_df > 0:
         raise ValueError(f"the chi-square degrees of freedom must be > 0, got {iters_df}")
     n, device = len(x), x.device
-    view = (n,) + (1,) * (x.dim() - 1)
     with torch.no_grad():
         ranked = composite(x).argsort(dim=1, descending=True)
     if copies > ranked.shape[1]:
@@ -90,15 +87,29 @@ def apgd_training_attack(
         eps_i, w_i = eps * (lo + (hi - lo) * draw[0]), w_max * draw[1]
         iters = draw_iterations(iters_df, generator=generator, max_iters=max_iters)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        model = CompositeLossModel(composite, w_i, device)
-        common = {"n_iter": iters, "norm": norm, "eps": eps, "seed": seed, "device": device, "is_tf_model": True}
-        attack = APGDAttack(model, loss="ce", **common) if k == 0 else APGDAttack_targeted(model, **common)
-        attack.init_hyperparam(x)
-        attack.eps = eps_i.view(view)  # APGD's steps and projections broadcast a per-example radius
-        if k > 0:
-            attack.y_target = ranked[:, k]
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            x_best = attack.attack_single_run(x, y)[0]  # the highest-loss iterate
-        parts.append(AttackedCopies(x_best.detach(), y, eps_i, w_i, [iters], torch.full((n,), k > 0, device=device)))
+        x_best = apgd_composite_run(composite, x, y, eps=eps_i, w=w_i, n_iter=iters, seed=seed, norm=norm,
+                                    targets=ranked[:, k] if k > 0 else None)
+        parts.append(AttackedCopies(x_best, y, eps_i, w_i, [iters], torch.full((n,), k > 0, device=device)))
     return AttackedCopies.concatenate(parts)
+
+
+def apgd_composite_run(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float | torch.Tensor,
+                       w: float | torch.Tensor, n_iter: int, seed: int, norm: str = "Linf",
+                       targets: torch.Tensor | None = None) -> torch.Tensor:
+    """One run of the official APGD (APGD-CE, or APGD-T towards ``targets``) on ``(1-w)·loss + w·BCE(γ, 1)``
+    from a random start seeded by ``seed``; ``eps`` and ``w`` may be per-example tensors. Returns the
+    highest-loss iterate of every example, whether or not it fools the model (detached)."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    n, device = len(x), x.device
+    model = CompositeLossModel(composite, w, device)
+    common = {"n_iter": int(n_iter), "norm": norm, "eps": 1.0, "seed": seed, "device": device, "is_tf_model": True}
+    attack = APGDAttack(model, loss="ce", **common) if targets is None else APGDAttack_targeted(model, **common)
+    attack.init_hyperparam(x)
+    # APGD's steps and projections broadcast a per-example radius
+    attack.eps = torch.as_tensor(eps, dtype=x.dtype, device=device).expand(n).reshape((n,) + (1,) * (x.dim() - 1))
+    if targets is not None:
+        attack.y_target = targets
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return attack.attack_single_run(x, y)[0].detach()

@@ -14,6 +14,7 @@ from ..distributed import init_distributed, is_main
 from ..evaluation import accuracy
 from ..evaluation.plans import attack_plan
 from ..evaluation.report import RobustnessReport
+from ..evaluation.separation import gate_separation
 from ..evaluation.sharded import evaluate_in_chunks
 from ..evaluation.surrogate import has_logit_maps
 from ..io import load_model, write_json
@@ -106,43 +107,33 @@ def evaluation_targets(cfg: Config, *, checkpoints: list[str] | None = None, mix
 def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, *,
                     cfg: Config, split: str, device: str, chunk_size: int | None = None,
                     cache_dir: Path | None = None, alpha_png: Path | None = None, plain: nn.Module | None = None,
-                    keep_adversarials: bool | None = None, progress: bool = True) -> tuple[ModelEvaluation, dict | None]:
+                    keep_adversarials: bool = False, progress: bool = True) -> tuple[ModelEvaluation, dict | None]:
     """One model: clean accuracy on the whole split, ``attacks`` on ``idx`` (per-example worst case);
-    for an adaptive model also its α on clean and attacked inputs (``alpha_png``). Returns the evaluation
-    and the adversarial images of each attack (kept for adaptive models unless ``keep_adversarials`` says
-    otherwise; None when not kept)."""
+    for an adaptive model also how its gate separates clean inputs from attacks aimed at it (``alpha_png``). Returns the evaluation
+    and, with ``keep_adversarials``, the adversarial images of each attack (else None)."""
     bs = cfg.evaluate.batch_size
     adaptive = target.kind == "adaptive"
-    keep = adaptive if keep_adversarials is None else keep_adversarials
     clean_full = accuracy(target.model, x, y, device=device, batch_size=bs, progress=progress,
                           desc=f"{target.name}: clean {split}")
     rep, kept = evaluate_in_chunks(
         target.model, x[idx], y[idx], attacks, eps=cfg.threat.eps, norm=cfg.threat.norm, chunk_size=chunk_size or bs,
         device=device, batch_size=bs, dataset=cfg.data.name, split=split, indices=idx, model_info=target.info,
-        cache_dir=cache_dir, keep_adversarials=keep, progress=progress, label=target.name)
+        cache_dir=cache_dir, keep_adversarials=keep_adversarials, progress=progress, label=target.name)
     alpha = None
-    if adaptive and keep and alpha_png is not None and is_main():
-        alpha = alpha_report(plain or target.model, x[idx], kept, rep, alpha_png, cfg=cfg, device=device)
+    if adaptive and alpha_png is not None and is_main():
+        alpha = alpha_report(plain or target.model, x[idx], y[idx], alpha_png, cfg=cfg, device=device)
     return ModelEvaluation(target.name, clean_full, rep, alpha), kept
 
 
-def alpha_report(model, x: torch.Tensor, kept: dict, rep: RobustnessReport, png: Path, *, cfg: Config,
-                 device: str) -> dict:
-    """α(x) on the clean subset and on the examples of the attack that broke the most (plot + quantiles)."""
-    bs = cfg.evaluate.batch_size
-
-    def alphas(images):
-        with torch.no_grad():
-            return torch.cat([model.alpha(images[i:i + bs].to(device)).cpu() for i in range(0, len(images), bs)])
-
-    strongest = min(rep.attacks, key=lambda a: a["accuracy"])["name"]
-    a_clean, a_adv = alphas(x), alphas(kept[strongest])
-    plot_alpha_hist(a_clean, a_adv, png, title=f"α(x), n={len(x)}: clean vs {strongest} "
-                                               f"({cfg.threat.norm} eps={cfg.threat.eps:g})")
-    q = torch.tensor([0.1, 0.5, 0.9])
-    return {"attack": strongest, "clean_mean": float(a_clean.mean()), "attacked_mean": float(a_adv.mean()),
-            "clean_quantiles_10_50_90": a_clean.quantile(q).tolist(),
-            "attacked_quantiles_10_50_90": a_adv.quantile(q).tolist(), "plot": str(png)}
+def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Config, device: str) -> dict:
+    """Does the gate separate? α(x) on the clean subset and on the final iterates of gate-aware APGD for
+    w in {0, 0.5, 1, 2} (every example, whether or not it was broken), the AUROCs, and the plot."""
+    sep = gate_separation(model, x, y, eps=cfg.threat.eps, norm=cfg.threat.norm, seed=cfg.evaluate.seed,
+                          batch_size=cfg.evaluate.batch_size, device=device)
+    shown = {f"w={w:g}, AUROC {sep.auroc[w]:.2f}": sep.alpha_attacked[w] for w in (0.5, 2.0) if w in sep.alpha_attacked}
+    plot_alpha_hist(sep.alpha_clean, shown, png, title=f"α(x), n={len(x)}: clean vs gate-aware APGD final iterates "
+                                                       f"({cfg.threat.norm} eps={cfg.threat.eps:g})")
+    return {**sep.to_dict(), "clean_mean": float(sep.alpha_clean.mean()), "plot": str(png)}
 
 
 def evaluate(cfg: Config, targets: list[EvaluationTarget], out: Path, *, standard: nn.Module | None = None,

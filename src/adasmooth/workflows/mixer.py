@@ -11,12 +11,13 @@ from torch import nn
 from .. import data as data_mod
 from ..config import Config
 from ..distributed import init_distributed, is_main
-from ..io import load_tensors
+from ..evaluation.separation import gate_separation
+from ..io import load_tensors, write_json
 from ..mixer import AdaptiveMixedClassifier, MixingNetwork, load_adaptive
 from ..mixing import nonlinear_mixture
 from ..training import fit_mixer
 from .calibration import calibrate_mixer_and_save
-from .common import nonlinear_section
+from .common import load_subset, nonlinear_section
 
 
 def build_adaptive(cfg: Config, standard: nn.Module, robust: nn.Module, *, input_shape: tuple[int, ...],
@@ -52,7 +53,19 @@ def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: 
     saved = calibrate_mixer_and_save(model, cfg, robust, out / "mixer", metadata={"training": summary,
                                      "config": config_source}, n_calibrate=n_calibrate,
                                      verify_iters=verify_iters, device=device)
-    return f"trained {summary['steps']} steps in {summary['seconds']:.0f} s\n{saved}"
+    return f"trained {summary['steps']} steps in {summary['seconds']:.0f} s\n{saved}\n" + held_out_separation(
+        model, cfg, out / "separation.json", n=n_calibrate, device=device)
+
+
+def held_out_separation(model: AdaptiveMixedClassifier, cfg: Config, path: Path, *, n: int, device: str) -> str:
+    """The gate's AUROC between clean validation inputs and final iterates of gate-aware APGD-CE for
+    w in {0, 0.5, 1, 2} (``path``: the JSON); returns the line to print."""
+    _, _, _, xv, yv = load_subset(cfg, "val", n, cfg.mixer.seed)
+    sep = gate_separation(model, xv, yv, eps=cfg.threat.eps, norm=cfg.threat.norm, seed=cfg.mixer.seed,
+                          batch_size=cfg.evaluate.batch_size, device=device)
+    write_json(path, {"split": "val", **sep.to_dict()})
+    return (f"gate separation on {len(yv)} validation points (AUROC of α, clean vs gate-aware APGD-CE final iterates): "
+            + ", ".join(f"w={w:g}: {v:.3f}" for w, v in sep.auroc.items()))
 
 
 def recalibrate(cfg: Config, standard: nn.Module, robust: nn.Module, mixer: str, *, out: str | None = None,

@@ -1,0 +1,74 @@
+"""Does the gate separate? α(x) of an adaptive model on clean inputs against α on the final iterates of
+attacks aimed at the gate, for several gate weights w, summarised by the AUROC.
+
+Every example counts, whether or not the attack broke the model: a gate that only looks right on the
+examples an attack failed on (or on AutoAttack's output, which is the clean image wherever it failed) says
+nothing. The attack is the official APGD-CE on ``(1-w)·CE + w·BCE(γ, 1)`` from a random start, run to
+its highest-loss iterate; w > 1 makes the attacker fight the gate even at the cost of the classifier's loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..attacks.apgd_training import apgd_composite_run
+
+DEFAULT_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+
+
+def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """P(score of a positive > score of a negative), ties counting one half (the Mann-Whitney statistic)."""
+    if not len(positive) or not len(negative):
+        raise ValueError("the AUROC needs at least one positive and one negative score")
+    pos, neg = positive.double().flatten(), negative.double().flatten()
+    ranks = torch.cat([pos, neg]).argsort().argsort().double() + 1  # ranks 1..N, ties resolved below
+    scores = torch.cat([pos, neg])
+    for v in scores.unique():  # average ranks over ties
+        tie = scores == v
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
+
+
+@dataclass
+class Separation:
+    """α on clean inputs and on the attacked ones per gate weight w, with the AUROC (attacked = positive)."""
+
+    alpha_clean: torch.Tensor
+    alpha_attacked: dict[float, torch.Tensor]
+    auroc: dict[float, float]
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        q = torch.tensor([0.1, 0.5, 0.9])
+        return {"auroc": {f"w={w:g}": v for w, v in self.auroc.items()}, "settings": self.settings,
+                "alpha_clean_quantiles_10_50_90": self.alpha_clean.quantile(q).tolist(),
+                "alpha_attacked_quantiles_10_50_90": {f"w={w:g}": a.quantile(q).tolist()
+                                                      for w, a in self.alpha_attacked.items()}}
+
+
+def gate_separation(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, weights=DEFAULT_WEIGHTS,
+                    n_iter: int = 40, norm: str = "Linf", seed: int = 0, batch_size: int = 250,
+                    device: str | torch.device = "cpu") -> Separation:
+    """α(x) on ``x`` and on gate-aware APGD-CE final iterates for each w in ``weights``, and the AUROCs."""
+    composite.eval()
+
+    def alphas(images):
+        with torch.no_grad():
+            return torch.cat([composite.alpha(images[i:i + batch_size].to(device)).cpu()
+                              for i in range(0, len(images), batch_size)])
+
+    a_clean = alphas(x)
+    attacked, scores = {}, {}
+    for w in weights:
+        x_adv = torch.cat([apgd_composite_run(composite, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
+                                              eps=eps, w=float(w), n_iter=n_iter, seed=seed, norm=norm).cpu()
+                           for i in range(0, len(x), batch_size)])
+        attacked[float(w)] = alphas(x_adv)
+        scores[float(w)] = auroc(attacked[float(w)], a_clean)
+    return Separation(a_clean, attacked, scores, {"attack": "apgd-ce on (1-w)·CE + w·BCE(gamma, 1), highest-loss "
+                                                  "iterate of every example", "n_iter": n_iter, "eps": eps,
+                                                  "norm": norm, "n": len(y), "seed": seed})
