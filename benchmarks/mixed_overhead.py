@@ -18,6 +18,7 @@ import torch
 
 from adasmooth import MixedClassifier
 from adasmooth.models import SmallResNet
+from adasmooth.models.cost import format_gate_cost, gate_cost
 
 
 def fwd_bwd(model, x, y, device):
@@ -70,7 +71,8 @@ def main():
         print(f"  {k:>8s} fwd+bwd median {1000 * v:8.2f} ms")
     print(f"overhead ratio mixed / (standard + robust) = {med['mixed'] / base:.3f}  (goal <= 1.05)")
     print(f"overhead ratio adaptive / (standard + robust) = {med['adaptive'] / base:.3f}  "
-          f"(mixing network: {sum(p.numel() for p in adaptive.gate.parameters())} parameters)")
+          f"({'shipped' if args.pretrained and pair.adaptive is not None else 'fresh, configured'} "
+          f"{format_gate_cost(gate_cost(adaptive, (1, 28, 28), device=args.device))})")
 
 
 def _fresh_adaptive(std, rob):
@@ -79,7 +81,7 @@ def _fresh_adaptive(std, rob):
 
     mc = MixerConfig()
     gate = MixingNetwork.from_models(std, rob, standard_layers=mc.standard_layers, robust_layers=mc.robust_layers,
-                                     input_shape=(1, 28, 28), width=mc.width, blocks=mc.blocks)
+                                     input_shape=(1, 28, 28), width=mc.width, blocks=mc.blocks, stages=mc.stages)
     return AdaptiveMixedClassifier(std, rob, gate, standard_layers=mc.standard_layers, robust_layers=mc.robust_layers,
                                    robust_scale=mc.robust_scale, alpha_range=(0.5, 1.0))
 

@@ -178,3 +178,22 @@ def test_gate_separation_scores_final_iterates_of_every_example():
     assert sep.alpha_attacked[2.0].shape == (6,) and ((sep.alpha_clean >= 0.5) & (sep.alpha_clean <= 1.0)).all()
     d = sep.to_dict()
     assert set(d["auroc"]) == {"w=0", "w=2"} and d["settings"]["n"] == 6
+
+
+def test_gate_stages_downsample_and_round_trip_through_their_config():
+    from adasmooth.mixer import MixingNetwork
+    from adasmooth.models.cost import count_parameters, forward_flops, gate_cost
+
+    gate = MixingNetwork([8, 16], width=4, blocks=1, stages=2)
+    assert gate.config() == {"type": "MixingNetwork", "depth_channels": [8, 16], "width": 4, "blocks": 1, "stages": 2}
+    again = MixingNetwork.from_config(gate.config())
+    assert count_parameters(again) == count_parameters(gate) > count_parameters(MixingNetwork([8, 16], width=4, blocks=1))
+    fs, fr = [torch.rand(2, 4, 8, 8), torch.rand(2, 8, 4, 4)], [torch.rand(2, 4, 8, 8), torch.rand(2, 8, 4, 4)]
+    assert gate(fs, fr).shape == (2,)
+    # a hand count: one 3x3 conv of 1 -> 2 channels on a 4x4 output is 2 * (4*4*2) * 9 FLOPs
+    conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+    assert forward_flops(conv, lambda: conv(torch.zeros(1, 1, 4, 4))) == 2 * 32 * 9
+    model = _small_composite().train()
+    cost = gate_cost(model, (1, 28, 28))
+    assert cost["gate"]["parameters"] == count_parameters(model.gate) and cost["gate"]["flops"] > 0
+    assert cost["gate_over_bases"]["parameters"] > 0 and model.training  # its mode is restored

@@ -105,6 +105,7 @@ class MixerConfig:
     robust_layers: tuple[str, ...] = ("stage1", "stage2")
     width: int = 32
     blocks: int = 2
+    stages: int = 2  # learned stride-2 stages of the gate after its blocks (paper: 3 for two ResNet-18s)
     gamma_scale: float = 2.0  # k in γ = k·BN(γ_raw) + b (paper: 2)
     gamma_bias: float = 0.4  # b (paper: 0.4 in training)
     gamma_clamp: float | None = 0.6  # training: γ_raw clamped to the batch mean ± 0.6·std (paper); null: none
@@ -316,6 +317,11 @@ def _check_values(cfg: Config, source: str) -> None:
     if (m.eval_gamma_bias is None) != (not m.alpha_range):
         raise ConfigError(f"{source}: 'mixer.alpha_range' and 'mixer.eval_gamma_bias' go together: give both "
                           "(used as given) or neither (calibrated on validation)")
+    if m.width < 1 or m.blocks < 0 or m.stages < 0:
+        raise ConfigError(f"{source}: the gate needs 'mixer.width' >= 1, 'blocks' >= 0 and 'stages' >= 0")
+    if len(m.standard_layers) != len(m.robust_layers) or not m.standard_layers:
+        raise ConfigError(f"{source}: 'mixer.standard_layers' and 'robust_layers' must name the same number (>= 1) "
+                          "of layers")
     if m.attack_method not in ("apgd", "pgd"):
         raise ConfigError(f"{source}: 'mixer.attack_method' must be apgd or pgd, got {m.attack_method!r}")
     if m.attack_copies < 1:

@@ -44,38 +44,59 @@ class _PreActBlock(nn.Module):
         return x + self.conv2(F.relu(self.bn2(out)))
 
 
+class _DownBlock(nn.Module):
+    """A pre-activation block that halves the resolution and doubles the channels (learned downsampling)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(ch), nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(2 * ch), nn.Conv2d(2 * ch, 2 * ch, 3, padding=1, bias=False)
+        self.shortcut = nn.Conv2d(ch, 2 * ch, 1, stride=2, bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        return self.shortcut(out) + self.conv2(F.relu(self.bn2(self.conv1(out))))
+
+
 class MixingNetwork(nn.Module):
     """The paper's mixer: per depth, concatenate both models' features and project them with a 1x1
-    convolution; bring every depth to the spatial size of the deepest one; run a small pre-activation
-    ResNet head; pool to one scalar γ_raw per example.
+    convolution; bring every depth to the spatial size of the deepest one; run a pre-activation ResNet
+    head (``blocks`` blocks, then ``stages`` learned stride-2 stages that double the channels); pool to one
+    scalar γ_raw per example.
 
     Parameters
     ----------
     depth_channels : channels per depth, each the sum over both models (see :meth:`from_models`).
-    width : channels of the head.
-    blocks : pre-activation blocks in the head.
+    width : channels of the head (doubled by each stage).
+    blocks : pre-activation blocks before the stages.
+    stages : learned stride-2 stages (the paper's gate for two ResNet-18s has three).
     """
 
-    def __init__(self, depth_channels: Sequence[int], *, width: int = 32, blocks: int = 2):
+    def __init__(self, depth_channels: Sequence[int], *, width: int = 32, blocks: int = 2, stages: int = 0):
         super().__init__()
         if not depth_channels:
             raise ValueError("MixingNetwork needs at least one feature depth")
+        if width < 1 or blocks < 0 or stages < 0:
+            raise ValueError(f"the gate needs width >= 1, blocks >= 0 and stages >= 0, got {width}, {blocks}, {stages}")
         self.depth_channels = tuple(int(c) for c in depth_channels)
         self.project = nn.ModuleList(nn.Conv2d(c, width, 1, bias=False) for c in self.depth_channels)
-        self.head = nn.Sequential(*[_PreActBlock(width) for _ in range(blocks)])
-        self.bn = nn.BatchNorm2d(width)
-        self.fc = nn.Linear(width, 1)
+        self.head = nn.Sequential(*[_PreActBlock(width) for _ in range(blocks)],
+                                  *[_DownBlock(width * 2**i) for i in range(stages)])
+        self.blocks, self.stages = blocks, stages
+        self.bn = nn.BatchNorm2d(width * 2**stages)
+        self.fc = nn.Linear(width * 2**stages, 1)
 
     def config(self) -> dict:
         """What :meth:`from_config` needs to rebuild this gate (weights aside)."""
         return {"type": "MixingNetwork", "depth_channels": list(self.depth_channels),
-                "width": self.project[0].out_channels, "blocks": len(self.head)}
+                "width": self.project[0].out_channels, "blocks": self.blocks, "stages": self.stages}
 
     @classmethod
     def from_config(cls, config: dict) -> MixingNetwork:
         if config.get("type") != "MixingNetwork":
             raise ValueError(f"not a MixingNetwork gate config: type={config.get('type')!r}")
-        return cls(config["depth_channels"], width=config["width"], blocks=config["blocks"])
+        return cls(config["depth_channels"], width=config["width"], blocks=config["blocks"],
+                   stages=config.get("stages", 0))
 
     @classmethod
     def from_models(cls, standard: nn.Module, robust: nn.Module, *, standard_layers: Sequence[str],

@@ -3,6 +3,7 @@ models frozen), then calibrate it on validation and save it."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -15,9 +16,12 @@ from ..evaluation.separation import gate_separation
 from ..io import load_tensors, write_json
 from ..mixer import AdaptiveMixedClassifier, MixingNetwork, load_adaptive
 from ..mixing import nonlinear_mixture
+from ..models.cost import format_gate_cost, gate_cost
 from ..training import fit_mixer
 from .calibration import calibrate_mixer_and_save
 from .common import load_subset, nonlinear_section
+
+logger = logging.getLogger(__name__)
 
 
 def build_adaptive(cfg: Config, standard: nn.Module, robust: nn.Module, *, input_shape: tuple[int, ...],
@@ -28,7 +32,7 @@ def build_adaptive(cfg: Config, standard: nn.Module, robust: nn.Module, *, input
         torch.manual_seed(mc.seed)
         gate = MixingNetwork.from_models(standard, robust, standard_layers=mc.standard_layers,
                                          robust_layers=mc.robust_layers, input_shape=input_shape, width=mc.width,
-                                         blocks=mc.blocks).to(device)
+                                         blocks=mc.blocks, stages=mc.stages).to(device)
     return AdaptiveMixedClassifier(standard, robust, gate, standard_layers=mc.standard_layers,
                                    robust_layers=mc.robust_layers, gamma_scale=mc.gamma_scale,
                                    gamma_bias=mc.gamma_bias, standard_scale=mc.standard_scale,
@@ -44,6 +48,9 @@ def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: 
     _, _, device = init_distributed(device)
     x, y = data_mod.load(cfg.data.name, "train", root=cfg.data.root)
     model = build_adaptive(cfg, standard, robust, input_shape=tuple(x.shape[1:]), device=device)
+    cost = format_gate_cost(gate_cost(model, tuple(x.shape[1:]), device=device))
+    if is_main():
+        logger.info("%s", cost)
     summary = fit_mixer(model, x, y, cfg.mixer, out, eps=cfg.threat.eps, resume=resume, device=device,
                         max_steps=max_steps, progress=is_main())
     if not is_main():
@@ -53,7 +60,7 @@ def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: 
     saved = calibrate_mixer_and_save(model, cfg, robust, out / "mixer", metadata={"training": summary,
                                      "config": config_source}, n_calibrate=n_calibrate,
                                      verify_iters=verify_iters, device=device)
-    return f"trained {summary['steps']} steps in {summary['seconds']:.0f} s\n{saved}\n" + held_out_separation(
+    return f"{cost}\ntrained {summary['steps']} steps in {summary['seconds']:.0f} s\n{saved}\n" + held_out_separation(
         model, cfg, out / "separation.json", n=n_calibrate, device=device)
 
 
