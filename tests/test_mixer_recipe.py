@@ -197,3 +197,64 @@ def test_gate_stages_downsample_and_round_trip_through_their_config():
     cost = gate_cost(model, (1, 28, 28))
     assert cost["gate"]["parameters"] == count_parameters(model.gate) and cost["gate"]["flops"] > 0
     assert cost["gate_over_bases"]["parameters"] > 0 and model.training  # its mode is restored
+
+
+def _calibration_case():
+    from adasmooth.mixer import MixingNetwork
+
+    torch.manual_seed(0)
+    std, rob = (build("small_resnet", in_channels=1, num_classes=10, width=4).eval() for _ in range(2))
+    gate = MixingNetwork.from_models(std, rob, standard_layers=["stage1"], robust_layers=["stage1"],
+                                     input_shape=(1, 28, 28), width=8, blocks=1)
+    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=["stage1"], robust_layers=["stage1"]).eval()
+    x = torch.rand(40, 1, 28, 28)
+    with torch.no_grad():  # labels half from each base model: clean accuracy depends on the gate's settings
+        y = torch.cat([std(x[:20]).argmax(1), rob(x[20:]).argmax(1)])
+    return model, x, y
+
+
+def test_scan_calibration_never_picks_a_candidate_that_failed_and_records_every_check():
+    from adasmooth.evaluation.calibrate import calibrate_gate
+
+    model, x, y = _calibration_case()
+
+    def verify(m, xs, ys):  # not monotone in clean accuracy: only bias 0.8 with alpha_hi 1 holds
+        ok = m.gamma_bias == 0.8 and m.alpha_range[1] == 1.0
+        return torch.full((len(ys),), ok)
+
+    rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, keep_robust=1.0, steps=1, verify=verify,
+                         strategy="scan", gamma_scales=(1.0, 2.0), alpha_his=(0.95, 1.0), max_checks=1000)
+    chosen = rep["chosen"]
+    assert chosen["passed"] and chosen["gamma_bias"] == 0.8 and chosen["alpha_hi"] == 1.0 and not rep["fallback"]
+    assert all(not r["passed"] for r in rep["checked"][:-1]) and rep["checked"][-1] == chosen
+    # candidates are checked most clean-accurate first: the chosen one is the best of those that hold
+    passing = [r for r in rep["grid"] if r["gamma_bias"] == 0.8 and r["alpha_hi"] == 1.0]
+    assert chosen["clean"] == max(r["clean"] for r in passing)
+    assert {r["gamma_scale"] for r in rep["grid"]} == {1.0, 2.0} and model.gamma_scale == chosen["gamma_scale"]
+    assert (model.gamma_bias, model.alpha_range) == (0.8, (chosen["alpha_lo"], 1.0))
+    nothing = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, steps=1, strategy="scan",
+                             verify=lambda m, xs, ys: torch.zeros(len(ys), dtype=torch.bool))
+    assert nothing["fallback"] and not nothing["target_met"]
+
+
+def test_mixer_calibration_reads_the_validation_split_only(tiny_fmnist, tmp_path, monkeypatch):
+    from adasmooth import data as data_mod
+    from adasmooth.config import config_from_dict
+    from adasmooth.workflows.calibration import calibrate_mixer_and_save
+
+    model, _, _ = _calibration_case()
+    seen = []
+    real_load = data_mod.load
+
+    def recording_load(name, split, **kw):
+        seen.append(split)
+        if split == "test":
+            raise AssertionError("calibration read the test split")
+        return real_load(name, split, **kw)
+
+    monkeypatch.setattr(data_mod, "load", recording_load)
+    cfg = config_from_dict({"data": {"name": "fashion-mnist", "root": str(tiny_fmnist)}})
+    summary = calibrate_mixer_and_save(model, cfg, model.robust, tmp_path / "mixer", metadata={}, n_calibrate=20,
+                                       verify_iters=2)
+    assert seen and set(seen) == {"val"} and "calibrated on 20 validation points" in summary
+    assert (tmp_path / "mixer.safetensors").is_file()

@@ -1,10 +1,14 @@
-"""Calibrate an adaptive mixture's test-time γ bias and α range on validation data.
+"""Calibrate an adaptive mixture's test-time γ scale, γ bias and α range on validation data.
 
 The attacked copies are crafted once with a gate-aware PGD against the composite at its training
-settings; every candidate (b, α_lo) is then scored from cached base logits and γ_raw (a cheap, optimistic
-proxy). Candidates that pass the proxy are verified by a fresh, stronger attack on the candidate itself
-(gate-aware APGD-CE and APGD-T), bisecting over them in order of clean accuracy; the chosen point's
-verified number is reported. Validation only: never run it on the points you report.
+settings; every candidate (k, b, α_lo, α_hi) is then scored from cached base logits and γ_raw (a cheap,
+optimistic proxy). Candidates that pass the proxy are verified by fresh attacks on the candidate itself,
+in order of clean accuracy: ``strategy="scan"`` checks them one by one until one holds, against a set of
+attacks (gate-aware APGD-CE for several w, gate-aware APGD-T, transfer from the standard model), so no
+single attack is tuned to; ``strategy="bisect"`` (the older rule) bisects, assuming robustness falls as
+clean accuracy rises, against gate-aware APGD-CE and APGD-T at w = 0.5. A candidate that failed its
+check is never chosen; every checked candidate is recorded. Validation only: never run it on the points
+you report.
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ def _cached(model, x, device, batch_size):
     return torch.cat(gs), torch.cat(hs), torch.cat(raws)
 
 
-def _accuracy(model, g, h, bn_raw, y, bias, alpha_lo, alpha_hi):
+def _accuracy(model, g, h, bn_raw, y, bias, alpha_lo, alpha_hi, scale=None):
     g, h = apply_maps(g, h, getattr(model, "standard_map", None), getattr(model, "robust_map", None))
-    a = torch.sigmoid(model.gamma_scale * bn_raw + bias)
+    a = torch.sigmoid((model.gamma_scale if scale is None else scale) * bn_raw + bias)
     a = alpha_lo + (alpha_hi - alpha_lo) * a
     mixed = mix_log_probs(g, h, a, standard_scale=model.standard_scale, robust_scale=model.robust_scale)
     return float((mixed.argmax(1) == y).float().mean())
@@ -51,6 +55,31 @@ def gate_apgd_robust_mask(model, x, y, *, eps, device="cpu", batch_size=250, see
                    GateAPGDAttack("dlr-targeted", w, n_iter, n_target_classes, seed=seed)):
         idx = robust.nonzero().squeeze(1)
         if len(idx) == 0:
+            break
+        out = attack.robust_mask(model, x[idx], y[idx], eps=eps, norm="Linf", device=device, batch_size=batch_size,
+                                 progress=False)
+        robust[idx[~out.robust.cpu()]] = False
+    return robust
+
+
+def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu", batch_size=250, seed=0,
+                                n_iter=50, weights=(0.0, 0.5, 1.0), n_target_classes=3,
+                                stop_below: float | None = None) -> torch.Tensor:
+    """Per-example robustness of an adaptive composite under a set of attacks aimed at it: gate-aware
+    APGD-CE for each w in ``weights``, gate-aware APGD-T (w = 0.5) and PGD transferred from ``standard``
+    (when given), each run on the examples still robust. With ``stop_below``, stops as soon as the robust
+    share falls below it (the verdict cannot recover)."""
+    from .accuracy import correct_mask
+    from .attack_specs import GateAPGDAttack, TransferAttack
+
+    robust = correct_mask(model, x, y, device=device, batch_size=batch_size)
+    attacks = [GateAPGDAttack("ce", w, n_iter, seed=seed) for w in weights]
+    attacks.append(GateAPGDAttack("dlr-targeted", 0.5, n_iter, n_target_classes, seed=seed))
+    if standard is not None:
+        attacks.append(TransferAttack(standard, "standard", steps=n_iter, seed=seed))
+    for attack in attacks:
+        idx = robust.nonzero().squeeze(1)
+        if len(idx) == 0 or (stop_below is not None and float(robust.float().mean()) < stop_below):
             break
         out = attack.robust_mask(model, x[idx], y[idx], eps=eps, norm="Linf", device=device, batch_size=batch_size,
                                  progress=False)
@@ -87,20 +116,35 @@ def calibrate_gate(
     seed: int = 0,
     verify_iters: int = 50,
     verify=None,
+    strategy: str = "bisect",
+    gamma_scales=None,
+    alpha_his=None,
+    max_checks: int = 12,
 ) -> dict:
     """Choose ``gamma_bias`` and ``alpha_range`` for the most clean accuracy whose robust accuracy keeps
     ``keep_robust`` of ``robust_reference``; sets them on ``model`` and returns a report.
 
-    Every grid point is scored by a cheap proxy (images crafted once, by gate-aware PGD-``steps`` at the
-    model's current settings). Candidates that pass the proxy, sorted by clean accuracy, are then
-    verified by a fresh attack on each candidate itself, by bisection (robustness falls as clean accuracy
-    rises): ``verify(model, x, y)`` returns a per-example robust mask; the default is the worst of gate-aware
-    APGD-CE and APGD-T (``verify_iters`` iterations, 3 targets, w = 0.5). The chosen point's verified number
-    is reported; where nothing verifies, the most robust grid point is used and flagged.
+    Every grid point (``gamma_scales`` × ``biases`` × ``alpha_los`` × ``alpha_his``; the scale defaults to
+    the model's, α_hi to ``alpha_hi``) is scored by a cheap proxy (images crafted once, by gate-aware
+    PGD-``steps`` at the model's current settings). Candidates that pass the proxy, sorted by clean
+    accuracy, are then verified by fresh attacks on each candidate itself: ``verify(model, x, y)`` returns
+    a per-example robust mask. ``strategy="scan"`` checks candidates in order until one holds (at most
+    ``max_checks``), by default against :func:`gate_attack_set_robust_mask` (with the model's standard
+    model for transfer); ``"bisect"`` bisects against the worst of gate-aware APGD-CE and APGD-T
+    (``verify_iters`` iterations, 3 targets, w = 0.5). The chosen point's verified number is reported;
+    where nothing verifies, the most robust grid point is checked, used and flagged.
     """
+    if strategy not in ("bisect", "scan"):
+        raise ValueError(f"strategy must be bisect or scan, got {strategy!r}")
     model.eval()
     custom_verify = verify is not None
-    if verify is None:
+    need = keep_robust * robust_reference
+    if verify is None and strategy == "scan":
+        def verify(m, xs, ys, stop_below=need):  # a failing candidate's number is where its check stopped
+            return gate_attack_set_robust_mask(m, xs, ys, eps=eps, standard=m.standard, device=device,
+                                               batch_size=batch_size, seed=seed, n_iter=verify_iters,
+                                               stop_below=stop_below)
+    elif verify is None:
         def verify(m, xs, ys):
             return gate_apgd_robust_mask(m, xs, ys, eps=eps, device=device, batch_size=batch_size, seed=seed,
                                          n_iter=verify_iters)
@@ -110,41 +154,59 @@ def calibrate_gate(
     clean = _cached(model, x, device, batch_size)
     adv = _cached(model, x_adv, device, batch_size)
     rows = []
-    for b, lo in itertools.product(biases, alpha_los):
-        c = _accuracy(model, *clean, y, b, lo, alpha_hi)
-        r = min(c, _accuracy(model, *adv, y, b, lo, alpha_hi))
-        rows.append({"gamma_bias": b, "alpha_lo": lo, "alpha_hi": alpha_hi, "clean": c, "robust_proxy": r})
-    need = keep_robust * robust_reference
+    scales = tuple(gamma_scales) if gamma_scales else (model.gamma_scale,)
+    for k, b, lo, hi in itertools.product(scales, biases, alpha_los, tuple(alpha_his or (alpha_hi,))):
+        if lo > hi:
+            continue
+        c = _accuracy(model, *clean, y, b, lo, hi, scale=k)
+        r = min(c, _accuracy(model, *adv, y, b, lo, hi, scale=k))
+        rows.append({"gamma_scale": k, "gamma_bias": b, "alpha_lo": lo, "alpha_hi": hi, "clean": c, "robust_proxy": r})
     candidates = sorted((r for r in rows if r["robust_proxy"] >= need), key=lambda r: -r["clean"])
     checked_rows = []
 
-    def check(row) -> dict:
+    def apply(row) -> None:
+        model.gamma_scale = float(row["gamma_scale"])
         model.gamma_bias = float(row["gamma_bias"])
-        model.alpha_range = (float(row["alpha_lo"]), float(alpha_hi))
-        robust = float(verify(model, x, y).float().mean())
-        checked_rows.append({**row, "robust_verified": robust})
-        logger.info("calibration: b=%g alpha_lo=%g clean %.3f verified robust %.3f", row["gamma_bias"],
-                    row["alpha_lo"], row["clean"], robust)
+        model.alpha_range = (float(row["alpha_lo"]), float(row["alpha_hi"]))
+
+    def check(row, **full) -> dict:
+        apply(row)
+        robust = float(verify(model, x, y, **full).float().mean())
+        checked_rows.append({**row, "robust_verified": robust, "passed": robust >= need})
+        logger.info("calibration: k=%g b=%g alpha=[%g, %g] clean %.3f verified robust %.3f", row["gamma_scale"],
+                    row["gamma_bias"], row["alpha_lo"], row["alpha_hi"], row["clean"], robust)
         return checked_rows[-1]
 
     best = None
-    lo_i, hi_i = 0, len(candidates) - 1  # candidates[0] is the most clean-accurate
-    while lo_i <= hi_i:
-        mid = (lo_i + hi_i) // 2
-        row = check(candidates[mid])
-        if row["robust_verified"] >= need:
-            best, hi_i = row, mid - 1
-        else:
-            lo_i = mid + 1
+    if strategy == "scan":  # most clean-accurate first; the first that holds is the answer
+        for row in candidates[:max_checks]:
+            if check(row)["passed"]:
+                best = checked_rows[-1]
+                break
+    else:
+        lo_i, hi_i = 0, len(candidates) - 1  # candidates[0] is the most clean-accurate
+        while lo_i <= hi_i:
+            mid = (lo_i + hi_i) // 2
+            row = check(candidates[mid])
+            if row["robust_verified"] >= need:
+                best, hi_i = row, mid - 1
+            else:
+                lo_i = mid + 1
     fallback = best is None
     if fallback:  # nothing verified: the most robust setting in the grid
-        best = check(max(rows, key=lambda r: (r["alpha_lo"], r["gamma_bias"])))
-    model.gamma_bias = float(best["gamma_bias"])
-    model.alpha_range = (float(best["alpha_lo"]), float(alpha_hi))
+        logger.warning("calibration: no candidate kept %.1f%% robust accuracy under the verification attacks; "
+                       "falling back to the most robust grid point", 100 * need)
+        full = {"stop_below": None} if strategy == "scan" and not custom_verify else {}  # its true number
+        best = check(max(rows, key=lambda r: (r["alpha_lo"], r["alpha_hi"], r["gamma_bias"])), **full)
+    apply(best)
     return {"chosen": best, "target_met": best["robust_verified"] >= need, "fallback": fallback,
             "robust_reference": robust_reference, "keep_robust": keep_robust,
             "robust_verified": best["robust_verified"], "checked": checked_rows, "n": len(y), "eps": eps,
             "proxy_attack": {"name": "gate-pgd", "w": 0.5, "steps": steps, "seed": seed},
+            "strategy": strategy,
             "verify_attack": ("custom" if custom_verify else
-                              {"name": "gate-apgd-ce + gate-apgd-t3", "w": 0.5, "n_iter": verify_iters, "seed": seed}),
+                              {"name": "gate-apgd-ce + gate-apgd-t3", "w": 0.5, "n_iter": verify_iters, "seed": seed}
+                              if strategy == "bisect" else
+                              {"name": "gate-apgd-ce (w 0, 0.5, 1) + gate-apgd-t3 (w 0.5) + transfer from standard",
+                               "n_iter": verify_iters, "seed": seed}),
             "grid": rows}

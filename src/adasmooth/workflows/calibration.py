@@ -93,6 +93,10 @@ def _plain(obj):
     return obj
 
 
+GAMMA_SCALES = (1.0, 2.0, 3.0)  # γ = k·BN(γ_raw) + b: searched with b, α_lo and α_hi
+ALPHA_HIS = (0.95, 1.0)
+
+
 def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust: nn.Module, stem: Path, *,
                              metadata: dict, n_calibrate: int = 500, verify_iters: int = 50,
                              device: str = "cpu") -> str:
@@ -110,14 +114,16 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
     _, _, _, xv, yv = load_subset(cfg, "val", n_calibrate, seed)
     ref = robust_reference(robust, xv, yv, eps=cfg.threat.eps, device=device, seed=seed, n_iter=verify_iters)
     cal = calibrate_gate(model, xv, yv, eps=cfg.threat.eps, robust_reference=ref, keep_robust=cfg.sweep.keep_robust,
-                         device=device, seed=seed, verify_iters=verify_iters)
+                         device=device, seed=seed, verify_iters=verify_iters, strategy="scan",
+                         gamma_scales=GAMMA_SCALES, alpha_his=ALPHA_HIS)
     save_adaptive(stem, model, calibration=cal, dataset=cfg.data.name, **metadata)
     write_json(stem.parent / "calibration.json", cal)
     ch = cal["chosen"]
     return (f"saved {stem}.safetensors (+ .json)\n"
-            f"calibrated on {cal['n']} validation points: gamma_bias={ch['gamma_bias']:g}, alpha range "
-            f"[{ch['alpha_lo']:g}, {ch['alpha_hi']:g}]: clean {100 * ch['clean']:.2f}%, robust "
-            f"{100 * cal['robust_verified']:.2f}% under gate-aware APGD-CE/APGD-T "
+            f"calibrated on {cal['n']} validation points: gamma_scale={ch['gamma_scale']:g}, "
+            f"gamma_bias={ch['gamma_bias']:g}, alpha range [{ch['alpha_lo']:g}, {ch['alpha_hi']:g}]: clean "
+            f"{100 * ch['clean']:.2f}%, robust {100 * cal['robust_verified']:.2f}% under gate-aware APGD-CE "
+            f"(w 0, 0.5, 1), APGD-T and transfer, {len(cal['checked'])} candidates checked "
             f"(robust model alone, APGD-CE/APGD-T: {100 * ref:.2f}%; target {100 * cfg.sweep.keep_robust:g}% of it"
             f"{'' if cal['target_met'] else ', NOT met'})")
 
