@@ -58,6 +58,26 @@ def plot_tradeoff(sweep_result, path: str | Path, *, title: str = "", extra_poin
     return _save(fig, path)
 
 
+def plot_test_points(points: dict, path: str | Path, *, title: str = "") -> Path:
+    """Clean (x) vs worst-case robust (y) accuracy of several models measured alike (the same test points,
+    each under its full attack plan): ``points`` maps a label to ``(clean, robust)``; the labels
+    ``standard`` and ``robust`` are joined by the straight line between the base models."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    if "standard" in points and "robust" in points:
+        (cs, rs), (cr, rr) = points["standard"], points["robust"]
+        ax.plot([100 * cs, 100 * cr], [100 * rs, 100 * rr], "--", color="grey", lw=1,
+                label="straight line between base models")
+    for label, (clean, robust) in points.items():
+        ax.plot(100 * clean, 100 * robust, "o", ms=8, label=label)
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("worst-case robust accuracy (%)")
+    ax.set_title(title or "models on the same test points, each under its full attack plan", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
 def plot_margins(groups: dict, path: str | Path, *, alpha: float | None = None, title: str = "") -> Path:
     """Histograms of the robust model's probability margin on clean and attacked inputs, split by
     correct/wrong; a vertical line at (1-α)/α when ``alpha`` >= 1/2."""

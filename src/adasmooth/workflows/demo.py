@@ -23,7 +23,7 @@ from ..evaluation.surrogate import has_logit_maps
 from ..evaluation.sweep import SweepResult, fast_attacks, sweep
 from ..io import write_json
 from ..mixing import MixedClassifier, nonlinear_mixture
-from ..plots import plot_margins, plot_tradeoff
+from ..plots import plot_margins, plot_test_points, plot_tradeoff
 from ..pretrained import PretrainedPair, load_pretrained, with_shipped_nonlinear
 from ..seeding import seeded_subset
 from .common import figure_of_merit
@@ -108,9 +108,12 @@ class DemoResult:
 
     def write(self, out_dir: Path, groups: dict) -> None:
         n, eps, norm = self.rows[0].evaluation.report.n, self.cfg.threat.eps, self.cfg.threat.norm
-        extra = {f"{r.key} on test (clean n={self.n_test}, robust n={n}, worst case)":
-                 (r.evaluation.clean_full, r.evaluation.report.robust_accuracy) for r in self.rows if r.merit is not None}
-        plot_tradeoff(self.sweep, out_dir / "tradeoff.png", extra_points=extra)
+        # like with like: the validation sweep alone, and the test rows alone (same points, full plans)
+        plot_tradeoff(self.sweep, out_dir / "tradeoff.png")
+        plot_test_points({r.key: (r.evaluation.clean_full, r.evaluation.report.robust_accuracy) for r in self.rows},
+                         out_dir / "tradeoff-test.png",
+                         title=f"test: clean on {self.n_test}, worst case over each model's plan on the same {n} "
+                               f"seeded points ({norm} eps={eps:g})")
         alpha = self.chosen["alpha"]
         plot_margins(groups, out_dir / "margins.png", alpha=alpha if alpha >= 0.5 else None,
                      title=f"robust model's margins, test subset n={n}, attacked by AutoAttack ({norm} eps={eps:g})")
