@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .features import FeatureTap
-from .mixing import _num_classes, apply_maps, mix_log_probs
+from .mixing import apply_maps, mix_log_probs, num_classes_of
 from .transforms import describe_map, map_from_description
 
 
@@ -156,7 +156,7 @@ class AdaptiveMixedClassifier(nn.Module):
                  standard_scale: float = 1.0, robust_scale: float = 1.0, standard_map: nn.Module | None = None,
                  robust_map: nn.Module | None = None, gamma_clamp: float | None = None, bn_momentum: float = 0.1):
         super().__init__()
-        n_g, n_h = _num_classes(standard), _num_classes(robust)
+        n_g, n_h = num_classes_of(standard), num_classes_of(robust)
         if n_g is not None and n_h is not None and n_g != n_h:
             raise ValueError(f"base models disagree on the number of classes: standard {n_g}, robust {n_h}")
         lo, hi = alpha_range

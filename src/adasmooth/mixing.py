@@ -74,7 +74,7 @@ class MixedClassifier(nn.Module):
         for name, m in (("standard", standard), ("robust", robust)):
             if not isinstance(m, nn.Module):
                 raise TypeError(f"{name} must be an nn.Module, got {type(m).__name__}")
-        n_g, n_h = _num_classes(standard), _num_classes(robust)
+        n_g, n_h = num_classes_of(standard), num_classes_of(robust)
         if n_g is not None and n_h is not None and n_g != n_h:
             raise ValueError(f"base models disagree on the number of classes: standard {n_g}, robust {n_h}")
         self.standard = standard
@@ -130,7 +130,7 @@ def apply_maps(g: torch.Tensor, h: torch.Tensor, standard_map: nn.Module | None,
     return (g if standard_map is None else standard_map(g)), (h if robust_map is None else robust_map(h))
 
 
-def _num_classes(model: nn.Module) -> int | None:
+def num_classes_of(model: nn.Module) -> int | None:
     n = getattr(model, "num_classes", None)
     if isinstance(n, int):
         return n

@@ -18,7 +18,7 @@ from ..distributed import rank_and_world
 from ..seeding import chunk_seed
 from ..sharding import ChunkStore, chunk_slices, my_chunks, run_chunks, settings_key
 from .mixture import Votes, certify_from_votes, sample_votes
-from .radii import _check_alpha_for_certificate
+from .radii import check_alpha_for_certificate
 from .smoothing import Smooth
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def certification_report(standard: nn.Module, robust_by_sigma: dict[float, nn.Mo
                           "lower and every other class's p upper Clopper-Pearson bounds (delta split in two)",
            "goal": {"radius": goal_radius, "clean_gain": goal_clean_gain, "keep": goal_keep}, "sigmas": []}
     standard = standard.eval()
-    a = _check_alpha_for_certificate(list(alphas))
+    a = check_alpha_for_certificate(list(alphas))
     rank, world = rank_and_world()
     slices = chunk_slices(len(y), chunk_points)
     my_chunks(len(slices), what=f"chunks of {chunk_points} points")  # fail before any work

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .bounds import clopper_pearson_lower, mixture_bounds
-from .radii import _check_alpha_for_certificate, smoothing_radius
+from .radii import check_alpha_for_certificate, smoothing_radius
 from .smoothing import ABSTAIN, Smooth
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def sample_votes(standard: nn.Module, smooth: Smooth, x: torch.Tensor, *, n0: in
 def certify_from_votes(votes: Votes, y: torch.Tensor | np.ndarray, *, alphas: Sequence[float], sigma: float, n0: int,
                        n: int, delta: float) -> CertificationResult:
     """Certificates of the smoothed model alone (Cohen et al.) and of each α-mixture from the votes."""
-    a = _check_alpha_for_certificate(list(alphas))
+    a = check_alpha_for_certificate(list(alphas))
     chosen, counts, std_probs = votes.chosen, votes.counts, votes.standard_probs
     k = counts.shape[1]
     rows = np.arange(len(chosen))
@@ -152,7 +152,7 @@ def certify_mixture(standard: nn.Module, smooth: Smooth, x: torch.Tensor, y: tor
     Each image's noise comes from ``generator`` in order (a seeded generator reproduces the run). Images go
     through in chunks of ``chunk``; a progress bar counts images.
     """
-    a = _check_alpha_for_certificate(list(alphas))
+    a = check_alpha_for_certificate(list(alphas))
     smooth.check_sample_sizes(n0, n, delta, alpha=float(a.min()), num_classes=smooth.num_classes)
     if len(x) != len(y):
         raise ValueError(f"got {len(x)} images and {len(y)} labels")

@@ -22,7 +22,7 @@ import torch
 from scipy.stats import norm
 
 
-def _check_alpha_for_certificate(alpha) -> np.ndarray:
+def check_alpha_for_certificate(alpha) -> np.ndarray:
     a = np.asarray(alpha, dtype=np.float64)
     if not np.all(np.isfinite(a)) or np.any(a > 1.0):
         raise ValueError(f"alpha must lie in [1/2, 1], got {alpha}")
@@ -57,7 +57,7 @@ def lipschitz_radius(margin, alpha, lipschitz: float):
     if not float(lipschitz) > 0:
         raise ValueError(f"the Lipschitz constant must be > 0, got {lipschitz}")
     m, ref = _as_numpy(margin)
-    a = _check_alpha_for_certificate(alpha)
+    a = check_alpha_for_certificate(alpha)
     r = (m - (1.0 - a) / a) / float(lipschitz)
     return _like(np.maximum(r, 0.0), ref)
 
@@ -74,7 +74,7 @@ def smoothing_radius(p_a, p_b, alpha, sigma: float):
     pa, ref = _as_numpy(p_a)
     pb, ref_b = _as_numpy(p_b)
     ref = ref if ref is not None else ref_b
-    a = _check_alpha_for_certificate(alpha)
+    a = check_alpha_for_certificate(alpha)
     if np.any((pa < 0) | (pa > 1) | (pb < 0) | (pb > 1)):
         raise ValueError("p_a and p_b must be probabilities in [0, 1]")
     with np.errstate(divide="ignore", invalid="ignore"):
