@@ -258,3 +258,18 @@ def test_mixer_calibration_reads_the_validation_split_only(tiny_fmnist, tmp_path
                                        verify_iters=2)
     assert seen and set(seen) == {"val"} and "calibrated on 20 validation points" in summary
     assert (tmp_path / "mixer.safetensors").is_file()
+
+
+def test_bad_mixer_configs_are_clear_errors(tmp_path, capsys):
+    from adasmooth.cli import main
+    from adasmooth.config import ConfigError, config_from_dict
+
+    for section, message in (({"attack_copies": 0}, "attack_copies"), ({"attack_iters_df": 0.0}, "attack_iters_df"),
+                             ({"attack_eps_low": 1.2, "attack_eps_high": 1.1}, "attack_eps_low"),
+                             ({"stages": -1}, "stages"), ({"standard_layers": ["stage1", "stage2"]}, "same number")):
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict({"mixer": section})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mixer:\n  standard_layers: [stage9]\n  robust_layers: [stage1]\n")
+    assert main(["fit-mixer", "--config", str(bad), "--out", str(tmp_path / "m"), "--max-steps", "1"]) == 2
+    assert "no submodule named 'stage9'; close matches: stage3" in capsys.readouterr().err

@@ -16,6 +16,13 @@ import torch
 from torch import nn
 
 
+class LayerNotFoundError(KeyError, ValueError):
+    """A tapped layer name that the model does not have (a KeyError, and a ValueError for the CLI)."""
+
+    def __str__(self) -> str:  # the message itself, not KeyError's quoted repr
+        return str(self.args[0]) if self.args else ""
+
+
 class FeatureTap:
     """Capture the outputs of submodules named ``layers`` (as in ``model.named_modules()``).
 
@@ -31,7 +38,7 @@ class FeatureTap:
             if name not in modules or name == "":
                 close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
                 hint = f"; close matches: {', '.join(close)}" if close else ""
-                raise KeyError(f"{type(model).__name__} has no submodule named {name!r}{hint}")
+                raise LayerNotFoundError(f"{type(model).__name__} has no submodule named {name!r}{hint}")
         self.layers = tuple(layers)
         self._store: dict[str, torch.Tensor] = {}
         self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in self.layers]
