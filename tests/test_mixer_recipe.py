@@ -266,7 +266,7 @@ def test_bad_mixer_configs_are_clear_errors(tmp_path, capsys):
 
     for section, message in (({"attack_copies": 0}, "attack_copies"), ({"attack_iters_df": 0.0}, "attack_iters_df"),
                              ({"attack_eps_low": 1.2, "attack_eps_high": 1.1}, "attack_eps_low"),
-                             ({"stages": -1}, "stages"), ({"standard_layers": ["stage1", "stage2"]}, "same number")):
+                             ({"stages": -1}, "stages"), ({"standard_layers": ["stage1"]}, "same number")):
         with pytest.raises(ConfigError, match=message):
             config_from_dict({"mixer": section})
     bad = tmp_path / "bad.yaml"
