@@ -13,8 +13,12 @@ from .parsers import build_parser
 __all__ = ["build_parser", "main"]
 
 
+DESCRIPTION = ("adaptive smoothing: mix a standard and a robust classifier for accuracy and robustness "
+               "(Bai, Anderson, Kim, Sojoudi, arXiv 2301.12554)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(__doc__).parse_args(argv)
+    args = build_parser(DESCRIPTION).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("matplotlib", "PIL"):
