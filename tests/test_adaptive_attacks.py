@@ -167,5 +167,7 @@ def test_attack_plans_per_model_kind():
     assert len({a.name for a in ada}) == len(ada)  # names are unique: reports key on them
     with pytest.raises(ValueError, match="transfer"):
         attack_plan("mixed")
+    fast = attack_plan("base", autoattack="apgd")[-1]  # AutoAttack's white-box half, official code
+    assert fast.name == "autoattack-apgd-ce+apgd-t" and fast.settings()["attacks"] == ["apgd-ce", "apgd-t"]
     with pytest.raises(ValueError, match="gate_weights"):
         attack_plan("adaptive", standard=std, robust=rob, gate_weights=(1.5,))

@@ -28,7 +28,8 @@ def attack_plan(
 ) -> list:
     """The attacks for a model of ``kind``:
 
-    - ``"base"``: PGD-CE, then AutoAttack (``autoattack``; ``None`` leaves it out);
+    - ``"base"``: PGD-CE, then AutoAttack (``autoattack``: ``standard``, ``plus``, ``rand``, or ``apgd`` for
+      its APGD-CE + APGD-T only; ``None`` leaves it out);
     - ``"mixed"``: the same plus PGD transferred from the standard and from the robust model alone;
     - ``"adaptive"``: the mixed plan plus the official APGD-CE and APGD-T (``gate_target_classes`` targets)
       on ``(1-w)·loss + w·BCE(γ, 1)`` for each ``w`` in ``gate_weights`` (the paper's 0.5 by default; each
@@ -70,7 +71,7 @@ def attack_plan(
         plan.append(SurrogateAttack(PGDAttack(steps=pgd_steps, step_size=pgd_step_size, restarts=pgd_restarts,
                                               seed=seed, name=f"pgd{pgd_steps}-ce")))
     if autoattack is not None:
-        plan.append(AutoAttackSpec(version=autoattack, seed=seed))
+        plan.append(AutoAttackSpec.named(autoattack, seed=seed))
         if surrogate:
-            plan.append(SurrogateAttack(AutoAttackSpec(version=autoattack, seed=seed)))
+            plan.append(SurrogateAttack(AutoAttackSpec.named(autoattack, seed=seed)))
     return plan
