@@ -115,3 +115,20 @@ def test_bfloat16_autocast_option_trains(tmp_path):
     cfg = dataclasses.replace(CFG, epochs=1, amp=True)
     summary = fit_mixer(_composite(), x, y, cfg, tmp_path, eps=0.1, progress=False, attack=_marker_attack)
     assert summary["steps"] == 2 and math.isfinite(summary["last"]["loss"])
+
+
+def test_held_out_separation_is_logged_and_leaves_training_unchanged(tmp_path):
+    x, y = _data(128)
+    plain = _composite()
+    fit_mixer(plain, x, y, CFG, tmp_path / "plain", eps=0.1, progress=False, attack=_marker_attack)
+    watched = _composite()
+    cfg = dataclasses.replace(CFG, separation_every=4)
+    fit_mixer(watched, x, y, cfg, tmp_path / "watched", eps=0.1, progress=False, attack=_marker_attack,
+              held_out=_data(16))
+    lines = [json.loads(ln) for ln in (tmp_path / "watched" / "metrics.jsonl").read_text().splitlines()]
+    checks = [ln for ln in lines if "held_out_auroc" in ln]
+    assert [ln["step"] for ln in checks] == [4, 8]
+    assert set(checks[0]["held_out_auroc"]) == {"0", "0.5", "1", "2"}
+    assert all(0.0 <= v <= 1.0 for ln in checks for v in ln["held_out_auroc"].values())
+    for (k, a), b in zip(plain.gate.state_dict().items(), watched.gate.state_dict().values()):
+        assert torch.equal(a, b), k  # the check moves neither the weights nor the random state

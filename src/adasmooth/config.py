@@ -134,6 +134,8 @@ class MixerConfig:
     attack_chunk: int = 0  # examples per independently seeded attack piece; 0: the whole batch at once.
     # Set it (e.g. batch_size / number of processes) to make a run's result independent of the process count.
     checkpoint_every: int = 100  # optimiser steps
+    separation_every: int = 100  # > 0: every so many steps, log the gate's AUROC on held-out validation points
+    separation_n: int = 200  # validation points of that check (gate-aware APGD-CE final iterates, 4 values of w)
     alpha_range: tuple[float, ...] = ()  # [lo, hi] used as given; empty: calibrated on validation after training
     eval_gamma_bias: float | None = None  # b at evaluation used as given; null: calibrated with the α range
     amp: bool = False  # bfloat16 autocast for the attack and the mixer step (meant for GPUs)
@@ -336,6 +338,9 @@ def _check_values(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'mixer.attack_max_iters' must be >= 1 or null, got {m.attack_max_iters}")
     if m.attack_method == "pgd" and m.attack_max_iters is None:
         raise ConfigError(f"{source}: 'mixer.attack_max_iters' is needed by attack_method pgd")
+    if m.separation_every < 0 or m.separation_n < 1:
+        raise ConfigError(f"{source}: 'mixer.separation_every' must be >= 0 and 'separation_n' >= 1, got "
+                          f"{m.separation_every}, {m.separation_n}")
     if m.clean_weight is not None and not m.clean_weight > 0:
         raise ConfigError(f"{source}: 'mixer.clean_weight' must be > 0 or null, got {m.clean_weight}")
     c = cfg.certify

@@ -57,6 +57,9 @@ def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
 
+_NOT_WEIGHTS = ("tensorboard", "separation_every", "separation_n")  # settings that do not change the weights
+
+
 def _trainable(model: AdaptiveMixedClassifier) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -74,6 +77,7 @@ def fit_mixer(
     progress: bool = True,
     max_steps: int | None = None,
     attack: Callable | None = None,
+    held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """Train ``model``'s gate on ``(x, y)`` (training split). Writes ``out_dir/mixer-last`` every
     ``cfg.checkpoint_every`` steps and at the end, and appends metrics to ``out_dir/metrics.jsonl``.
@@ -82,7 +86,9 @@ def fit_mixer(
     :class:`~adasmooth.attacks.apgd_training.AttackedCopies`); default: ``cfg.attack_method``'s attack with
     ``eps`` and ``cfg``'s distributions (``apgd``: the paper's official-APGD copies, each clean example then
     weighing ``cfg.clean_weight``, by default the number of copies). ``max_steps`` stops early (the schedule still spans all
-    epochs). Returns a summary dict.
+    epochs). ``held_out`` (validation images and labels): every ``cfg.separation_every`` steps the gate's
+    AUROC between them and gate-aware APGD-CE final iterates is logged and written to the metrics.
+    Returns a summary dict.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +97,8 @@ def fit_mixer(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    mixer_settings = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items() if k != "tensorboard"}
+    mixer_settings = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items()
+                      if k not in _NOT_WEIGHTS}
     settings = {"mixer": mixer_settings, "eps": eps, "n_train": len(x),
                 "standard": state_fingerprint(model.standard), "robust": state_fingerprint(model.robust)}
     step = 0
@@ -180,6 +187,9 @@ def fit_mixer(
                     board.add_scalar(f"mixer/{key}", value, step)
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.3f}", detect=f"{last['detect_acc']:.2f}")
+        if main and held_out is not None and cfg.separation_every and step % cfg.separation_every == 0:
+            _log_separation(model, held_out, eps=eps, step=step, seed=cfg.seed, path=metrics_path, board=board,
+                            device=device)
         if (step % cfg.checkpoint_every == 0 or step == end) and main:
             _save(stem, model, opt, step, settings)
     bar.close()
@@ -187,6 +197,24 @@ def fit_mixer(
         board.close()
     model.eval()
     return {"steps": step, "total_steps": total, "seconds": round(time.perf_counter() - t0, 1), "last": last}
+
+
+def _log_separation(model, held_out, *, eps: float, step: int, seed: int, path: Path, board, device) -> None:
+    """The gate's held-out AUROC (clean vs gate-aware APGD-CE final iterates) to the log and the metrics."""
+    from ..evaluation.separation import gate_separation
+
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[]):  # the check must not move the training's random state
+        sep = gate_separation(model, held_out[0], held_out[1], eps=eps, seed=seed, device=device)
+    model.train(was_training)
+    logger.info("step %d: held-out gate AUROC on %d points %s", step, len(held_out[1]),
+                ", ".join(f"w={w:g}: {v:.3f}" for w, v in sep.auroc.items()))
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"step": step, "held_out_auroc": {f"{w:g}": v for w, v in sep.auroc.items()}}) + "\n")
+    if board is not None:
+        for w, v in sep.auroc.items():
+            board.add_scalar(f"mixer/held_out_auroc_w{w:g}", v, step)
 
 
 def _shared_attack(attack, model, xb, yb, *, seed: int, step: int, chunk: int, rank: int, world: int) -> torch.Tensor:

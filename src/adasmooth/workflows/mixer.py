@@ -51,8 +51,9 @@ def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: 
     cost = format_gate_cost(gate_cost(model, tuple(x.shape[1:]), device=device))
     if is_main():
         logger.info("%s", cost)
+    held_out = load_subset(cfg, "val", cfg.mixer.separation_n, cfg.mixer.seed)[3:] if cfg.mixer.separation_every else None
     summary = fit_mixer(model, x, y, cfg.mixer, out, eps=cfg.threat.eps, resume=resume, device=device,
-                        max_steps=max_steps, progress=is_main())
+                        max_steps=max_steps, progress=is_main(), held_out=held_out)
     if not is_main():
         return ""  # rank 0 reports, calibrates and saves
     if summary["steps"] < summary["total_steps"]:
