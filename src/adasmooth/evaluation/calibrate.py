@@ -17,6 +17,7 @@ import itertools
 import logging
 
 import torch
+from tqdm.auto import tqdm
 
 from ..attacks import gate_pgd
 from ..mixing import apply_maps, mix_log_probs
@@ -64,11 +65,12 @@ def gate_apgd_robust_mask(model, x, y, *, eps, device="cpu", batch_size=250, see
 
 def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu", batch_size=250, seed=0,
                                 n_iter=50, weights=(0.0, 0.5, 1.0), n_target_classes=3,
-                                stop_below: float | None = None) -> torch.Tensor:
+                                stop_below: float | None = None, progress: bool = False,
+                                desc: str = "") -> torch.Tensor:
     """Per-example robustness of an adaptive composite under a set of attacks aimed at it: gate-aware
     APGD-CE for each w in ``weights``, gate-aware APGD-T (w = 0.5) and PGD transferred from ``standard``
     (when given), each run on the examples still robust. With ``stop_below``, stops as soon as the robust
-    share falls below it (the verdict cannot recover)."""
+    share falls below it (the verdict cannot recover). ``progress`` shows one bar step per attack."""
     from .accuracy import correct_mask
     from .attack_specs import GateAPGDAttack, TransferAttack
 
@@ -77,10 +79,12 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
     attacks.append(GateAPGDAttack("dlr-targeted", 0.5, n_iter, n_target_classes, seed=seed))
     if standard is not None:
         attacks.append(TransferAttack(standard, "standard", steps=n_iter, seed=seed))
-    for attack in attacks:
+    bar = tqdm(attacks, desc=desc or "verification", unit="attack", leave=False, disable=not progress)
+    for attack in bar:
         idx = robust.nonzero().squeeze(1)
         if len(idx) == 0 or (stop_below is not None and float(robust.float().mean()) < stop_below):
             break
+        bar.set_postfix_str(f"{attack.name} on {len(idx)} ex, robust so far {float(robust.float().mean()):.3f}")
         out = attack.robust_mask(model, x[idx], y[idx], eps=eps, norm="Linf", device=device, batch_size=batch_size,
                                  progress=False)
         robust[idx[~out.robust.cpu()]] = False
@@ -120,6 +124,7 @@ def calibrate_gate(
     gamma_scales=None,
     alpha_his=None,
     max_checks: int = 12,
+    progress: bool = False,
 ) -> dict:
     """Choose ``gamma_bias`` and ``alpha_range`` for the most clean accuracy whose robust accuracy keeps
     ``keep_robust`` of ``robust_reference``; sets them on ``model`` and returns a report.
@@ -132,7 +137,8 @@ def calibrate_gate(
     ``max_checks``), by default against :func:`gate_attack_set_robust_mask` (with the model's standard
     model for transfer); ``"bisect"`` bisects against the worst of gate-aware APGD-CE and APGD-T
     (``verify_iters`` iterations, 3 targets, w = 0.5). The chosen point's verified number is reported;
-    where nothing verifies, the most robust grid point is checked, used and flagged.
+    where nothing verifies, the most robust grid point is checked, used and flagged. ``progress`` shows
+    the proxy attack and each check (candidate, attack, examples) as progress bars.
     """
     if strategy not in ("bisect", "scan"):
         raise ValueError(f"strategy must be bisect or scan, got {strategy!r}")
@@ -143,14 +149,15 @@ def calibrate_gate(
         def verify(m, xs, ys, stop_below=need):  # a failing candidate's number is where its check stopped
             return gate_attack_set_robust_mask(m, xs, ys, eps=eps, standard=m.standard, device=device,
                                                batch_size=batch_size, seed=seed, n_iter=verify_iters,
-                                               stop_below=stop_below)
+                                               stop_below=stop_below, progress=progress,
+                                               desc=f"calibration check {len(checked_rows) + 1}")
     elif verify is None:
         def verify(m, xs, ys):
             return gate_apgd_robust_mask(m, xs, ys, eps=eps, device=device, batch_size=batch_size, seed=seed,
                                          n_iter=verify_iters)
     gen = torch.Generator().manual_seed(seed)
     x_adv = attack_batched(gate_pgd, model, x, y, eps=eps, w=0.5, steps=steps, generator=gen, device=device,
-                           batch_size=batch_size, desc="calibration attack")
+                           batch_size=batch_size, desc="calibration attack", progress=progress)
     clean = _cached(model, x, device, batch_size)
     adv = _cached(model, x_adv, device, batch_size)
     rows = []

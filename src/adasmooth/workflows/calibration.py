@@ -11,6 +11,7 @@ import yaml
 from torch import nn
 
 from ..config import Config
+from ..distributed import is_main
 from ..evaluation import batched_logits
 from ..evaluation.autoattack import run_autoattack
 from ..evaluation.calibrate import calibrate_gate, robust_reference
@@ -115,7 +116,7 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
     ref = robust_reference(robust, xv, yv, eps=cfg.threat.eps, device=device, seed=seed, n_iter=verify_iters)
     cal = calibrate_gate(model, xv, yv, eps=cfg.threat.eps, robust_reference=ref, keep_robust=cfg.sweep.keep_robust,
                          device=device, seed=seed, verify_iters=verify_iters, strategy="scan",
-                         gamma_scales=GAMMA_SCALES, alpha_his=ALPHA_HIS)
+                         gamma_scales=GAMMA_SCALES, alpha_his=ALPHA_HIS, progress=is_main())
     save_adaptive(stem, model, calibration=cal, dataset=cfg.data.name, **metadata)
     write_json(stem.parent / "calibration.json", cal)
     ch = cal["chosen"]
