@@ -171,3 +171,31 @@ def test_attack_plans_per_model_kind():
     assert fast.name == "autoattack-apgd-ce+apgd-t" and fast.settings()["attacks"] == ["apgd-ce", "apgd-t"]
     with pytest.raises(ValueError, match="gate_weights"):
         attack_plan("adaptive", standard=std, robust=rob, gate_weights=(1.5,))
+
+
+def test_floor_calibration_bisects_over_alpha_floors_and_never_picks_a_failed_one():
+    from adasmooth.evaluation.calibrate import calibrate_gate
+
+    torch.manual_seed(0)
+    std, rob = _LinearWithStages(scale=0.05).eval(), _LinearWithStages(scale=0.05).eval()
+    layers = ("stage1", "stage2")
+    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
+    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
+    x = torch.rand(40, 1, 28, 28)
+    with torch.no_grad():
+        y = torch.cat([std(x[:20]).argmax(1), rob(x[20:]).argmax(1)])
+    floors = []
+
+    def verify(m, xs, ys):  # a stand-in attack: only floors of 0.7 and above hold
+        floors.append(m.alpha_range[0])
+        return torch.full((len(ys),), m.alpha_range[0] >= 0.7)
+
+    rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, keep_robust=1.0, steps=1, verify=verify,
+                         strategy="floor")
+    assert rep["target_met"] and not rep["fallback"] and rep["chosen"]["alpha_lo"] == 0.7
+    assert len(floors) <= 4 and len(set(floors)) == len(floors)  # a bisection over 8 floors
+    assert all(r["passed"] == (r["alpha_lo"] >= 0.7) for r in rep["checked"]) and rep["chosen"]["passed"]
+    same_floor = [r for r in rep["grid"] if r["alpha_lo"] == 0.7]
+    assert rep["chosen"]["clean"] == max(r["clean"] for r in same_floor)  # the floor's most clean-accurate setting
+    with pytest.raises(ValueError, match="strategy"):
+        calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, steps=1, verify=verify, strategy="greedy")

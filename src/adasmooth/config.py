@@ -135,6 +135,7 @@ class MixerConfig:
     # Set it (e.g. batch_size / number of processes) to make a run's result independent of the process count.
     checkpoint_every: int = 100  # optimiser steps
     separation_every: int = 100  # > 0: every so many steps, log the gate's AUROC on held-out validation points
+    calibration_strategy: str = "floor"  # floor: bisect over α_lo; scan: candidates by clean accuracy (see calibrate_gate)
     separation_n: int = 200  # validation points of that check (gate-aware APGD-CE final iterates, 4 values of w)
     alpha_range: tuple[float, ...] = ()  # [lo, hi] used as given; empty: calibrated on validation after training
     eval_gamma_bias: float | None = None  # b at evaluation used as given; null: calibrated with the α range
@@ -338,6 +339,9 @@ def _check_values(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'mixer.attack_max_iters' must be >= 1 or null, got {m.attack_max_iters}")
     if m.attack_method == "pgd" and m.attack_max_iters is None:
         raise ConfigError(f"{source}: 'mixer.attack_max_iters' is needed by attack_method pgd")
+    if m.calibration_strategy not in ("floor", "scan", "bisect"):
+        raise ConfigError(f"{source}: 'mixer.calibration_strategy' must be floor, scan or bisect, got "
+                          f"{m.calibration_strategy!r}")
     if m.separation_every < 0 or m.separation_n < 1:
         raise ConfigError(f"{source}: 'mixer.separation_every' must be >= 0 and 'separation_n' >= 1, got "
                           f"{m.separation_every}, {m.separation_n}")

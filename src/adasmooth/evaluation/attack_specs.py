@@ -157,7 +157,7 @@ class AutoAttackSpec:
     """The official AutoAttack (see :func:`adasmooth.evaluation.autoattack.run_autoattack`)."""
 
     @classmethod
-    def named(cls, choice: str, *, seed: int = 0) -> "AutoAttackSpec":
+    def named(cls, choice: str, *, seed: int = 0) -> AutoAttackSpec:
         """The spec behind a command-line choice: a version (``standard``, ``plus``, ``rand``) or ``apgd``,
         the white-box half of the standard set (APGD-CE and APGD-T with the standard settings: 100 iterations,
         9 target classes), about a quarter of its cost where FAB-T and Square find little more."""

@@ -5,7 +5,10 @@ settings; every candidate (k, b, α_lo, α_hi) is then scored from cached base l
 optimistic proxy). Candidates that pass the proxy are verified by fresh attacks on the candidate itself,
 in order of clean accuracy: ``strategy="scan"`` checks them one by one until one holds, against a set of
 attacks (gate-aware APGD-CE for several w, gate-aware APGD-T, transfer from the standard model), so no
-single attack is tuned to; ``strategy="bisect"`` (the older rule) bisects, assuming robustness falls as
+single attack is tuned to; ``strategy="floor"`` takes, for each floor α_lo, its most clean-accurate
+candidate and bisects over the floors against the same set (robustness rises with the floor, whatever
+else is set: a few checks where a scan of an optimistic proxy's ranking can spend a dozen on one floor);
+``strategy="bisect"`` (the older rule) bisects, assuming robustness falls as
 clean accuracy rises, against gate-aware APGD-CE and APGD-T at w = 0.5. A candidate that failed its
 check is never chosen; every checked candidate is recorded. Validation only: never run it on the points
 you report.
@@ -134,18 +137,19 @@ def calibrate_gate(
     PGD-``steps`` at the model's current settings). Candidates that pass the proxy, sorted by clean
     accuracy, are then verified by fresh attacks on each candidate itself: ``verify(model, x, y)`` returns
     a per-example robust mask. ``strategy="scan"`` checks candidates in order until one holds (at most
-    ``max_checks``), by default against :func:`gate_attack_set_robust_mask` (with the model's standard
+    ``max_checks``), ``"floor"`` bisects over the floors α_lo (each floor's most clean-accurate
+    candidate), both by default against :func:`gate_attack_set_robust_mask` (with the model's standard
     model for transfer); ``"bisect"`` bisects against the worst of gate-aware APGD-CE and APGD-T
     (``verify_iters`` iterations, 3 targets, w = 0.5). The chosen point's verified number is reported;
     where nothing verifies, the most robust grid point is checked, used and flagged. ``progress`` shows
     the proxy attack and each check (candidate, attack, examples) as progress bars.
     """
-    if strategy not in ("bisect", "scan"):
-        raise ValueError(f"strategy must be bisect or scan, got {strategy!r}")
+    if strategy not in ("bisect", "scan", "floor"):
+        raise ValueError(f"strategy must be bisect, scan or floor, got {strategy!r}")
     model.eval()
     custom_verify = verify is not None
     need = keep_robust * robust_reference
-    if verify is None and strategy == "scan":
+    if verify is None and strategy in ("scan", "floor"):
         def verify(m, xs, ys, stop_below=need):  # a failing candidate's number is where its check stopped
             return gate_attack_set_robust_mask(m, xs, ys, eps=eps, standard=m.standard, device=device,
                                                batch_size=batch_size, seed=seed, n_iter=verify_iters,
@@ -190,6 +194,19 @@ def calibrate_gate(
             if check(row)["passed"]:
                 best = checked_rows[-1]
                 break
+    elif strategy == "floor":  # per α floor its most clean-accurate candidate; bisect over the floors
+        per_floor = {}
+        for row in candidates:  # sorted by clean accuracy: the first row of each floor is its best
+            per_floor.setdefault(row["alpha_lo"], row)
+        ladder = [per_floor[f] for f in sorted(per_floor)]  # lowest floor (most clean-accurate) first
+        lo_i, hi_i = 0, len(ladder) - 1
+        while lo_i <= hi_i:
+            mid = (lo_i + hi_i) // 2
+            row = check(ladder[mid])
+            if row["passed"]:
+                best, hi_i = row, mid - 1
+            else:
+                lo_i = mid + 1
     else:
         lo_i, hi_i = 0, len(candidates) - 1  # candidates[0] is the most clean-accurate
         while lo_i <= hi_i:
@@ -203,7 +220,7 @@ def calibrate_gate(
     if fallback:  # nothing verified: the most robust setting in the grid
         logger.warning("calibration: no candidate kept %.1f%% robust accuracy under the verification attacks; "
                        "falling back to the most robust grid point", 100 * need)
-        full = {"stop_below": None} if strategy == "scan" and not custom_verify else {}  # its true number
+        full = {"stop_below": None} if strategy != "bisect" and not custom_verify else {}  # its true number
         best = check(max(rows, key=lambda r: (r["alpha_lo"], r["alpha_hi"], r["gamma_bias"])), **full)
     apply(best)
     return {"chosen": best, "target_met": best["robust_verified"] >= need, "fallback": fallback,
