@@ -20,6 +20,6 @@ run bases
 run adaptive --mixer "$mixer"
 for a in $alphas; do run "alpha$a" --alpha "$a" --robust-scale "$s_h"; done
 reports=(standard="$out/bases/standard.json" robust="$out/bases/adversarial.json")
-for a in $alphas; do reports+=("alpha$a=$(ls "$out/alpha$a"/*.json | grep -v -- '-alpha' | head -1)"); done
-reports+=("adaptive=$(ls "$out/adaptive"/*.json | grep -v -- '-alpha' | head -1)")
+for a in $alphas; do reports+=("alpha$a=$(ls "$out/alpha$a"/*.json | grep -v -- '-alpha\.json$' | head -1)"); done
+reports+=("adaptive=$(ls "$out/adaptive"/*.json | grep -v -- '-alpha\.json$' | head -1)")
 .venv/bin/adasmooth compare --standard standard --robust robust --out "$out/compare" "${reports[@]}"
