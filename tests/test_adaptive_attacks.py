@@ -119,18 +119,25 @@ def test_gate_apgd_runs_the_official_apgd_on_the_composite_loss():
     assert rep.robust_accuracy <= min(a["accuracy"] for a in rep.attacks)
 
 
-def test_calibration_bisects_to_a_verified_setting_and_flags_a_fallback():
-    from adasmooth.evaluation import accuracy
-    from adasmooth.evaluation.calibrate import calibrate_gate
-
+def _calibration_case():
+    """A composite of two linear bases and 40 inputs labelled half by each base: clean accuracy depends on
+    the gate's settings."""
     torch.manual_seed(0)
     std, rob = _LinearWithStages(scale=0.05).eval(), _LinearWithStages(scale=0.05).eval()
     layers = ("stage1", "stage2")
     gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
     model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
     x = torch.rand(40, 1, 28, 28)
-    with torch.no_grad():  # labels half from each base model: clean accuracy depends on the gate's settings
+    with torch.no_grad():
         y = torch.cat([std(x[:20]).argmax(1), rob(x[20:]).argmax(1)])
+    return model, x, y
+
+
+def test_calibration_bisects_to_a_verified_setting_and_flags_a_fallback():
+    from adasmooth.evaluation import accuracy
+    from adasmooth.evaluation.calibrate import calibrate_gate
+
+    model, x, y = _calibration_case()
     rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.0, steps=1,
                          verify=lambda m, xs, ys: torch.ones(len(ys), dtype=torch.bool))
     cleans = sorted({r["clean"] for r in rep["grid"]})
@@ -176,14 +183,7 @@ def test_attack_plans_per_model_kind():
 def test_floor_calibration_bisects_over_alpha_floors_and_never_picks_a_failed_one():
     from adasmooth.evaluation.calibrate import calibrate_gate
 
-    torch.manual_seed(0)
-    std, rob = _LinearWithStages(scale=0.05).eval(), _LinearWithStages(scale=0.05).eval()
-    layers = ("stage1", "stage2")
-    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
-    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
-    x = torch.rand(40, 1, 28, 28)
-    with torch.no_grad():
-        y = torch.cat([std(x[:20]).argmax(1), rob(x[20:]).argmax(1)])
+    model, x, y = _calibration_case()
     floors = []
 
     def verify(m, xs, ys):  # a stand-in attack: only floors of 0.7 and above hold
