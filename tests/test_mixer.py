@@ -30,6 +30,20 @@ def _composite(**kw):
     return AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers, **kw)
 
 
+def test_gamma_batchnorm_is_built_on_the_gates_device():
+    # a composite built around models already on a GPU must not leave gamma's BatchNorm on the CPU
+    # (found on an H100); the meta device stands in for the GPU here
+    torch.manual_seed(0)
+    std, rob = SmallResNet(width=4), SmallResNet(width=4)
+    gate = MixingNetwork.from_models(std, rob, standard_layers=LAYERS, robust_layers=LAYERS,
+                                     input_shape=(1, 28, 28), width=8, blocks=1).to("meta")
+    model = AdaptiveMixedClassifier(std.to("meta"), rob.to("meta"), gate, standard_layers=LAYERS,
+                                    robust_layers=LAYERS)
+    assert {b.device.type for b in model.gamma_bn.buffers()} == {"meta"}
+    _, _, gamma = model.eval().components(torch.rand(3, 1, 28, 28, device="meta"))
+    assert gamma.shape == (3,) and gamma.device.type == "meta"
+
+
 def test_channels_are_inferred_from_a_dry_run():
     model = _composite()
     assert model.gate.depth_channels == (8, 16)  # 4 + 4 at stage1, 8 + 8 at stage2

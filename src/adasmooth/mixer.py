@@ -169,7 +169,9 @@ class AdaptiveMixedClassifier(nn.Module):
             raise ValueError(f"gamma_clamp must be > 0 or None, got {gamma_clamp}")
         if not 0.0 < bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum must lie in (0, 1], got {bn_momentum}")
-        self.gamma_bn = nn.BatchNorm1d(1, affine=False, momentum=bn_momentum)
+        # on the gate's device, so that a composite built around models already on a GPU works as built
+        gate_device = next((t.device for t in (*gate.parameters(), *gate.buffers())), None)
+        self.gamma_bn = nn.BatchNorm1d(1, affine=False, momentum=bn_momentum, device=gate_device)
         self.gamma_clamp = None if gamma_clamp is None else float(gamma_clamp)
         self.gamma_scale, self.gamma_bias = float(gamma_scale), float(gamma_bias)
         self.alpha_range = (float(lo), float(hi))

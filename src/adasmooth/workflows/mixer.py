@@ -37,7 +37,7 @@ def build_adaptive(cfg: Config, standard: nn.Module, robust: nn.Module, *, input
                                    robust_layers=mc.robust_layers, gamma_scale=mc.gamma_scale,
                                    gamma_bias=mc.gamma_bias, standard_scale=mc.standard_scale,
                                    robust_scale=mc.robust_scale, gamma_clamp=mc.gamma_clamp,
-                                   bn_momentum=mc.bn_momentum)
+                                   bn_momentum=mc.bn_momentum).to(device)
 
 
 def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: Path, *, resume: bool = False,
