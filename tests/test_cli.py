@@ -15,9 +15,14 @@ def test_config_error_is_one_clear_line(tmp_path, capsys):
     assert "unknown key 'threat.epsilon'" in err and str(cfg) in err
 
 
-def test_resume_without_state_is_a_clear_error(tmp_path, tiny_fmnist, capsys):
-    assert main(["train-base", "--kind", "standard", "--out", str(tmp_path), "--resume",
-                 "--data-root", str(tiny_fmnist)]) == 2
+def test_resume_with_nothing_to_resume_starts_afresh_and_half_a_state_is_a_clear_error(tmp_path, tiny_fmnist, capsys):
+    # one command starts and restarts a long run: `nohup adasmooth train-base ... --resume`
+    args = ["train-base", "--kind", "standard", "--out", str(tmp_path), "--resume", "--max-epochs", "1",
+            "--data-root", str(tiny_fmnist)]
+    assert main(args) == 0
+    assert (tmp_path / "standard-last.safetensors").is_file()
+    (tmp_path / "standard-last.safetensors").unlink()
+    assert main(args) == 2
     assert "cannot resume" in capsys.readouterr().err
 
 

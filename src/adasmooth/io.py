@@ -114,6 +114,12 @@ def load_tensors(stem: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return tensors, meta
 
 
+def resume_state_exists(stem: str | os.PathLike) -> bool:
+    """Whether ``stem`` has any file of a training state: False means a ``--resume`` run starts afresh
+    (the same command starts and restarts a long run); half a pair still fails loudly when loaded."""
+    return any(p.exists() for p in _paths(stem))
+
+
 def load_resume_state(stem: str | os.PathLike, settings: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a training state for ``--resume``; refuse one written with other ``settings`` (names the keys)."""
     try:

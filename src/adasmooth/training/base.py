@@ -23,7 +23,7 @@ from .. import data as data_mod
 from ..attacks import pgd
 from ..config import Config, TrainConfig
 from ..evaluation.accuracy import accuracy, attack_batched
-from ..io import load_resume_state, save_model, save_tensors
+from ..io import load_resume_state, resume_state_exists, save_model, save_tensors
 from ..models import build
 from ..seeding import epoch_seed
 from .averaging import WeightAverage
@@ -134,7 +134,9 @@ def train_base(
     average = WeightAverage(model, decay=tcfg.ema_decay) if tcfg.ema_decay is not None else None
     start_epoch = 0
     elapsed = 0.0
-    if resume:
+    if resume and not resume_state_exists(state_stem):
+        logger.warning("nothing to resume at %s yet: training %s from scratch", state_stem, kind)
+    elif resume:
         start_epoch, elapsed = _restore(state_stem, settings, model, optimizer, device, average)
         logger.info("resuming %s training at epoch %d from %s", kind, start_epoch, state_stem)
 

@@ -30,7 +30,7 @@ from ..attacks.adaptive import gate_bce, randomized_attack
 from ..attacks.apgd_training import AttackedCopies, apgd_training_attack
 from ..config import MixerConfig
 from ..distributed import rank_and_world
-from ..io import CheckpointError, load_resume_state, save_tensors, state_fingerprint
+from ..io import CheckpointError, load_resume_state, resume_state_exists, save_tensors, state_fingerprint
 from ..mixer import AdaptiveMixedClassifier
 from ..seeding import epoch_seed, step_seed
 from ..sharding import chunk_slices, run_chunks
@@ -102,7 +102,9 @@ def fit_mixer(
     settings = {"mixer": mixer_settings, "eps": eps, "n_train": len(x),
                 "standard": state_fingerprint(model.standard), "robust": state_fingerprint(model.robust)}
     step = 0
-    if resume:
+    if resume and not resume_state_exists(stem):
+        logger.warning("nothing to resume at %s yet: training the mixer from scratch", stem)
+    elif resume:
         step = _restore(stem, model, opt, settings, device)
         logger.info("resuming mixer training at step %d", step)
     if attack is None and cfg.attack_method == "apgd":
