@@ -199,3 +199,41 @@ def test_floor_calibration_bisects_over_alpha_floors_and_never_picks_a_failed_on
     assert rep["chosen"]["clean"] == max(r["clean"] for r in same_floor)  # the floor's most clean-accurate setting
     with pytest.raises(ValueError, match="strategy"):
         calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, steps=1, verify=verify, strategy="greedy")
+
+
+class _MeanStaircase(torch.nn.Module):
+    """Class 1 while the mean of the image rounded to quarters stays below 0.4, else class 0: a zero gradient
+    everywhere (masked), and images at 0.3 stay class 1 under random noise of 0.2 but not when most pixels
+    move up by 0.2 together."""
+
+    def __init__(self):
+        super().__init__()
+        self.stage1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.stage2 = torch.nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        q = torch.round(x * 4) / 4
+        features = self.stage2(self.stage1(q))
+        m = q.mean((1, 2, 3))
+        logits = torch.zeros(len(x), 10, device=x.device)
+        logits[:, 0], logits[:, 1] = 20 * (m - 0.4), 20 * (0.4 - m)
+        return logits + 0.0 * features.mean()
+
+
+def test_calibration_checks_add_square_which_sees_through_masked_gradients():
+    from adasmooth.evaluation.calibrate import gate_attack_set_robust_mask
+
+    torch.manual_seed(0)
+    std, rob = _MeanStaircase().eval(), _MeanStaircase().eval()
+    layers = ("stage1", "stage2")
+    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
+    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
+    x = 0.3 + 0.02 * (2 * torch.rand(20, 1, 28, 28) - 1)
+    y = torch.ones(20, dtype=torch.long)
+    common = {"eps": 0.2, "standard": std, "n_iter": 5, "weights": (0.5,)}
+    gradient_only = gate_attack_set_robust_mask(model, x, y, **common)
+    with_square = gate_attack_set_robust_mask(model, x, y, autoattack=("square",), square_queries=200, **common)
+    assert gradient_only.all()  # the gradient attacks see a flat loss
+    assert not with_square.any()  # the gradient-free search does not
+    with pytest.raises(ValueError, match="sub-attacks"):
+        gate_attack_set_robust_mask(model, x, y, autoattack=("sqaure",), **common)

@@ -32,6 +32,11 @@ def test_impossible_values():
         config_from_dict({"threat": {"norm": "L3"}})
     with pytest.raises(ConfigError, match=r"alphas"):
         config_from_dict({"sweep": {"alphas": [0.5, 1.5]}})
+    with pytest.raises(ConfigError, match=r"calibration_autoattack.*\['sqaure'\]"):
+        config_from_dict({"mixer": {"calibration_autoattack": ["fab-t", "sqaure"]}})
+    with pytest.raises(ConfigError, match="calibration_square_queries"):
+        config_from_dict({"mixer": {"calibration_square_queries": 0}})
+    assert config_from_dict({"mixer": {"calibration_autoattack": []}}).mixer.calibration_autoattack == ()
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+AUTOATTACK_SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")  # the official package's names
+
 
 class ConfigError(ValueError):
     """A config file has an unknown key, a wrong type or an impossible value."""
@@ -136,6 +138,10 @@ class MixerConfig:
     checkpoint_every: int = 100  # optimiser steps
     separation_every: int = 100  # > 0: every so many steps, log the gate's AUROC on held-out validation points
     calibration_strategy: str = "floor"  # floor: bisect over α_lo; scan: candidates by clean accuracy (see calibrate_gate)
+    # official AutoAttack sub-attacks added to every calibration check (floor, scan), after the gate-aware ones:
+    # Square needs no gradient and finds what a gate that masks gradients hides; [] for the gradient set only
+    calibration_autoattack: tuple[str, ...] = ("fab-t", "square")
+    calibration_square_queries: int = 5000  # AutoAttack's standard budget
     separation_n: int = 200  # validation points of that check (gate-aware APGD-CE final iterates, 4 values of w)
     alpha_range: tuple[float, ...] = ()  # [lo, hi] used as given; empty: calibrated on validation after training
     eval_gamma_bias: float | None = None  # b at evaluation used as given; null: calibrated with the α range
@@ -339,6 +345,13 @@ def _check_values(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'mixer.attack_max_iters' must be >= 1 or null, got {m.attack_max_iters}")
     if m.attack_method == "pgd" and m.attack_max_iters is None:
         raise ConfigError(f"{source}: 'mixer.attack_max_iters' is needed by attack_method pgd")
+    bad = [a for a in m.calibration_autoattack if a not in AUTOATTACK_SUB_ATTACKS]
+    if bad:
+        raise ConfigError(f"{source}: 'mixer.calibration_autoattack' takes AutoAttack sub-attacks "
+                          f"({', '.join(AUTOATTACK_SUB_ATTACKS)}), got {bad}")
+    if m.calibration_square_queries < 1:
+        raise ConfigError(f"{source}: 'mixer.calibration_square_queries' must be >= 1, got "
+                          f"{m.calibration_square_queries}")
     if m.calibration_strategy not in ("floor", "scan", "bisect"):
         raise ConfigError(f"{source}: 'mixer.calibration_strategy' must be floor, scan or bisect, got "
                           f"{m.calibration_strategy!r}")

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..config import AUTOATTACK_SUB_ATTACKS
+
 logger = logging.getLogger(__name__)
 
 VERSIONS = ("standard", "plus", "rand", "custom")
-SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+SUB_ATTACKS = AUTOATTACK_SUB_ATTACKS
 _AFTER = re.compile(r"robust accuracy after (\S+): ([\d.]+)%")
 
 

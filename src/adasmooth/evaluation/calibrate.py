@@ -68,14 +68,23 @@ def gate_apgd_robust_mask(model, x, y, *, eps, device="cpu", batch_size=250, see
 
 def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu", batch_size=250, seed=0,
                                 n_iter=50, weights=(0.0, 0.5, 1.0), n_target_classes=3,
+                                autoattack=(), square_queries: int = 5000,
                                 stop_below: float | None = None, progress: bool = False,
                                 desc: str = "") -> torch.Tensor:
     """Per-example robustness of an adaptive composite under a set of attacks aimed at it: gate-aware
-    APGD-CE for each w in ``weights``, gate-aware APGD-T (w = 0.5) and PGD transferred from ``standard``
-    (when given), each run on the examples still robust. With ``stop_below``, stops as soon as the robust
-    share falls below it (the verdict cannot recover). ``progress`` shows one bar step per attack."""
+    APGD-CE for each w in ``weights``, gate-aware APGD-T (w = 0.5), PGD transferred from ``standard``
+    (when given), then the official AutoAttack sub-attacks in ``autoattack`` (e.g. ``("fab-t", "square")``
+    at AutoAttack's standard settings, Square with ``square_queries`` queries), each run on the examples
+    still robust. Square needs no gradient: it finds what a gate that masks gradients hides from the others.
+    With ``stop_below``, stops as soon as the robust share falls below it (the verdict cannot recover).
+    ``progress`` shows one bar step per attack."""
     from .accuracy import correct_mask
     from .attack_specs import GateAPGDAttack, TransferAttack
+    from .autoattack import SUB_ATTACKS, run_autoattack
+
+    bad = [a for a in autoattack if a not in SUB_ATTACKS]
+    if bad:
+        raise ValueError(f"unknown AutoAttack sub-attacks {bad}; known: {', '.join(SUB_ATTACKS)}")
 
     robust = correct_mask(model, x, y, device=device, batch_size=batch_size)
     attacks = [GateAPGDAttack("ce", w, n_iter, seed=seed) for w in weights]
@@ -91,6 +100,14 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
         out = attack.robust_mask(model, x[idx], y[idx], eps=eps, norm="Linf", device=device, batch_size=batch_size,
                                  progress=False)
         robust[idx[~out.robust.cpu()]] = False
+    for name in autoattack:  # one official sub-attack at a time, so that the early stop applies between them
+        idx = robust.nonzero().squeeze(1)
+        if len(idx) == 0 or (stop_below is not None and float(robust.float().mean()) < stop_below):
+            break
+        res = run_autoattack(model, x[idx], y[idx], eps=eps, version="custom", attacks=[name], seed=seed,
+                             batch_size=batch_size, device=device,
+                             options={"square.n_queries": int(square_queries)} if name == "square" else None)
+        robust[idx[~res.robust.cpu()]] = False
     return robust
 
 
@@ -127,6 +144,8 @@ def calibrate_gate(
     gamma_scales=None,
     alpha_his=None,
     max_checks: int = 12,
+    autoattack=(),
+    square_queries: int = 5000,
     progress: bool = False,
 ) -> dict:
     """Choose ``gamma_bias`` and ``alpha_range`` for the most clean accuracy whose robust accuracy keeps
@@ -139,7 +158,8 @@ def calibrate_gate(
     a per-example robust mask. ``strategy="scan"`` checks candidates in order until one holds (at most
     ``max_checks``), ``"floor"`` bisects over the floors α_lo (each floor's most clean-accurate
     candidate), both by default against :func:`gate_attack_set_robust_mask` (with the model's standard
-    model for transfer); ``"bisect"`` bisects against the worst of gate-aware APGD-CE and APGD-T
+    model for transfer and the official ``autoattack`` sub-attacks after it, Square with ``square_queries``);
+    ``"bisect"`` bisects against the worst of gate-aware APGD-CE and APGD-T
     (``verify_iters`` iterations, 3 targets, w = 0.5). The chosen point's verified number is reported;
     where nothing verifies, the most robust grid point is checked, used and flagged. ``progress`` shows
     the proxy attack and each check (candidate, attack, examples) as progress bars.
@@ -153,6 +173,7 @@ def calibrate_gate(
         def verify(m, xs, ys, stop_below=need):  # a failing candidate's number is where its check stopped
             return gate_attack_set_robust_mask(m, xs, ys, eps=eps, standard=m.standard, device=device,
                                                batch_size=batch_size, seed=seed, n_iter=verify_iters,
+                                               autoattack=autoattack, square_queries=square_queries,
                                                stop_below=stop_below, progress=progress,
                                                desc=f"calibration check {len(checked_rows) + 1}")
     elif verify is None:
@@ -231,6 +252,8 @@ def calibrate_gate(
             "verify_attack": ("custom" if custom_verify else
                               {"name": "gate-apgd-ce + gate-apgd-t3", "w": 0.5, "n_iter": verify_iters, "seed": seed}
                               if strategy == "bisect" else
-                              {"name": "gate-apgd-ce (w 0, 0.5, 1) + gate-apgd-t3 (w 0.5) + transfer from standard",
-                               "n_iter": verify_iters, "seed": seed}),
+                              {"name": "gate-apgd-ce (w 0, 0.5, 1) + gate-apgd-t3 (w 0.5) + transfer from standard"
+                                       + "".join(f" + {a} (official)" for a in autoattack),
+                               "n_iter": verify_iters, "seed": seed,
+                               **({"square_queries": square_queries} if "square" in autoattack else {})}),
             "grid": rows}

@@ -57,7 +57,8 @@ def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
 
-_NOT_WEIGHTS = ("tensorboard", "separation_every", "separation_n", "calibration_strategy")  # settings that do not change the weights
+_NOT_WEIGHTS = ("tensorboard", "separation_every", "separation_n", "calibration_strategy", "calibration_autoattack",
+                "calibration_square_queries")  # settings that do not change the weights
 
 
 def _trainable(model: AdaptiveMixedClassifier) -> list[torch.nn.Parameter]:

@@ -116,6 +116,8 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
     ref = robust_reference(robust, xv, yv, eps=cfg.threat.eps, device=device, seed=seed, n_iter=verify_iters)
     cal = calibrate_gate(model, xv, yv, eps=cfg.threat.eps, robust_reference=ref, keep_robust=cfg.sweep.keep_robust,
                          device=device, seed=seed, verify_iters=verify_iters, strategy=cfg.mixer.calibration_strategy,
+                         autoattack=cfg.mixer.calibration_autoattack,
+                         square_queries=cfg.mixer.calibration_square_queries,
                          gamma_scales=GAMMA_SCALES, alpha_his=ALPHA_HIS, progress=is_main())
     save_adaptive(stem, model, calibration=cal, dataset=cfg.data.name, **metadata)
     write_json(stem.parent / "calibration.json", cal)
