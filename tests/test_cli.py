@@ -90,7 +90,8 @@ def test_fit_mixer_command_trains_calibrates_and_saves(tmp_path, tiny_fmnist, ca
         torch.manual_seed(i)
         save_model(tmp_path / name, SmallResNet(width=4), architecture="small_resnet", arch_args={"width": 4})
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("mixer:\n  width: 8\n  blocks: 1\n  batch_size: 500\n  attack_max_iters: 2\n")
+    cfg.write_text("mixer:\n  width: 8\n  blocks: 1\n  batch_size: 500\n  attack_max_iters: 2\n"
+                   "  calibration_autoattack: [square]\n  calibration_square_queries: 50\n")
     args = ["fit-mixer", "--config", str(cfg), "--out", str(tmp_path / "mix"), "--data-root", str(tiny_fmnist),
             "--standard", str(tmp_path / "std"), "--robust", str(tmp_path / "rob"), "--n-calibrate", "40",
             "--verify-iters", "3"]
@@ -102,6 +103,8 @@ def test_fit_mixer_command_trains_calibrates_and_saves(tmp_path, tiny_fmnist, ca
     meta = json.loads((tmp_path / "mix" / "mixer.json").read_text())
     assert meta["training"]["steps"] == 3 and meta["calibration"]["n"] == 40
     assert meta["calibration"]["checked"] and "robust_verified" in meta["calibration"]["chosen"]
+    verify = meta["calibration"]["verify_attack"]
+    assert "square (official)" in verify["name"] and verify["square_queries"] == 50
     lo, hi = model.alpha_range
     a = model.alpha(torch.rand(5, 1, 28, 28))
     assert ((a >= lo) & (a <= hi)).all()
