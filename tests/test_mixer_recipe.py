@@ -273,3 +273,92 @@ def test_bad_mixer_configs_are_clear_errors(tmp_path, capsys):
     bad.write_text("mixer:\n  standard_layers: [stage9]\n  robust_layers: [stage1]\n")
     assert main(["fit-mixer", "--config", str(bad), "--out", str(tmp_path / "m"), "--max-steps", "1"]) == 2
     assert "no submodule named 'stage9'; close matches: stage3" in capsys.readouterr().err
+
+
+def test_square_training_copies_fool_a_linear_composite_inside_the_ball_and_are_seeded():
+    from adasmooth.attacks.apgd_training import square_training_copies
+
+    signs = torch.tensor([1.0, -1.0]).repeat(18)[torch.randperm(36, generator=torch.Generator().manual_seed(0))]
+    a = 0.1 * signs  # a·1 = 0, so x = 0.5 - c·a/|a|² has a·x = -c: label 0 wins by the margin c
+    model = LinearComposite(a)
+    c = torch.linspace(0.05, 0.15, 8)
+    x = (0.5 - c[:, None] * a / a.square().sum()).view(8, 1, 6, 6)
+    y = torch.zeros(8, dtype=torch.long)
+    assert (model(x).argmax(1) == 0).all()  # clean: all right; the worst case in the ball (+0.36) fools all
+    kw = {"eps": 0.1, "copies": 2, "queries": 300}
+    out = square_training_copies(model, x, y, generator=torch.Generator().manual_seed(5), **kw)
+    again = square_training_copies(model, x, y, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(out.x, again.x) and out.iters == [300, 300]
+    assert out.x.shape == (16, 1, 6, 6) and torch.equal(out.y, y.repeat(2))
+    assert not out.targeted.any() and (out.w == 0).all() and torch.allclose(out.eps, torch.full((16,), 0.1))
+    assert (out.x - x.repeat(2, 1, 1, 1)).abs().amax() <= 0.1 + 1e-6 and out.x.min() >= 0 and out.x.max() <= 1
+    assert (model(out.x).argmax(1) != 0).float().mean() >= 0.75  # the random search finds the flips, no gradient
+    with pytest.raises(ValueError, match="queries >= 1"):
+        square_training_copies(model, x, y, eps=0.1, generator=torch.Generator(), queries=0)
+
+
+def test_fit_mixer_with_square_copies_trains_on_both_kinds_and_resumes_to_the_same_weights(tmp_path):
+    from adasmooth.config import MixerConfig
+    from adasmooth.training import fit_mixer
+
+    cfg = MixerConfig(epochs=1, batch_size=16, lr=1e-2, checkpoint_every=2, attack_copies=1, attack_iters_df=3.0,
+                      attack_max_iters=4, attack_square_copies=1, attack_square_queries=6, tensorboard=False)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(48, 1, 28, 28, generator=g), torch.randint(0, 10, (48,), generator=g)
+    seen = []
+    from adasmooth.attacks import apgd_training
+
+    real = apgd_training.square_training_copies
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        seen.append(len(out.y))
+        return out
+
+    import adasmooth.training.mixer as training_mixer
+    training_mixer.square_training_copies, saved = spy, training_mixer.square_training_copies
+    try:
+        full = _small_composite()
+        assert fit_mixer(full, x, y, cfg, tmp_path / "full", eps=0.1, progress=False)["steps"] == 3
+        fit_mixer(_small_composite(), x, y, cfg, tmp_path / "split", eps=0.1, progress=False, max_steps=2)
+        resumed = _small_composite()
+        fit_mixer(resumed, x, y, cfg, tmp_path / "split", eps=0.1, progress=False, resume=True)
+    finally:
+        training_mixer.square_training_copies = saved
+    assert seen == [16] * 6  # one Square copy of every batch, in the three steps of each run
+    for (k, a), b in zip(full.gate.state_dict().items(), resumed.gate.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+
+
+def test_init_from_starts_the_gate_from_a_saved_mixer_and_refuses_another_architecture(tmp_path):
+    from adasmooth.mixer import MixingNetwork, save_adaptive
+    from adasmooth.workflows.mixer import init_gate_from
+
+    saved = _small_composite(seed=0)
+    with torch.no_grad():
+        saved.gamma_bn.running_mean.fill_(0.25)
+    save_adaptive(tmp_path / "m", saved)
+    fresh = _small_composite(seed=1)
+    fresh.standard.load_state_dict(saved.standard.state_dict())
+    fresh.robust.load_state_dict(saved.robust.state_dict())
+    assert any(not torch.equal(a, b) for a, b in zip(saved.gate.state_dict().values(), fresh.gate.state_dict().values()))
+    init_gate_from(fresh, tmp_path / "m")
+    for (k, a), b in zip(saved.gate.state_dict().items(), fresh.gate.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.equal(fresh.gamma_bn.running_mean, saved.gamma_bn.running_mean)
+    wider = AdaptiveMixedClassifier(saved.standard, saved.robust, MixingNetwork.from_models(
+        saved.standard, saved.robust, standard_layers=["stage1"], robust_layers=["stage1"], input_shape=(1, 28, 28),
+        width=16, blocks=1), standard_layers=["stage1"], robust_layers=["stage1"])
+    with pytest.raises(ValueError, match="init_from"):
+        init_gate_from(wider, tmp_path / "m")
+
+
+def test_square_copies_and_training_subset_settings_are_checked():
+    from adasmooth.config import ConfigError, config_from_dict
+
+    for section, message in (({"attack_square_copies": -1}, "attack_square_copies"),
+                             ({"attack_square_queries": 0}, "attack_square_queries"),
+                             ({"attack_square_copies": 1, "attack_method": "pgd"}, "needs attack_method apgd"),
+                             ({"train_examples": 0}, "train_examples")):
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict({"mixer": section})

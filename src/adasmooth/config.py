@@ -131,11 +131,17 @@ class MixerConfig:
     attack_eps_high: float = 1.1
     attack_w_max: float = 0.6  # paper: 0.4; ours covers the w = 0.5 of the evaluation attack
     attack_n_targets: int = 9  # pgd only: targets drawn from the 9 most likely wrong classes
+    # apgd: copies per clean image made by the official Square (random search on the composite's margin, no
+    # gradient) beside the APGD ones, so that the gate also sees what a search attack finds (0: none)
+    attack_square_copies: int = 0
+    attack_square_queries: int = 300  # queries of each Square copy (AutoAttack's evaluation: 5000)
     attack_untargeted_share: float = 0.5  # pgd only
     clean_weight: float | None = None  # loss weight of a clean example (attacked ones: 1); null: attack_copies
     attack_chunk: int = 0  # examples per independently seeded attack piece; 0: the whole batch at once.
     # Set it (e.g. batch_size / number of processes) to make a run's result independent of the process count.
     checkpoint_every: int = 100  # optimiser steps
+    init_from: str | None = None  # a saved mixer (stem) whose gate starts the training (fine-tuning); null: fresh
+    train_examples: int | None = None  # a seeded subset of the training split of this size; null: all of it
     separation_every: int = 100  # > 0: every so many steps, log the gate's AUROC on held-out validation points
     calibration_strategy: str = "floor"  # floor: bisect over α_lo; scan: candidates by clean accuracy (see calibrate_gate)
     # official AutoAttack sub-attacks added to every calibration check (floor, scan), after the gate-aware ones:
@@ -345,6 +351,13 @@ def _check_values(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'mixer.attack_max_iters' must be >= 1 or null, got {m.attack_max_iters}")
     if m.attack_method == "pgd" and m.attack_max_iters is None:
         raise ConfigError(f"{source}: 'mixer.attack_max_iters' is needed by attack_method pgd")
+    if m.attack_square_copies < 0 or m.attack_square_queries < 1:
+        raise ConfigError(f"{source}: 'mixer.attack_square_copies' must be >= 0 and 'attack_square_queries' >= 1, got "
+                          f"{m.attack_square_copies}, {m.attack_square_queries}")
+    if m.attack_square_copies and m.attack_method != "apgd":
+        raise ConfigError(f"{source}: 'mixer.attack_square_copies' needs attack_method apgd")
+    if m.train_examples is not None and m.train_examples < 1:
+        raise ConfigError(f"{source}: 'mixer.train_examples' must be >= 1 or null, got {m.train_examples}")
     bad = [a for a in m.calibration_autoattack if a not in AUTOATTACK_SUB_ATTACKS]
     if bad:
         raise ConfigError(f"{source}: 'mixer.calibration_autoattack' takes AutoAttack sub-attacks "

@@ -7,6 +7,10 @@ iterations as round(χ²(df)) (at least 1, optionally capped), and each example 
 and its gate weight w ~ U(0, w_max) in ``(1-w)·loss + w·BCE(γ, 1)``. APGD starts at a random point of the
 ball and returns its best-loss iterate. Nothing of APGD is re-implemented: its single run is called with a
 per-example radius, which its ℓ∞/ℓ2 steps and projections broadcast.
+
+Beside them (our addition, not the paper's), :func:`square_training_copies` makes copies by the official
+Square attack: a random search on the composite's margin that needs no gradient. A gate trained only on
+gradient attacks can mask its gradients; Square then walks to inputs the gate reads as clean.
 """
 
 from __future__ import annotations
@@ -113,3 +117,30 @@ def apgd_composite_run(composite, x: torch.Tensor, y: torch.Tensor, *, eps: floa
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         return attack.attack_single_run(x, y)[0].detach()
+
+
+def square_training_copies(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, generator: torch.Generator,
+                           copies: int = 1, queries: int = 300, norm: str = "Linf", p_init: float = 0.8
+                           ) -> AttackedCopies:
+    """``copies`` copies of ``(x, y)`` made by single runs of the official Square attack (margin loss on
+    ``composite``'s output, ``queries`` queries, its square-size schedule rescaled to them) at the full
+    radius ``eps``, each seeded from ``generator``. An example Square fools is returned where it was fooled;
+    the others at their lowest margin. Rows carry w = 0 and count as untargeted; ``iters`` holds the queries."""
+    from pyautoattack.square import SquareAttack
+
+    if copies < 1 or queries < 1:
+        raise ValueError(f"Square copies need copies >= 1 and queries >= 1, got {copies}, {queries}")
+    n, device = len(x), x.device
+    parts = []
+    for _ in range(copies):
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        attack = SquareAttack(composite, p_init=p_init, n_queries=int(queries), eps=float(eps), norm=norm,
+                              n_restarts=1, seed=seed, device=device, resc_schedule=True)
+        attack.init_hyperparam(x)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            torch.manual_seed(seed)
+            x_adv = attack.attack_single_run(x, y)[1].detach()
+        parts.append(AttackedCopies(x_adv, y, torch.full((n,), float(eps), device=device),
+                                    torch.zeros(n, device=device), [int(queries)],
+                                    torch.zeros(n, dtype=torch.bool, device=device)))
+    return AttackedCopies.concatenate(parts)

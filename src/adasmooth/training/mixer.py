@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..attacks.adaptive import gate_bce, randomized_attack
-from ..attacks.apgd_training import AttackedCopies, apgd_training_attack
+from ..attacks.apgd_training import AttackedCopies, apgd_training_attack, square_training_copies
 from ..config import MixerConfig
 from ..distributed import rank_and_world
 from ..io import CheckpointError, load_resume_state, resume_state_exists, save_tensors, state_fingerprint
@@ -85,7 +85,8 @@ def fit_mixer(
 
     ``attack(model, x, y, generator)`` makes the attacked copies (a tensor with one copy per image, or
     :class:`~adasmooth.attacks.apgd_training.AttackedCopies`); default: ``cfg.attack_method``'s attack with
-    ``eps`` and ``cfg``'s distributions (``apgd``: the paper's official-APGD copies, each clean example then
+    ``eps`` and ``cfg``'s distributions (``apgd``: the paper's official-APGD copies and ``attack_square_copies``
+    official-Square copies, each clean example then
     weighing ``cfg.clean_weight``, by default the number of copies). ``max_steps`` stops early (the schedule still spans all
     epochs). ``held_out`` (validation images and labels): every ``cfg.separation_every`` steps the gate's
     AUROC between them and gate-aware APGD-CE final iterates is logged and written to the metrics.
@@ -110,10 +111,15 @@ def fit_mixer(
         logger.info("resuming mixer training at step %d", step)
     if attack is None and cfg.attack_method == "apgd":
         def attack(m, xb, yb, gen):
-            return apgd_training_attack(
+            copies = apgd_training_attack(
                 m, xb, yb, eps=eps, generator=gen, copies=cfg.attack_copies, iters_df=cfg.attack_iters_df,
                 max_iters=cfg.attack_max_iters, eps_range=(cfg.attack_eps_low, cfg.attack_eps_high),
                 w_max=cfg.attack_w_max)
+            if not cfg.attack_square_copies:
+                return copies
+            return AttackedCopies.concatenate([copies, square_training_copies(
+                m, xb, yb, eps=eps, generator=gen, copies=cfg.attack_square_copies,
+                queries=cfg.attack_square_queries)])
     elif attack is None:
         def attack(m, xb, yb, gen):
             return randomized_attack(

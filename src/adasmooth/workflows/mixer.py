@@ -17,6 +17,7 @@ from ..io import load_tensors, write_json
 from ..mixer import AdaptiveMixedClassifier, MixingNetwork, load_adaptive
 from ..mixing import nonlinear_mixture
 from ..models.cost import format_gate_cost, gate_cost
+from ..seeding import seeded_subset
 from ..training import fit_mixer
 from .calibration import calibrate_mixer_and_save
 from .common import load_subset, nonlinear_section
@@ -40,6 +41,22 @@ def build_adaptive(cfg: Config, standard: nn.Module, robust: nn.Module, *, input
                                    bn_momentum=mc.bn_momentum).to(device)
 
 
+def init_gate_from(model: AdaptiveMixedClassifier, stem: str | Path) -> None:
+    """Start ``model``'s gate (and γ's BatchNorm statistics) from the mixer saved at ``stem`` (fine-tuning).
+    The saved mixer must have been fit on the same base models and have the same gate architecture; the
+    γ scale, bias and α range stay those of ``model`` (the training's, not the saved calibration)."""
+    saved = load_adaptive(stem, model.standard, model.robust)
+    if saved.gate.config() != model.gate.config():
+        raise ValueError(f"mixer.init_from: the gate in {stem} ({saved.gate.config()}) differs from the config's "
+                         f"({model.gate.config()})")
+    device = next(model.gate.parameters()).device
+    model.gate.load_state_dict(saved.gate.state_dict())
+    model.gamma_bn.load_state_dict(saved.gamma_bn.state_dict())
+    model.gate.to(device)
+    model.gamma_bn.to(device)
+    logger.info("mixer training starts from the gate in %s", stem)
+
+
 def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: Path, *, resume: bool = False,
                       max_steps: int | None = None, n_calibrate: int = 500, verify_iters: int = 50,
                       device: str = "cpu", config_source: str | None = None) -> str:
@@ -47,7 +64,12 @@ def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: 
     ``out/mixer``. Returns what happened, for the terminal."""
     _, _, device = init_distributed(device)
     x, y = data_mod.load(cfg.data.name, "train", root=cfg.data.root)
+    if cfg.mixer.train_examples is not None and cfg.mixer.train_examples < len(y):
+        idx = seeded_subset(len(y), cfg.mixer.train_examples, cfg.mixer.seed)
+        x, y = x[idx], y[idx]
     model = build_adaptive(cfg, standard, robust, input_shape=tuple(x.shape[1:]), device=device)
+    if cfg.mixer.init_from:
+        init_gate_from(model, cfg.mixer.init_from)
     cost = format_gate_cost(gate_cost(model, tuple(x.shape[1:]), device=device))
     if is_main():
         logger.info("%s", cost)
