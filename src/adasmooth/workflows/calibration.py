@@ -122,11 +122,12 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
     save_adaptive(stem, model, calibration=cal, dataset=cfg.data.name, **metadata)
     write_json(stem.parent / "calibration.json", cal)
     ch = cal["chosen"]
+    checks = "".join(f", {a.upper()} (official)" for a in cfg.mixer.calibration_autoattack)
     return (f"saved {stem}.safetensors (+ .json)\n"
             f"calibrated on {cal['n']} validation points: gamma_scale={ch['gamma_scale']:g}, "
             f"gamma_bias={ch['gamma_bias']:g}, alpha range [{ch['alpha_lo']:g}, {ch['alpha_hi']:g}]: clean "
             f"{100 * ch['clean']:.2f}%, robust {100 * cal['robust_verified']:.2f}% under gate-aware APGD-CE "
-            f"(w 0, 0.5, 1), APGD-T and transfer, {len(cal['checked'])} candidates checked "
+            f"(w 0, 0.5, 1), APGD-T, transfer{checks}, {len(cal['checked'])} candidates checked "
             f"(robust model alone, APGD-CE/APGD-T: {100 * ref:.2f}%; target {100 * cfg.sweep.keep_robust:g}% of it"
             f"{'' if cal['target_met'] else ', NOT met'})")
 
