@@ -66,7 +66,6 @@ pipeline_c() {
     --out "$BASE_RUN" --resume --device "$dev"
   echo "train-base exit $?"
   if [ -f "$BASE_RUN/adversarial.safetensors" ]; then
-    cp "$BASE_RUN/adversarial.json" "$results/base.json"
     timeout $(( $(left) - composite_s - 5 )) $py -m adasmooth evaluate --checkpoint "$BASE_RUN/adversarial" \
       --n "${EVAL_N:-1000}" --autoattack standard --device "$dev" --out "$run/eval-base"
     echo "evaluate base exit $?"
