@@ -237,3 +237,16 @@ def test_calibration_checks_add_square_which_sees_through_masked_gradients():
     assert not with_square.any()  # the gradient-free search does not
     with pytest.raises(ValueError, match="sub-attacks"):
         gate_attack_set_robust_mask(model, x, y, autoattack=("sqaure",), **common)
+
+
+def test_robust_reference_runs_the_same_official_sub_attacks_as_the_checks():
+    from adasmooth.evaluation.calibrate import robust_reference
+
+    torch.manual_seed(0)
+    robust = _MeanStaircase().eval()
+    x = 0.3 + 0.02 * (2 * torch.rand(20, 1, 28, 28) - 1)
+    y = torch.ones(20, dtype=torch.long)
+    assert robust_reference(robust, x, y, eps=0.2, n_iter=5) == 1.0  # APGD sees a flat loss
+    assert robust_reference(robust, x, y, eps=0.2, n_iter=5, autoattack=("fab-t", "square"), square_queries=200) == 0.0
+    with pytest.raises(ValueError, match="sub-attacks"):
+        robust_reference(robust, x, y, eps=0.2, autoattack=("sqaure",))

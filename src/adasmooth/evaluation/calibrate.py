@@ -111,15 +111,22 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
     return robust
 
 
-def robust_reference(robust, x, y, *, eps, device="cpu", batch_size=250, seed=0, n_iter=50) -> float:
-    """The robust model's accuracy under the official APGD-CE and APGD-T (3 targets): the same attack
-    family and budget that :func:`calibrate_gate` verifies the composite with."""
-    from .autoattack import run_autoattack
+def robust_reference(robust, x, y, *, eps, device="cpu", batch_size=250, seed=0, n_iter=50, autoattack=(),
+                     square_queries: int = 5000) -> float:
+    """The robust model's accuracy under the official APGD-CE and APGD-T (3 targets), then the official
+    AutoAttack sub-attacks in ``autoattack`` (Square with ``square_queries``): the attack family and budget
+    that :func:`calibrate_gate` verifies the composite with, so that "robust kept" compares like with like."""
+    from .autoattack import SUB_ATTACKS, run_autoattack
 
-    res = run_autoattack(robust, x, y, eps=eps, version="custom", attacks=["apgd-ce", "apgd-t"], seed=seed,
-                         batch_size=batch_size, device=device,
-                         options={"apgd.n_iter": n_iter, "apgd_targeted.n_iter": n_iter,
-                                  "apgd_targeted.n_target_classes": 3})
+    bad = [a for a in autoattack if a not in SUB_ATTACKS]
+    if bad:
+        raise ValueError(f"autoattack takes AutoAttack sub-attacks ({', '.join(SUB_ATTACKS)}), got {bad}")
+    extra = [a for a in autoattack if a not in ("apgd-ce", "apgd-t")]
+    options = {"apgd.n_iter": n_iter, "apgd_targeted.n_iter": n_iter, "apgd_targeted.n_target_classes": 3}
+    if "square" in extra:
+        options["square.n_queries"] = int(square_queries)
+    res = run_autoattack(robust, x, y, eps=eps, version="custom", attacks=["apgd-ce", "apgd-t", *extra], seed=seed,
+                         batch_size=batch_size, device=device, options=options)
     return res.robust_accuracy
 
 

@@ -113,12 +113,18 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
                 f"gamma bias {model.gamma_bias:g} (not calibrated)")
     seed = cfg.mixer.seed
     _, _, _, xv, yv = load_subset(cfg, "val", n_calibrate, seed)
-    ref = robust_reference(robust, xv, yv, eps=cfg.threat.eps, device=device, seed=seed, n_iter=verify_iters)
+    ref = robust_reference(robust, xv, yv, eps=cfg.threat.eps, device=device, seed=seed, n_iter=verify_iters,
+                           autoattack=cfg.mixer.calibration_autoattack,
+                           square_queries=cfg.mixer.calibration_square_queries)
     cal = calibrate_gate(model, xv, yv, eps=cfg.threat.eps, robust_reference=ref, keep_robust=cfg.sweep.keep_robust,
                          device=device, seed=seed, verify_iters=verify_iters, strategy=cfg.mixer.calibration_strategy,
                          autoattack=cfg.mixer.calibration_autoattack,
                          square_queries=cfg.mixer.calibration_square_queries,
                          gamma_scales=GAMMA_SCALES, alpha_his=ALPHA_HIS, progress=is_main())
+    cal["robust_reference_attack"] = {
+        "name": "apgd-ce + apgd-t3" + "".join(f" + {a} (official)" for a in cfg.mixer.calibration_autoattack),
+        "n_iter": verify_iters, "seed": seed,
+        **({"square_queries": cfg.mixer.calibration_square_queries} if "square" in cfg.mixer.calibration_autoattack else {})}
     save_adaptive(stem, model, calibration=cal, dataset=cfg.data.name, **metadata)
     write_json(stem.parent / "calibration.json", cal)
     ch = cal["chosen"]
@@ -128,6 +134,6 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
             f"gamma_bias={ch['gamma_bias']:g}, alpha range [{ch['alpha_lo']:g}, {ch['alpha_hi']:g}]: clean "
             f"{100 * ch['clean']:.2f}%, robust {100 * cal['robust_verified']:.2f}% under gate-aware APGD-CE "
             f"(w 0, 0.5, 1), APGD-T, transfer{checks}, {len(cal['checked'])} candidates checked "
-            f"(robust model alone, APGD-CE/APGD-T: {100 * ref:.2f}%; target {100 * cfg.sweep.keep_robust:g}% of it"
+            f"(robust model alone, APGD-CE/APGD-T{checks}: {100 * ref:.2f}%; target {100 * cfg.sweep.keep_robust:g}% of it"
             f"{'' if cal['target_met'] else ', NOT met'})")
 
