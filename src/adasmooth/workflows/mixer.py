@@ -49,11 +49,8 @@ def init_gate_from(model: AdaptiveMixedClassifier, stem: str | Path) -> None:
     if saved.gate.config() != model.gate.config():
         raise ValueError(f"mixer.init_from: the gate in {stem} ({saved.gate.config()}) differs from the config's "
                          f"({model.gate.config()})")
-    device = next(model.gate.parameters()).device
-    model.gate.load_state_dict(saved.gate.state_dict())
+    model.gate.load_state_dict(saved.gate.state_dict())  # copied onto the model's own device
     model.gamma_bn.load_state_dict(saved.gamma_bn.state_dict())
-    model.gate.to(device)
-    model.gamma_bn.to(device)
     logger.info("mixer training starts from the gate in %s", stem)
 
 
