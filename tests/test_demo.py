@@ -1,12 +1,19 @@
 """The demo workflow on a few points, called directly (the whole command runs in the slow test_cli test)."""
 
 import json
+import shutil
 
 import pytest
+import torch
 from conftest import needs_fmnist
 
 from adasmooth.config import load_config
+from adasmooth.evaluation.sweep import SweepPoint, SweepResult
+from adasmooth.io import CheckpointError
+from adasmooth.pretrained import load_pretrained, pretrained_dir
+from adasmooth.workflows import demo as demo_mod
 from adasmooth.workflows import run_demo
+from adasmooth.workflows.common import with_data_root
 
 
 @pytest.mark.slow  # AutoAttack on three models: about a minute
@@ -25,6 +32,45 @@ def test_demo_workflow_reports_each_row_under_its_plan(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["test"]["clean_accuracy_full"]["n"] == 10000 and saved["sweep_validation"]["settings"]["n_robust"] == 10
     assert saved["figure_of_merit"] == mixed.merit
+    assert saved["sweep_source"] == "computed"  # 10 sweep points: not the shipped record's settings
+    record = json.loads((tmp_path / "sweep.json").read_text())
+    assert record["kind"] == "validation-sweep" and record["sweep"] == saved["sweep_validation"]
     table = res.format()
     assert "Mixed, α=" in table and "gap closed" in table and "AutoAttack" in table
     assert (tmp_path / "tradeoff.png").is_file() and (tmp_path / "margins.png").is_file()
+
+
+def _fake_sweep(alpha: float) -> SweepResult:
+    point = SweepPoint(alpha, 1.0, 2.0, 0.9, 0.7)
+    return SweepResult(points=[point], standard={"clean_accuracy": 0.93, "robust_accuracy": 0.0},
+                       robust={"clean_accuracy": 0.86, "robust_accuracy": 0.72}, chosen=point,
+                       target={"keep_robust": 0.97, "robust_reference": 0.72, "rule": "max clean"},
+                       settings={"n_robust": 7})
+
+
+def test_the_demo_reads_the_shipped_sweep_record_only_when_its_key_matches(tmp_path, monkeypatch, tiny_fmnist):
+    shipped = tmp_path / "pretrained" / "fashion-mnist"
+    shutil.copytree(pretrained_dir() / "fashion-mnist", shipped)
+    (shipped / "sweep.json").unlink(missing_ok=True)
+    monkeypatch.setenv("ADASMOOTH_PRETRAINED", str(tmp_path / "pretrained"))
+    cfg, pair = with_data_root(load_config(), str(tiny_fmnist)), load_pretrained()
+    calls = []
+    monkeypatch.setattr(demo_mod, "sweep", lambda *a, **k: calls.append(k["n_robust"]) or _fake_sweep(0.8))
+
+    chosen, result, record = demo_mod.choose_alpha(cfg, pair, n_sweep=7, device="cpu", progress=False)
+    assert calls == [7] and record["source"] == "computed" and chosen["alpha"] == 0.8
+    # ship a record of this very sweep (another α, to tell them apart): it is read, not recomputed
+    (shipped / "sweep.json").write_text(json.dumps({**record, "sweep": _fake_sweep(0.6).to_dict()}))
+    chosen, result, record2 = demo_mod.choose_alpha(cfg, pair, n_sweep=7, device="cpu", progress=False)
+    assert calls == [7] and record2["source"].startswith("shipped") and record2["key"] == record["key"]
+    assert chosen["alpha"] == 0.6 and chosen["robust_scale"] == 2.0 and result == _fake_sweep(0.6)
+    # another setting, other weights or --fresh-sweep: recomputed
+    demo_mod.choose_alpha(cfg, pair, n_sweep=8, device="cpu", progress=False)
+    demo_mod.choose_alpha(cfg, pair, n_sweep=7, device="cpu", progress=False, reuse_shipped=False)
+    with torch.no_grad():
+        pair.robust.fc.bias.add_(1e-3)
+    demo_mod.choose_alpha(cfg, pair, n_sweep=7, device="cpu", progress=False)
+    assert calls == [7, 8, 7, 7]
+    (shipped / "sweep.json").write_text(json.dumps({"kind": "nonlinear-map"}))
+    with pytest.raises(CheckpointError, match="not a validation-sweep record"):
+        demo_mod.choose_alpha(cfg, pair, n_sweep=7, device="cpu", progress=False)

@@ -81,6 +81,21 @@ def shipped_nonlinear(name: str = "fashion-mnist") -> dict | None:
     return d
 
 
+def shipped_sweep(name: str = "fashion-mnist") -> dict | None:
+    """The shipped pair's validation sweep (``sweep.json``, the ``sweep.json`` a fresh ``adasmooth demo``
+    writes), or None when none is shipped. Its ``key`` covers the pair's weights and every sweep setting; the
+    demo uses it only when the key matches its own settings."""
+    import json
+
+    path = pretrained_dir() / name / "sweep.json"
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text())
+    if d.get("kind") != "validation-sweep" or "key" not in d or "sweep" not in d:
+        raise CheckpointError(f"{path} is not a validation-sweep record (kind={d.get('kind')!r})")
+    return d
+
+
 def with_shipped_nonlinear(nonlinear_cfg, name: str = "fashion-mnist"):
     """``nonlinear_cfg`` with the shipped calibration filled in where the config leaves it null (the config
     wins when it is calibrated; unchanged when nothing is shipped)."""

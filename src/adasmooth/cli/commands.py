@@ -78,7 +78,8 @@ def demo(args) -> int:
     cfg, _ = load_cfg(args)
     out = wf.output_dir(args.out, "")
     rows = wf.ALL_ROWS if args.all_rows else wf.DEFAULT_ROWS
-    res = wf.run_demo(cfg, out, n=args.n, n_sweep=args.n_sweep, rows=rows, device=args.device, progress=is_main())
+    res = wf.run_demo(cfg, out, n=args.n, n_sweep=args.n_sweep, rows=rows, device=args.device, progress=is_main(),
+                      fresh_sweep=args.fresh_sweep)
     if is_main():
         print(res.format())
         print(f"results, trade-off and margin plots in {out}/  ({res.seconds:.0f} s)")

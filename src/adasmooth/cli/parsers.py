@@ -130,6 +130,8 @@ def _demo(sub, p):
     d.add_argument("--n-sweep", type=int, default=None, help="validation points attacked per sweep point")
     d.add_argument("--all-rows", action="store_true",
                    help="also the nonlinear and adaptive + nonlinear mixtures (about twice the time)")
+    d.add_argument("--fresh-sweep", action="store_true",
+                   help="recompute the validation sweep even where the package ships its record (same key)")
     d.add_argument("--out", default=None, help="results folder (default: results/<time>)")
     d.set_defaults(func=commands.demo)
 

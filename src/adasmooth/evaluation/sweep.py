@@ -46,6 +46,14 @@ class SweepResult:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> SweepResult:
+        """The inverse of :meth:`to_dict` (a saved sweep, e.g. the shipped pair's validation record)."""
+        chosen = d.get("chosen")
+        return cls(points=[SweepPoint(**p) for p in d["points"]], standard=dict(d["standard"]),
+                   robust=dict(d["robust"]), chosen=SweepPoint(**chosen) if chosen else None,
+                   target=dict(d["target"]), settings=dict(d.get("settings", {})))
+
 
 def fast_attacks(kind: str = "apgd", *, steps: int = 20, n_targets: int = 3, seed: int = 0) -> list:
     """A cheap attack set for sweeps: APGD-CE + APGD-T (AutoAttack's code, fewer iterations and targets),

@@ -21,11 +21,12 @@ from ..evaluation.plans import attack_plan
 from ..evaluation.report import environment
 from ..evaluation.surrogate import has_logit_maps
 from ..evaluation.sweep import SweepResult, fast_attacks, sweep
-from ..io import write_json
+from ..io import state_fingerprint, write_json
 from ..mixing import MixedClassifier, nonlinear_mixture
 from ..plots import plot_margins, plot_test_points, plot_tradeoff
-from ..pretrained import PretrainedPair, load_pretrained, with_shipped_nonlinear
+from ..pretrained import PRETRAINED_NAMES, PretrainedPair, load_pretrained, shipped_sweep, with_shipped_nonlinear
 from ..seeding import seeded_subset
+from ..sharding import settings_key
 from .common import figure_of_merit
 from .evaluate import EvaluationTarget, ModelEvaluation, evaluate_target
 
@@ -71,6 +72,7 @@ class DemoResult:
             "job": "demo", "dataset": self.cfg.data.name,
             "threat": {"norm": self.cfg.threat.norm, "eps": self.cfg.threat.eps},
             "chosen_on_validation": self.chosen, "sweep_validation": self.sweep.to_dict(),
+            "sweep_source": self.extras.get("sweep_record", {}).get("source", "computed"),
             "test": {"clean_accuracy_full": {**{r.key: r.evaluation.clean_full for r in self.rows}, "n": self.n_test},
                      "robust": {r.key: r.evaluation.report.to_dict() for r in self.rows},
                      "subset_seed": self.cfg.demo.seed},
@@ -119,24 +121,54 @@ class DemoResult:
                      title=f"robust model's margins, test subset n={n}, attacked by AutoAttack ({norm} eps={eps:g})")
         write_json(out_dir / "results.json", self.to_dict())
         write_json(out_dir / "margins.json", self.margins)
+        if "sweep_record" in self.extras:  # the record a package ships as pretrained/<dataset>/sweep.json
+            write_json(out_dir / "sweep.json", {**self.extras["sweep_record"], "dataset": self.cfg.data.name,
+                                                "sweep": self.sweep.to_dict()})
 
 
-def choose_alpha(cfg: Config, pair: PretrainedPair, *, n_sweep: int, device, progress: bool) -> tuple[dict, SweepResult]:
+def sweep_record_key(cfg: Config, pair: PretrainedPair, x_val: torch.Tensor, y_val: torch.Tensor, *,
+                     n_sweep: int, device) -> str:
+    """A hash over everything the validation sweep's result depends on: both bases' weights, the validation
+    data, the threat, every sweep setting, the batch size and the device type."""
+    settings = {"job": "validation-sweep", "dataset": cfg.data.name, "threat": dataclasses.asdict(cfg.threat),
+                "sweep": {**dataclasses.asdict(cfg.sweep), "n_robust": n_sweep}, "batch_size": cfg.evaluate.batch_size,
+                "device": torch.device(device).type, "standard": state_fingerprint(pair.standard)}
+    return settings_key(settings, model=pair.robust, data=(x_val, y_val))
+
+
+def choose_alpha(cfg: Config, pair: PretrainedPair, *, n_sweep: int, device, progress: bool,
+                 reuse_shipped: bool = True) -> tuple[dict, SweepResult, dict]:
     """α and the logit scales with the most clean accuracy that keep ``keep_robust`` of the robust model's
-    robust accuracy, on the validation split only."""
+    robust accuracy, on the validation split only.
+
+    The sweep is seeded, so its result is a function of its settings: when the package ships the record of
+    this very sweep (``sweep.json``, same key: same weights, data and settings), it is read instead of
+    recomputed (``reuse_shipped=False`` recomputes). Returns (chosen, sweep, record) where ``record`` holds
+    the key and the source."""
+    t0 = time.perf_counter()
     x_val, y_val = data_mod.load(cfg.data.name, "val", root=cfg.data.root)
-    sw = cfg.sweep
-    result = sweep(pair.standard, pair.robust, x_val, y_val, alphas=sw.alphas, eps=cfg.threat.eps, norm=cfg.threat.norm,
-                   standard_scales=sw.standard_scales, robust_scales=sw.robust_scales, n_robust=n_sweep,
-                   attacks=fast_attacks(sw.attack, steps=sw.attack_steps, seed=sw.seed), keep_robust=sw.keep_robust,
-                   seed=sw.seed, device=device, batch_size=cfg.evaluate.batch_size, progress=progress)
+    key = sweep_record_key(cfg, pair, x_val, y_val, n_sweep=n_sweep, device=device)
+    shipped = shipped_sweep(cfg.data.name) if reuse_shipped and cfg.data.name in PRETRAINED_NAMES else None
+    if shipped is not None and shipped["key"] == key:
+        logger.info("validation sweep: the shipped record of this sweep (key %s); --fresh-sweep recomputes it", key)
+        result, source = SweepResult.from_dict(shipped["sweep"]), "shipped record (sweep.json, same key)"
+    else:
+        sw = cfg.sweep
+        result = sweep(pair.standard, pair.robust, x_val, y_val, alphas=sw.alphas, eps=cfg.threat.eps,
+                       norm=cfg.threat.norm, standard_scales=sw.standard_scales, robust_scales=sw.robust_scales,
+                       n_robust=n_sweep, attacks=fast_attacks(sw.attack, steps=sw.attack_steps, seed=sw.seed),
+                       keep_robust=sw.keep_robust, seed=sw.seed, device=device, batch_size=cfg.evaluate.batch_size,
+                       progress=progress)
+        source = "computed"
     c = result.chosen
     if c is None:
         logger.warning("no grid point kept %.0f%% of the robust accuracy; using the robust model (alpha=1)",
-                       100 * sw.keep_robust)
+                       100 * cfg.sweep.keep_robust)
     alpha, s_g, s_h = (1.0, 1.0, 1.0) if c is None else (c.alpha, c.standard_scale, c.robust_scale)
-    return {"alpha": alpha, "standard_scale": s_g, "robust_scale": s_h, "rule": result.target["rule"],
-            "keep_robust": sw.keep_robust}, result
+    chosen = {"alpha": alpha, "standard_scale": s_g, "robust_scale": s_h, "rule": result.target["rule"],
+              "keep_robust": cfg.sweep.keep_robust}
+    return chosen, result, {"kind": "validation-sweep", "key": key, "source": source,
+                            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def demo_targets(cfg: Config, pair: PretrainedPair, chosen: dict, rows: tuple[str, ...]) -> list[tuple[str, EvaluationTarget]]:
@@ -165,16 +197,19 @@ def demo_targets(cfg: Config, pair: PretrainedPair, chosen: dict, rows: tuple[st
 
 
 def run_demo(cfg: Config, out_dir: str | Path, *, n: int | None = None, n_sweep: int | None = None,
-             rows: tuple[str, ...] = DEFAULT_ROWS, device: str | torch.device = "cpu", progress: bool = True) -> DemoResult:
-    """Choose α on validation, evaluate each row on ``n`` seeded test points (default
-    ``cfg.demo.n_autoattack``) under its full attack plan, write ``results.json`` and the plots (rank 0)."""
+             rows: tuple[str, ...] = DEFAULT_ROWS, device: str | torch.device = "cpu", progress: bool = True,
+             fresh_sweep: bool = False) -> DemoResult:
+    """Choose α on validation (the shipped record of the same sweep unless ``fresh_sweep``), evaluate each
+    row on ``n`` seeded test points (default ``cfg.demo.n_autoattack``) under its full attack plan, write
+    ``results.json``, ``sweep.json`` and the plots (rank 0)."""
     t0, out_dir = time.perf_counter(), Path(out_dir)
     n = cfg.demo.n_autoattack if n is None else n
     n_sweep = cfg.sweep.n_robust if n_sweep is None else n_sweep
     if n < 1 or n_sweep < 1:
         raise ValueError(f"--n and the sweep size must be >= 1, got {n}, {n_sweep}")
     pair = load_pretrained(cfg.data.name, device=str(device))
-    chosen, sweep_result = choose_alpha(cfg, pair, n_sweep=n_sweep, device=device, progress=progress)
+    chosen, sweep_result, record = choose_alpha(cfg, pair, n_sweep=n_sweep, device=device, progress=progress,
+                                                reuse_shipped=not fresh_sweep)
     x_test, y_test = data_mod.load(cfg.data.name, "test", root=cfg.data.root)
     idx = seeded_subset(len(y_test), n, cfg.demo.seed)
     transfer_cache: dict = {}  # the transfer attacks' images are crafted once for every mixture
@@ -196,7 +231,7 @@ def run_demo(cfg: Config, out_dir: str | Path, *, n: int | None = None, n_sweep:
     groups = robust_margins(cfg, pair.robust, x_test[idx], y_test[idx], kept.get("robust"), chosen, device=device)
     alpha = chosen["alpha"]
     result = DemoResult(cfg, chosen, sweep_result, evaluated, margin_summary(groups, alpha=alpha if alpha >= 0.5 else None),
-                        len(y_test), time.perf_counter() - t0, str(device))
+                        len(y_test), time.perf_counter() - t0, str(device), extras={"sweep_record": record})
     if is_main():  # under torchrun, rank 0 writes the figures and the JSON
         result.write(out_dir, groups)
     return result
