@@ -30,7 +30,7 @@ def test_resume_with_nothing_to_resume_starts_afresh_and_half_a_state_is_a_clear
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--n", "12", "--n-sweep", "40", "--out", str(out)]) == 0
+    assert main(["demo", "--n", "12", "--n-sweep", "40", "--rows", "standard,robust,mixed,adaptive", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "AutoAttack" in printed and "gap closed" in printed
     res = json.loads((out / "results.json").read_text())
@@ -54,6 +54,28 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert rob["standard"]["robust_accuracy"] <= 0.1  # an undefended model falls to AutoAttack
     assert res["test"]["clean_accuracy_full"]["n"] == 10000
     assert res["sweep_validation"]["settings"]["n_robust"] == 40
+
+
+def test_demo_rows_default_to_the_adaptive_model_and_its_bases(tmp_path, monkeypatch):
+    from adasmooth import workflows
+
+    seen = []
+
+    class _Done:
+        seconds = 0.0
+
+        def format(self):
+            return "table"
+
+    monkeypatch.setattr(workflows, "run_demo", lambda cfg, out, **kw: seen.append(kw["rows"]) or _Done())
+    out = str(tmp_path / "d")
+    assert main(["demo", "--out", out]) == 0
+    assert main(["demo", "--rows", "robust,mixed", "--out", out]) == 0
+    assert main(["demo", "--all-rows", "--out", out]) == 0
+    assert seen == [("standard", "robust", "adaptive"), ("robust", "mixed"), workflows.ALL_ROWS]
+    assert {"mixed", "nonlinear", "adaptive_nonlinear"} <= set(workflows.ALL_ROWS)
+    with pytest.raises(SystemExit, match="do not go together"):
+        main(["demo", "--all-rows", "--rows", "robust", "--out", out])
 
 
 @needs_fmnist

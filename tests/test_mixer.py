@@ -147,3 +147,18 @@ def test_other_architectures_with_nested_layer_names_and_different_widths():
     with pytest.raises(KeyError, match="block1.layer"):
         MixingNetwork.from_models(std, rob, standard_layers=("block1.layers", "block2.layer"), robust_layers=r_layers,
                                   input_shape=(3, 32, 32))
+
+
+def test_pooling_features_to_the_deepest_size_matches_adaptive_pooling_exactly():
+    from adasmooth.mixer import _pool_to
+
+    torch.manual_seed(0)
+    for shape, size in (((3, 4, 28, 28), 14), ((3, 4, 28, 28), 7), ((2, 5, 15, 15), 7), ((2, 5, 14, 14), 14)):
+        f = torch.randn(*shape, requires_grad=True)
+        ref = torch.nn.functional.adaptive_avg_pool2d(f, size)
+        out = _pool_to(f, size)
+        assert out.shape == ref.shape and torch.equal(out, ref)
+        w = torch.randn_like(ref)
+        g_ref, = torch.autograd.grad((ref * w).sum(), f)
+        g_out, = torch.autograd.grad((out * w).sum(), f)
+        assert torch.equal(g_out, g_ref)

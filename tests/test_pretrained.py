@@ -123,3 +123,20 @@ def test_shipped_adaptive_nonlinear_mixer_carries_the_shipped_map_and_coexists_w
         again = pair.adaptive(x)
     assert torch.allclose(both[1], alone, atol=1e-5) and torch.allclose(both[0], again, atol=1e-5)
     assert not torch.allclose(both[0], both[1], atol=1e-3)
+
+
+@needs_fmnist
+def test_the_shipped_sweep_record_is_the_sweep_the_demo_runs_at_its_defaults():
+    from adasmooth import data as data_mod
+    from adasmooth.config import load_config
+    from adasmooth.pretrained import shipped_sweep
+    from adasmooth.workflows.demo import sweep_record_key
+
+    cfg, pair, record = load_config(), load_pretrained(), shipped_sweep("fashion-mnist")
+    x_val, y_val = data_mod.load("fashion-mnist", "val")
+    # a stale record (other weights or settings) would be ignored silently: keep it in step with the pair
+    assert record["key"] == sweep_record_key(cfg, pair, x_val, y_val, n_sweep=cfg.sweep.n_robust, device="cpu")
+    sweep = record["sweep"]
+    assert [p["alpha"] for p in sweep["points"]] == list(cfg.sweep.alphas) and sweep["settings"]["n_robust"] == 200
+    chosen = sweep["chosen"]
+    assert chosen["robust_accuracy"] >= cfg.sweep.keep_robust * sweep["robust"]["robust_accuracy"] - 1e-9

@@ -121,11 +121,20 @@ class MixingNetwork(nn.Module):
         target = min(min(f.shape[-2:]) for f in standard_features + robust_features)
         out = 0
         for proj, fs, fr in zip(self.project, standard_features, robust_features):
-            fs = F.adaptive_avg_pool2d(fs, target) if fs.shape[-1] != target else fs
-            fr = F.adaptive_avg_pool2d(fr, target) if fr.shape[-1] != target else fr
-            out = out + proj(torch.cat([fs, fr], dim=1))
+            out = out + proj(torch.cat([_pool_to(fs, target), _pool_to(fr, target)], dim=1))
         out = F.relu(self.bn(self.head(out)))
         return self.fc(out.mean(dim=(2, 3))).squeeze(1)
+
+
+def _pool_to(f: torch.Tensor, size: int) -> torch.Tensor:
+    """Average-pool ``f`` to ``size`` x ``size``. Where the sides are multiples of ``size`` this is a plain
+    ``avg_pool2d`` (the same values and gradients as the adaptive pooling, several times faster on CPU)."""
+    h, w = f.shape[-2:]
+    if h == size and w == size:
+        return f
+    if h % size == 0 and w % size == 0 and h // size == w // size:
+        return F.avg_pool2d(f, h // size)
+    return F.adaptive_avg_pool2d(f, size)
 
 
 class AdaptiveMixedClassifier(nn.Module):

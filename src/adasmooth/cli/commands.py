@@ -77,7 +77,9 @@ def demo(args) -> int:
     _, _, args.device = init_distributed(args.device)
     cfg, _ = load_cfg(args)
     out = wf.output_dir(args.out, "")
-    rows = wf.ALL_ROWS if args.all_rows else wf.DEFAULT_ROWS
+    if args.all_rows and args.rows:
+        raise SystemExit("error: --all-rows and --rows do not go together")
+    rows = wf.ALL_ROWS if args.all_rows else tuple(args.rows.split(",")) if args.rows else wf.DEFAULT_ROWS
     res = wf.run_demo(cfg, out, n=args.n, n_sweep=args.n_sweep, rows=rows, device=args.device, progress=is_main(),
                       fresh_sweep=args.fresh_sweep)
     if is_main():

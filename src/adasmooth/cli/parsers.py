@@ -128,8 +128,11 @@ def _demo(sub, p):
                        help="the main job: choose alpha on validation, AutoAttack on test, plots")
     d.add_argument("--n", type=int, default=None, help="test points under AutoAttack (default 100)")
     d.add_argument("--n-sweep", type=int, default=None, help="validation points attacked per sweep point")
+    d.add_argument("--rows", default=None,
+                   help="comma-separated rows (default standard,robust,adaptive; also mixed, nonlinear, "
+                        "adaptive_nonlinear)")
     d.add_argument("--all-rows", action="store_true",
-                   help="also the nonlinear and adaptive + nonlinear mixtures (about twice the time)")
+                   help="every row: also the fixed-alpha, nonlinear and adaptive + nonlinear mixtures (about 3x the time)")
     d.add_argument("--fresh-sweep", action="store_true",
                    help="recompute the validation sweep even where the package ships its record (same key)")
     d.add_argument("--out", default=None, help="results folder (default: results/<time>)")
