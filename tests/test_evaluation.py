@@ -155,3 +155,30 @@ def test_benign_confidence_share_is_computed_from_the_quantile():
     b = benign_confidence(groups)
     assert b["q"] == pytest.approx(0.05) and b["share_clean_wrong_below_q"] == 0.5
     assert benign_confidence({"attacked_correct": torch.tensor([]), "clean_wrong": torch.tensor([0.1])}) is None
+
+
+def test_attacks_take_input_gradients_only_and_leave_trainable_weights_as_they_were():
+    from adasmooth.attacks.gradients import input_gradients_only
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    model[3].weight.requires_grad_(False)  # already frozen: stays frozen
+    x, y = torch.rand(20, 1, 4, 4), torch.randint(0, 3, (20,))
+    xg = x.clone().requires_grad_()
+    ref, = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), y), xg)
+    with input_gradients_only(model):
+        assert not any(p.requires_grad for p in model.parameters())
+        got, = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), y), xg)
+    assert torch.equal(got, ref)
+    assert [p.requires_grad for p in model.parameters()] == [True, True, False, True]
+
+    seen = []
+
+    class Spy(PGDAttack):
+        def robust_mask(self, model, *args, **kwargs):
+            seen.append([p.requires_grad for p in model.parameters()])
+            return super().robust_mask(model, *args, **kwargs)
+
+    evaluate_robustness(model, x, y, [Spy(steps=3, seed=0)], eps=0.1, sanity_checks=False, progress=False)
+    assert seen == [[False] * 4] and all(p.grad is None for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == [True, True, False, True]

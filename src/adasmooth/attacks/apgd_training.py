@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .adaptive import CompositeLossModel
+from .gradients import input_gradients_only
 
 
 @dataclass
@@ -114,7 +115,7 @@ def apgd_composite_run(composite, x: torch.Tensor, y: torch.Tensor, *, eps: floa
     attack.eps = torch.as_tensor(eps, dtype=x.dtype, device=device).expand(n).reshape((n,) + (1,) * (x.dim() - 1))
     if targets is not None:
         attack.y_target = targets
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), input_gradients_only(composite):
         torch.manual_seed(seed)
         return attack.attack_single_run(x, y)[0].detach()
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from ..attacks.gradients import input_gradients_only
 from .accuracy import correct_mask
 from .attack_specs import Attack, AttackOutcome, AutoAttackSpec, GateAPGDAttack, PGDAttack, TransferAttack
 from .checks import check_evaluation_inputs
@@ -32,8 +33,9 @@ def run_attacks(model, x, y, attacks, clean: torch.Tensor, *, eps, norm, device,
         if on_start is not None:
             on_start(attack)
         t = time.perf_counter()
-        out = attack.robust_mask(model, x, y, eps=eps, norm=norm, device=device, batch_size=batch_size,
-                                 progress=progress)
+        with input_gradients_only(model):
+            out = attack.robust_mask(model, x, y, eps=eps, norm=norm, device=device, batch_size=batch_size,
+                                     progress=progress)
         yield attack, out.robust.cpu() & clean, out, time.perf_counter() - t
 
 
