@@ -126,7 +126,7 @@ def _analysis(sub, p):
 def _demo(sub, p):
     d = sub.add_parser("demo", parents=[p["run"]],
                        help="the main job: choose alpha on validation, AutoAttack on test, plots")
-    d.add_argument("--n", type=int, default=None, help="test points under AutoAttack (default 100)")
+    d.add_argument("--n", type=int, default=None, help="test points under AutoAttack (default: the config's demo.n_autoattack, 60 for fmnist)")
     d.add_argument("--n-sweep", type=int, default=None, help="validation points attacked per sweep point")
     d.add_argument("--rows", default=None,
                    help="comma-separated rows (default standard,robust,adaptive; also mixed, nonlinear, "
