@@ -74,3 +74,9 @@ def test_the_demo_reads_the_shipped_sweep_record_only_when_its_key_matches(tmp_p
     (shipped / "sweep.json").write_text(json.dumps({"kind": "nonlinear-map"}))
     with pytest.raises(CheckpointError, match="not a validation-sweep record"):
         demo_mod.choose_alpha(cfg, pair, n_sweep=7, device="cpu", progress=False)
+
+
+def test_unknown_demo_rows_are_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_mod, "load_pretrained", lambda *a, **k: pytest.fail("loaded models before checking rows"))
+    with pytest.raises(ValueError, match="unknown demo rows \\['fixed'\\]"):
+        run_demo(load_config(), tmp_path, rows=("robust", "fixed"))

@@ -211,6 +211,8 @@ def run_demo(cfg: Config, out_dir: str | Path, *, n: int | None = None, n_sweep:
     n_sweep = cfg.sweep.n_robust if n_sweep is None else n_sweep
     if n < 1 or n_sweep < 1:
         raise ValueError(f"--n and the sweep size must be >= 1, got {n}, {n_sweep}")
+    if set(rows) - set(ALL_ROWS):  # before the sweep, not after it
+        raise ValueError(f"unknown demo rows {sorted(set(rows) - set(ALL_ROWS))}; choose from {', '.join(ALL_ROWS)}")
     pair = load_pretrained(cfg.data.name, device=str(device))
     chosen, sweep_result, record = choose_alpha(cfg, pair, n_sweep=n_sweep, device=device, progress=progress,
                                                 reuse_shipped=not fresh_sweep)
