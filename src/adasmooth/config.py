@@ -68,6 +68,7 @@ class TrainConfig:
     trades_beta: float = 6.0  # TRADES only: weight of the KL term
     ema_decay: float | None = None  # exponential moving average of the weights (e.g. 0.998); null: none
     width_multiplier: float = 1.0  # scales model.args.width (small_resnet) for this kind
+    amp: bool = False  # bfloat16 autocast for the training attack and the update (AMX CPUs, GPUs); evaluation stays fp32
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ seeded by ``seed`` and the epoch) make a resumed run equal an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ from ..evaluation.accuracy import accuracy, attack_batched
 from ..io import load_resume_state, resume_state_exists, save_model, save_tensors
 from ..models import build
 from ..seeding import epoch_seed
+from ..speed import Autocast
 from .averaging import WeightAverage
 from .trades import trades_adversarial, trades_loss
 
@@ -132,6 +134,10 @@ def train_base(
         model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay, nesterov=True
     )
     average = WeightAverage(model, decay=tcfg.ema_decay) if tcfg.ema_decay is not None else None
+    device_type = torch.device(device).type
+    # bf16 autocast: the attack sees float32 logits of the autocast network; the update's loss is float32
+    attack_model = Autocast(model, device_type) if tcfg.amp else model
+    autocast = functools.partial(torch.autocast, device_type=device_type, dtype=torch.bfloat16, enabled=tcfg.amp)
     start_epoch = 0
     elapsed = 0.0
     if resume and not resume_state_exists(state_stem):
@@ -158,21 +164,23 @@ def train_base(
             if kind == "adversarial":
                 model.eval()
                 xb = pgd(
-                    model, xb, yb, eps=cfg.threat.eps, norm=cfg.threat.norm, steps=tcfg.attack_steps,
+                    attack_model, xb, yb, eps=cfg.threat.eps, norm=cfg.threat.norm, steps=tcfg.attack_steps,
                     step_size=tcfg.attack_step_size, generator=gen,
                 )
             elif kind == "noise":
                 xb = xb + sigma * torch.randn(xb.shape, generator=gen).to(device)
             elif kind == "trades":
                 model.eval()
-                x_adv = trades_adversarial(model, xb, eps=cfg.threat.eps, steps=tcfg.attack_steps,
+                x_adv = trades_adversarial(attack_model, xb, eps=cfg.threat.eps, steps=tcfg.attack_steps,
                                            step_size=tcfg.attack_step_size, generator=gen)
             model.train()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total_steps, tcfg.lr)
-            logits = model(xb)
+            with autocast():
+                logits = model(xb).float()
+                adv_logits = model(x_adv).float() if kind == "trades" else None
             if kind == "trades":
-                loss = trades_loss(logits, model(x_adv), yb, beta=tcfg.trades_beta)
+                loss = trades_loss(logits, adv_logits, yb, beta=tcfg.trades_beta)
             else:
                 loss = F.cross_entropy(logits, yb)
             if not torch.isfinite(loss):
@@ -205,12 +213,15 @@ def train_base(
 
 def _settings(cfg: Config, kind: str) -> dict:
     """What must match for a resume to be valid."""
+    train = dataclasses.asdict(train_config_for(cfg, kind))
+    if not train["amp"]:  # recorded only when on, so states written before the option existed still resume
+        del train["amp"]
     return {
         "kind": kind,
         "data": dataclasses.asdict(cfg.data) | {"root": None},
         "model": dataclasses.asdict(cfg.model),
         "threat": dataclasses.asdict(cfg.threat),
-        "train": dataclasses.asdict(train_config_for(cfg, kind)),
+        "train": train,
     }
 
 
