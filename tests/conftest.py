@@ -58,6 +58,14 @@ def tiny_fmnist(tmp_path_factory) -> Path:
     return root
 
 
+def assert_same_state(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-6) -> None:
+    """Both modules hold the same tensors under the same names (a resumed run against an uninterrupted one)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert torch.allclose(sa[k].float(), sb[k].float(), atol=atol), k
+
+
 class LinearModel(torch.nn.Module):
     """logits = W x + b on flattened images: worst cases are known in closed form."""
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_same_state
 
 from adasmooth.config import MixerConfig
 from adasmooth.io import CheckpointError
@@ -71,8 +72,7 @@ def test_resume_equals_uninterrupted_training(tmp_path):
     fit_mixer(part, x, y, CFG, tmp_path / "part", eps=0.1, progress=False, attack=_marker_attack, max_steps=5)
     resumed = _composite()
     fit_mixer(resumed, x, y, CFG, tmp_path / "part", eps=0.1, progress=False, attack=_marker_attack, resume=True)
-    for (k, a), b in zip(full.gate.state_dict().items(), resumed.gate.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    assert_same_state(full.gate, resumed.gate)
     assert torch.allclose(full.gamma_bn.running_mean, resumed.gamma_bn.running_mean)
 
 

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_same_state
 from torch import nn
 
 from adasmooth.mixer import AdaptiveMixedClassifier
@@ -137,8 +138,7 @@ def test_fit_mixer_with_the_apgd_copies_trains_and_resumes_to_the_same_weights(t
     fit_mixer(_small_composite(), x, y, cfg, tmp_path / "split", eps=0.1, progress=False, max_steps=2)
     resumed = _small_composite()
     fit_mixer(resumed, x, y, cfg, tmp_path / "split", eps=0.1, progress=False, resume=True)
-    for (k, a), b in zip(full.gate.state_dict().items(), resumed.gate.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    assert_same_state(full.gate, resumed.gate)
     rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
 
@@ -326,8 +326,7 @@ def test_fit_mixer_with_square_copies_trains_on_both_kinds_and_resumes_to_the_sa
     finally:
         training_mixer.square_training_copies = saved
     assert seen == [16] * 6  # one Square copy of every batch, in the three steps of each run
-    for (k, a), b in zip(full.gate.state_dict().items(), resumed.gate.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    assert_same_state(full.gate, resumed.gate)
 
 
 def test_init_from_starts_the_gate_from_a_saved_mixer_and_refuses_another_architecture(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LinearModel
+from conftest import LinearModel, assert_same_state
 
 from adasmooth.config import ConfigError, config_from_dict
 from adasmooth.io import CheckpointError, load_model
@@ -62,8 +62,7 @@ def test_trades_resume_equals_an_uninterrupted_run_and_saves_the_average(tiny_fm
     full, meta = train_base(cfg, "trades", tmp_path / "full", progress=False)
     train_base(cfg, "trades", tmp_path / "split", progress=False, max_epochs=1)
     resumed, _ = train_base(cfg, "trades", tmp_path / "split", progress=False, resume=True)
-    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    assert_same_state(full, resumed)
     assert meta["weights"] == "ema" and meta["accuracies"]["val_clean"] > 0.3
     loaded, _ = load_model(tmp_path / "full" / "trades")
     x = torch.rand(4, 1, 28, 28)

@@ -1,9 +1,9 @@
-
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_same_state
 
 from adasmooth import data as data_mod
 from adasmooth.config import config_from_dict
@@ -45,8 +45,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_fmnist, tmp_path):
     full, _ = train_base(cfg, "adversarial", tmp_path / "full", progress=False)
     train_base(cfg, "adversarial", tmp_path / "split", progress=False, max_epochs=1)
     resumed, _ = train_base(cfg, "adversarial", tmp_path / "split", progress=False, resume=True)
-    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    assert_same_state(full, resumed)
 
 
 def test_resume_with_another_config_is_refused(tiny_fmnist, tmp_path):
@@ -62,8 +61,7 @@ def test_bf16_autocast_training_learns_resumes_exactly_and_is_recorded(tiny_fmni
     assert meta["accuracies"]["val_clean"] > 0.5  # chance is 0.1
     train_base(cfg, "adversarial", tmp_path / "split", progress=False, max_epochs=1)
     resumed, _ = train_base(cfg, "adversarial", tmp_path / "split", progress=False, resume=True)
-    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    assert_same_state(full, resumed)
     # a float32 state is not continued in bf16; float32 states leave the key out, as states written before
     # the option existed do, so that those still resume
     fp32, _ = train_base(_cfg(tiny_fmnist), "adversarial", tmp_path / "fp32", progress=False, max_epochs=1)
