@@ -201,6 +201,21 @@ def test_floor_calibration_bisects_over_alpha_floors_and_never_picks_a_failed_on
         calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, steps=1, verify=verify, strategy="greedy")
 
 
+def test_candidates_tied_on_clean_accuracy_are_ranked_by_robustness_not_grid_order():
+    from adasmooth.evaluation.calibrate import rank_candidates
+
+    def row(lo, hi, clean, proxy):
+        return {"gamma_scale": 1.0, "gamma_bias": 0.0, "alpha_lo": lo, "alpha_hi": hi, "clean": clean,
+                "robust_proxy": proxy}
+
+    rows = [row(0.7, 0.95, 0.91, 0.73), row(0.7, 1.0, 0.91, 0.75), row(0.5, 0.95, 0.93, 0.70),
+            row(0.8, 1.0, 0.90, 0.76), row(0.7, 1.0, 0.92, 0.60)]
+    ranked = rank_candidates(rows, need=0.70)
+    assert [(r["alpha_lo"], r["alpha_hi"], r["clean"]) for r in ranked] == [
+        (0.5, 0.95, 0.93), (0.7, 1.0, 0.91), (0.7, 0.95, 0.91), (0.8, 1.0, 0.90)]  # 0.60 fails the proxy
+    assert rank_candidates(rows, need=0.80) == []
+
+
 class _MeanStaircase(torch.nn.Module):
     """Class 1 while the mean of the image rounded to quarters stays below 0.4, else class 0: a zero gradient
     everywhere (masked), and images at 0.3 stay class 1 under random noise of 0.2 but not when most pixels
