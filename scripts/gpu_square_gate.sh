@@ -5,6 +5,8 @@
 #      attack_square_copies 1), then fit-mixer's calibration, whose checks include FAB-T and Square;
 #      evaluate it on the seeded test points under standard AutoAttack plus our gate-aware set.
 #   B. the control: re-calibrate the shipped gate, untouched, with the same checks; evaluate it the same way.
+#      RECAL_MIXER names another saved mixer to re-calibrate (e.g. runs/gpu-square/mixer/mixer, the gate
+#      fine-tuned with Square copies); SKIP_A=1 runs B (and C) without A.
 #   C. (issue 13, with BASE_RUN=runs/pgdat-ema) resume that robust-base training to its end, then clean accuracy,
 #      standard AutoAttack and the margins on the same seeded test points (scripts/compare_robust_bases.sh's steps).
 #   D. benchmarks/paper_composite.py (the paper's composite's attack-step throughput), skipped with COMPOSITE_S=0.
@@ -13,7 +15,7 @@
 #   bash scripts/gpu_square_gate.sh RUN_DIR
 # Environment (defaults): PYTHON (python3), DEVICE (cuda), BUDGET_S (580), RESULTS (RUN_DIR), EVAL_N (1000),
 # TRAIN_EXAMPLES (15360), BATCH (512), LR (0.001), SQUARE_QUERIES (200), N_CAL (300), CAL_SQUARE (1000),
-# FIT_S (280), COMPOSITE_S (0), COMPOSITE_ARGS ("--max-batch 512 --repeats 3"), CHUNK (250).
+# FIT_S (280), RECAL_S (FIT_S), RECAL_MIXER (pretrained/fashion-mnist/mixer), SKIP_A (0), COMPOSITE_S (0), COMPOSITE_ARGS ("--max-batch 512 --repeats 3"), CHUNK (250).
 set -u
 cd "$(dirname "$0")/.."
 run=${1:-runs/gpu-square}; py=${PYTHON:-python3}; dev=${DEVICE:-cuda}; results=${RESULTS:-$run}
@@ -52,10 +54,10 @@ pipeline_a() {
   evaluate "$run/mixer/mixer" eval-aa
 }
 pipeline_b() {
-  stamp "B: re-calibrate the shipped gate with FAB-T and Square in the checks"
+  stamp "B: re-calibrate ${RECAL_MIXER:-the shipped gate} with FAB-T and Square in the checks"
   mkdir -p "$run/recal"
-  timeout "${FIT_S:-280}" $py -m adasmooth calibrate-mixer --config "$run/config.yaml" \
-    --mixer pretrained/fashion-mnist/mixer --out "$run/recal/mixer" --device "$dev" --n-calibrate "${N_CAL:-300}"
+  timeout "${RECAL_S:-${FIT_S:-280}}" $py -m adasmooth calibrate-mixer --config "$run/config.yaml" \
+    --mixer "${RECAL_MIXER:-pretrained/fashion-mnist/mixer}" --out "$run/recal/mixer" --device "$dev" --n-calibrate "${N_CAL:-300}"
   echo "calibrate-mixer exit $?"
   pack recal recal
   evaluate "$run/recal/mixer" eval-recal-aa
@@ -75,7 +77,7 @@ pipeline_c() {
   fi
   tar czf "$results/base.tar.gz" "$BASE_RUN" -C "$run" eval-base margins-base 2>/dev/null
 }
-pipeline_a > "$results/a.log" 2>&1 &
+[ "${SKIP_A:-0}" = 1 ] || pipeline_a > "$results/a.log" 2>&1 &
 pipeline_b > "$results/b.log" 2>&1 &
 [ -n "${BASE_RUN:-}" ] && pipeline_c > "$results/c.log" 2>&1 &
 wait
