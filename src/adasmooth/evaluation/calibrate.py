@@ -4,8 +4,8 @@ The attacked copies are crafted once with a gate-aware PGD against the composite
 settings; every candidate (k, b, α_lo, α_hi) is then scored from cached base logits and γ_raw (a cheap,
 optimistic proxy). Candidates that pass the proxy are verified by fresh attacks on the candidate itself,
 in order of clean accuracy (ties: the more robust proxy first): ``strategy="scan"`` checks them one by
-one until one holds, against a set of attacks (gate-aware APGD-CE for several w, gate-aware APGD-T, transfer from the standard model), so no
-single attack is tuned to; ``strategy="floor"`` takes, for each floor α_lo, its most clean-accurate
+one until one holds, against a set of attacks (gate-aware APGD-CE for several w, gate-aware APGD-T,
+transfer from the standard model), so no single attack is tuned to; ``strategy="floor"`` takes, for each floor α_lo, its most clean-accurate
 candidate and bisects over the floors against the same set (robustness rises with the floor, whatever
 else is set: a few checks where a scan of an optimistic proxy's ranking can spend a dozen on one floor);
 ``strategy="bisect"`` (the older rule) bisects, assuming robustness falls as
