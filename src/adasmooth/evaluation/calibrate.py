@@ -1,17 +1,16 @@
 """Calibrate an adaptive mixture's test-time γ scale, γ bias and α range on validation data.
 
-The attacked copies are crafted once with a gate-aware PGD against the composite at its training
-settings; every candidate (k, b, α_lo, α_hi) is then scored from cached base logits and γ_raw (a cheap,
-optimistic proxy). Candidates that pass the proxy are verified by fresh attacks on the candidate itself,
-in order of clean accuracy (ties: the more robust proxy first): ``strategy="scan"`` checks them one by
-one until one holds, against a set of attacks (gate-aware APGD-CE for several w, gate-aware APGD-T,
-transfer from the standard model), so no single attack is tuned to; ``strategy="floor"`` takes, for each floor α_lo, its most clean-accurate
-candidate and bisects over the floors against the same set (robustness rises with the floor, whatever
-else is set: a few checks where a scan of an optimistic proxy's ranking can spend a dozen on one floor);
-``strategy="bisect"`` (the older rule) bisects, assuming robustness falls as
-clean accuracy rises, against gate-aware APGD-CE and APGD-T at w = 0.5. A candidate that failed its
-check is never chosen; every checked candidate is recorded. Validation only: never run it on the points
-you report.
+The attacked copies are crafted once with a gate-aware PGD against the composite at its training settings;
+every candidate (k, b, α_lo, α_hi) is then scored from cached base logits and γ_raw (a cheap, optimistic
+proxy). Candidates that pass the proxy are verified by fresh attacks on the candidate itself, in order of
+clean accuracy (ties: the more robust proxy first): ``strategy="scan"`` checks them one by one until one
+holds, against a set of attacks (gate-aware APGD-CE for several w, gate-aware APGD-T, transfer from the
+standard model), so no single attack is tuned to; ``strategy="floor"`` takes, for each floor α_lo, its most
+clean-accurate candidate and bisects over the floors against the same set (robustness rises with the floor,
+whatever else is set: a few checks where a scan of an optimistic proxy's ranking can spend a dozen on one
+floor); ``strategy="bisect"`` (the older rule) bisects, assuming robustness falls as clean accuracy rises,
+against gate-aware APGD-CE and APGD-T at w = 0.5. A candidate that failed its check is never chosen; every
+checked candidate is recorded. Validation only: never run it on the points you report.
 """
 
 from __future__ import annotations
