@@ -9,6 +9,13 @@ from adasmooth.mixer import AdaptiveMixedClassifier, MixingNetwork
 from adasmooth.models import SmallResNet
 
 
+def _composite(std, rob):
+    """The two bases mixed by a small gate that taps their stage1 and stage2 outputs (eval mode)."""
+    layers = ("stage1", "stage2")
+    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
+    return AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
+
+
 def test_composite_loss_matches_a_hand_computation():
     log_p = torch.log_softmax(torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 3.0, -2.0]]), 1)
     gamma = torch.tensor([0.3, -1.2])
@@ -30,9 +37,7 @@ def test_composite_loss_matches_a_hand_computation():
 def test_randomized_attack_stays_in_the_ball_and_is_seeded():
     torch.manual_seed(0)
     std, rob = SmallResNet(width=4).eval(), SmallResNet(width=4).eval()
-    layers = ("stage1", "stage2")
-    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
-    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
+    model = _composite(std, rob)
     x = torch.rand(6, 1, 28, 28)
     y = torch.randint(0, 10, (6,))
     a = randomized_attack(model, x, y, eps=0.1, generator=torch.Generator().manual_seed(1), max_iters=4)
@@ -48,9 +53,7 @@ def test_gate_pgd_lowers_gamma_and_the_runner_reports_it():
 
     torch.manual_seed(0)
     std, rob = SmallResNet(width=4).eval(), SmallResNet(width=4).eval()
-    layers = ("stage1", "stage2")
-    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
-    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
+    model = _composite(std, rob)
     x = torch.rand(8, 1, 28, 28)
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -88,9 +91,7 @@ def test_gate_apgd_runs_the_official_apgd_on_the_composite_loss():
 
     torch.manual_seed(0)
     std, rob = _LinearWithStages(scale=3.0).eval(), _LinearWithStages(scale=1.0).eval()
-    layers = ("stage1", "stage2")
-    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
-    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
+    model = _composite(std, rob)
     x = torch.rand(8, 1, 28, 28)
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -124,9 +125,7 @@ def _calibration_case():
     the gate's settings."""
     torch.manual_seed(0)
     std, rob = _LinearWithStages(scale=0.05).eval(), _LinearWithStages(scale=0.05).eval()
-    layers = ("stage1", "stage2")
-    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
-    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
+    model = _composite(std, rob)
     x = torch.rand(40, 1, 28, 28)
     with torch.no_grad():
         y = torch.cat([std(x[:20]).argmax(1), rob(x[20:]).argmax(1)])
@@ -240,9 +239,7 @@ def test_calibration_checks_add_square_which_sees_through_masked_gradients():
 
     torch.manual_seed(0)
     std, rob = _MeanStaircase().eval(), _MeanStaircase().eval()
-    layers = ("stage1", "stage2")
-    gate = MixingNetwork.from_models(std, rob, standard_layers=layers, robust_layers=layers, input_shape=(1, 28, 28), width=8)
-    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=layers, robust_layers=layers).eval()
+    model = _composite(std, rob)
     x = 0.3 + 0.02 * (2 * torch.rand(20, 1, 28, 28) - 1)
     y = torch.ones(20, dtype=torch.long)
     common = {"eps": 0.2, "standard": std, "n_iter": 5, "weights": (0.5,)}
