@@ -9,6 +9,18 @@ from adasmooth.evaluation import accuracy, attack_batched
 from adasmooth.io import CheckpointError
 
 
+def _assert_recorded_accuracy(model, meta, x, y):
+    recorded = meta["accuracies"]
+    assert accuracy(model, x, y) == pytest.approx(recorded["test_clean"], abs=0.03)
+    # the recorded PGD-20 number was measured on exactly these 1,000 points with this seed
+    att = meta["attack"]
+    x_adv = attack_batched(pgd, model, x[: att["n"]], y[: att["n"]], eps=att["eps"], norm=att["norm"],
+                           steps=att["steps"], step_size=att["step_size"], batch_size=500,
+                           generator=torch.Generator().manual_seed(att["seed"]))
+    key = f"test_pgd{att['steps']}_first{att['n']}"
+    assert accuracy(model, x_adv, y[: att["n"]]) == pytest.approx(recorded[key], abs=0.005)
+
+
 @needs_fmnist
 def test_shipped_models_reach_their_recorded_accuracy():
     pair = load_pretrained("fashion-mnist")
@@ -16,19 +28,29 @@ def test_shipped_models_reach_their_recorded_accuracy():
     x, y = load("fashion-mnist", "test")
     x, y = x[:1000], y[:1000]
     for model, meta in ((pair.standard, pair.metadata["standard"]), (pair.robust, pair.metadata["robust"])):
-        recorded = meta["accuracies"]
-        assert accuracy(model, x, y) == pytest.approx(recorded["test_clean"], abs=0.03)
-        # the recorded PGD-20 number was measured on exactly these 1,000 points with this seed
-        att = meta["attack"]
-        x_adv = attack_batched(pgd, model, x[: att["n"]], y[: att["n"]], eps=att["eps"], norm=att["norm"],
-                               steps=att["steps"], step_size=att["step_size"], batch_size=500,
-                               generator=torch.Generator().manual_seed(att["seed"]))
-        key = f"test_pgd{att['steps']}_first{att['n']}"
-        assert accuracy(model, x_adv, y[: att["n"]]) == pytest.approx(recorded[key], abs=0.005)
+        _assert_recorded_accuracy(model, meta, x, y)
     # the targets, so a retrained model that misses them fails loudly
     assert pair.metadata["standard"]["accuracies"]["test_clean"] >= 0.92
     assert pair.metadata["robust"]["accuracies"]["test_clean"] >= 0.80
     assert pair.metadata["robust"]["accuracies"]["test_pgd20_first1000"] >= 0.70
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_the_width_32_base_reaches_its_record_and_is_stronger_than_the_pair_robust_base():
+    from adasmooth.io import load_model
+    from adasmooth.pretrained import pretrained_dir
+
+    folder = pretrained_dir() / "fashion-mnist"
+    model, meta = load_model(folder / "adversarial-w32", expect_num_classes=10)
+    assert not model.training and meta["arch_args"]["width"] == 32
+    x, y = load("fashion-mnist", "test")
+    _assert_recorded_accuracy(model, meta, x[:1000], y[:1000])
+    shipped = load_model(folder / "adversarial", expect_num_classes=10)[1]["accuracies"]
+    assert meta["accuracies"]["test_clean"] > shipped["test_clean"] + 0.015
+    assert meta["accuracies"]["test_pgd20_first1000"] > shipped["test_pgd20_first1000"] + 0.015
+    # robust accuracy under standard AutoAttack never exceeds what the weaker PGD-20 leaves
+    assert meta["autoattack"]["accuracy"] <= meta["accuracies"]["test_pgd20_first1000"]
 
 
 def test_unknown_name_and_missing_folder(tmp_path, monkeypatch):
