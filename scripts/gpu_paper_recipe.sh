@@ -9,7 +9,9 @@
 # evaluation cut short resumes elsewhere).
 #   bash scripts/gpu_paper_recipe.sh RUN_DIR
 # Environment: PYTHON (python3), DEVICE (cuda), TRAIN_S (170), BUDGET_S (560), RESULTS (RUN_DIR),
-# EVAL_N (1000), MAX_STEPS (none), PLAN_ARGS, COMPOSITE_ARGS ("--max-batch 512 --repeats 3").
+# EVAL_N (1000), MAX_STEPS (none), PLAN_ARGS, COMPOSITE_ARGS ("--max-batch 512 --repeats 3"),
+# ROBUST (a robust base checkpoint stem for the new mixer's pair, e.g. pretrained/fashion-mnist/adversarial-w32;
+# default: the shipped pair's; step 4 always evaluates the shipped mixer on the shipped pair).
 set -u
 cd "$(dirname "$0")/.."
 run=${1:-runs/gpu}; py=${PYTHON:-python3}; dev=${DEVICE:-cuda}; results=${RESULTS:-$run}
@@ -20,7 +22,8 @@ stamp() { echo "== $(date -u +%T) ($(left) s left): $*"; }
 mkdir -p "$run" "$results"
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 stamp plan
-$py scripts/paper_mixer_recipe.py --device "$dev" --out "$run/plan" --train-seconds "${TRAIN_S:-170}" ${PLAN_ARGS:-} || exit 1
+$py scripts/paper_mixer_recipe.py --device "$dev" --out "$run/plan" --train-seconds "${TRAIN_S:-170}" \
+  ${ROBUST:+--robust "$ROBUST"} ${PLAN_ARGS:-} || exit 1
 stamp fit-mixer
 timeout $(( $(left) - 230 )) $py -m adasmooth fit-mixer --config "$run/plan/config.yaml" --out "$run/mixer" \
   --device "$dev" --n-calibrate 1000 ${MAX_STEPS:+--max-steps $MAX_STEPS}
@@ -32,7 +35,8 @@ timeout 100 $py benchmarks/paper_composite.py --device "$dev" ${COMPOSITE_ARGS:-
   2>&1 | tee "$results/paper_composite.txt"
 if [ -f "$run/mixer/mixer.safetensors" ]; then
   stamp evaluate the new mixer
-  timeout $(( $(left) - 15 )) $py -m adasmooth evaluate --mixer "$run/mixer/mixer" --n "$n" --autoattack apgd \
+  timeout $(( $(left) - 15 )) $py -m adasmooth evaluate --config "$run/plan/config.yaml" --mixer "$run/mixer/mixer" \
+    --n "$n" --autoattack apgd \
     --chunk-size 250 --device "$dev" --out "$run/eval-apgd"
   echo "evaluate exit $?"
   pack eval-apgd eval-apgd

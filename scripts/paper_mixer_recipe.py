@@ -5,7 +5,9 @@ image (1 APGD-CE + 9 APGD-T), round(chi2(75)) iterations per attack, uncapped. E
 configs/fmnist.yaml has it. This script times one official-APGD iteration through the shipped composite at
 a few batch sizes on ``--device``, predicts the time of a training step (copies x df iterations), and
 writes a config whose batch size is the smallest that fits one epoch of the training split into
-``--train-seconds`` (the learning rate scaled by sqrt(batch / 128), capped at 3x). Then run
+``--train-seconds`` (the learning rate scaled by sqrt(batch / 128), capped at 3x). ``--robust STEM`` puts
+another robust base (a saved checkpoint: STEM.safetensors + STEM.json) into the config's ``bases`` section, so
+that every command reading OUT/config.yaml works on that pair. Then run
 
     python -m adasmooth fit-mixer --config OUT/config.yaml --out OUT/run --device cuda --n-calibrate 1000
 
@@ -53,6 +55,8 @@ def main() -> None:
     p.add_argument("--probe", type=int, nargs="+", default=[256, 1024], help="batch sizes timed")
     p.add_argument("--probe-iters", type=int, default=10)
     p.add_argument("--data-root", default=None)
+    p.add_argument("--robust", default=None,
+                   help="robust base checkpoint stem (default: the shipped pair's); written into the config's bases")
     p.add_argument("--max-batch", type=int, default=BATCHES[-1])
     p.add_argument("--copies", type=int, default=PAPER_ATTACK["attack_copies"], help="attacked copies per image")
     p.add_argument("--iters-df", type=float, default=PAPER_ATTACK["attack_iters_df"], help="chi2 df of the iterations")
@@ -66,6 +70,10 @@ def main() -> None:
     raw["mixer"].update(attack)
     if args.data_root:
         raw["data"]["root"] = args.data_root
+    if args.robust:
+        meta = json.loads(Path(args.robust + ".json").read_text())
+        raw["bases"] = {"robust": {"architecture": meta["architecture"], "args": meta["arch_args"],
+                                   "weights": str(Path(args.robust + ".safetensors").resolve())}}
     cfg = config_from_dict(raw, source="paper recipe")
     std, rob = load_pair(cfg, device=device)
     x, y = load(cfg.data.name, "train", root=cfg.data.root)
