@@ -6,21 +6,38 @@
 # gate that masks gradients: only Square found it), then runs `adasmooth compare`.
 #   bash scripts/compare_mixer.sh OUT MIXER_STEM [CONFIG]
 # A finished model leaves OUT/<model>/done and is skipped on a rerun; an interrupted one resumes from its
-# cached chunks. Environment: N (1000), AA (standard), ALPHAS ("0.9 0.8 0.95 0.7 0.6"), S_H (2).
+# cached chunks. Environment: N (1000), AA (standard), ALPHAS ("0.9 0.8 0.95 0.7 0.6"), S_H (2),
+# ROBUST (a robust checkpoint stem in place of the shipped one: the bases, the fixed mixtures and the mixer all
+# use it), AA_FIXED (the AutoAttack set of the fixed mixtures, default AA: "apgd" costs a quarter and can only
+# raise their robust accuracy, i.e. draw the curve the adaptive model has to beat higher than it is).
+# STANDARD (the standard stem that goes with ROBUST; default the shipped Fashion-MNIST one), LAUNCH (default
+# ".venv/bin/adasmooth"; ".venv/bin/torchrun --nproc-per-node 2 -m adasmooth" splits each model's chunks over two
+# ranks), CHUNK (examples per chunk; default evaluate.batch_size).
+# Reports already measured on the same points can be reused: copy them to OUT/bases/ and touch OUT/bases/done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$1; mixer=$2; config=${3:-fmnist}
 n=${N:-1000}; aa=${AA:-standard}; alphas=${ALPHAS:-"0.9 0.8 0.95 0.7 0.6"}; s_h=${S_H:-2}
-run() {  # run NAME ARGS...: one evaluate call, skipped when done
-  local name=$1; shift
+aa_fixed=${AA_FIXED:-$aa}; robust=${ROBUST:-}; launch=${LAUNCH:-.venv/bin/adasmooth}
+pair=(); bases=(); chunk=()
+[ -n "${CHUNK:-}" ] && chunk=(--chunk-size "$CHUNK")
+if [ -n "$robust" ]; then
+  shipped=$(.venv/bin/python -c 'from adasmooth.pretrained import pretrained_dir; print(pretrained_dir())')
+  pair=(--robust "$robust")
+  [ -n "${STANDARD:-}" ] && pair+=(--standard "$STANDARD")
+  bases=(--checkpoint "${STANDARD:-$shipped/fashion-mnist/standard}" --checkpoint "$robust")
+fi
+run() {  # run NAME AA ARGS...: one evaluate call, skipped when done
+  local name=$1 set=$2; shift 2
   [ -f "$out/$name/done" ] && return 0
-  .venv/bin/adasmooth evaluate --config "$config" --n "$n" --autoattack "$aa" --out "$out/$name" "$@"
+  $launch evaluate --config "$config" --n-examples "$n" --autoattack "$set" "${chunk[@]}" --out "$out/$name" "$@"
   touch "$out/$name/done"
 }
-run bases
-run adaptive --mixer "$mixer"
-for a in $alphas; do run "alpha$a" --alpha "$a" --robust-scale "$s_h"; done
-reports=(standard="$out/bases/standard.json" robust="$out/bases/adversarial.json")
+run bases "$aa" "${bases[@]}"
+run adaptive "$aa" --mixer "$mixer" "${pair[@]}"
+for a in $alphas; do run "alpha$a" "$aa_fixed" --alpha "$a" --robust-scale "$s_h" "${pair[@]}"; done
+robust_report=$(ls "$out/bases"/*.json | grep -v -- '/standard\.json$' | head -1)
+reports=(standard="$out/bases/standard.json" robust="$robust_report")
 for a in $alphas; do reports+=("alpha$a=$(ls "$out/alpha$a"/*.json | grep -v -- '-alpha\.json$' | head -1)"); done
 reports+=("adaptive=$(ls "$out/adaptive"/*.json | grep -v -- '-alpha\.json$' | head -1)")
 .venv/bin/adasmooth compare --standard standard --robust robust --out "$out/compare" "${reports[@]}"
