@@ -237,6 +237,44 @@ def test_scan_calibration_never_picks_a_candidate_that_failed_and_records_every_
     assert nothing["fallback"] and not nothing["target_met"]
 
 
+def test_a_calibration_killed_part_way_resumes_from_its_journal_without_attacking_again(tmp_path):
+    from adasmooth.evaluation.calibrate import CalibrationJournal, calibrate_gate
+
+    model, x, y = _calibration_case()
+    calls = []
+
+    def verify(m, xs, ys):  # only bias 0.8 holds, so a scan checks several candidates before it
+        calls.append((m.gamma_bias, m.alpha_range))
+        return torch.full((len(ys),), m.gamma_bias == 0.8)
+
+    def run(journal, verify=verify):
+        return calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, keep_robust=1.0, steps=1, verify=verify,
+                              strategy="scan", max_checks=1000, journal=journal)
+
+    uninterrupted = run(None)
+    n_checks = len(calls)
+    assert n_checks >= 2
+
+    class Killed(Exception):
+        pass
+
+    def dies_at_the_second_check(m, xs, ys):
+        if len(calls) == n_checks + 1:
+            raise Killed
+        return verify(m, xs, ys)
+
+    path = tmp_path / "journal.json"
+    with pytest.raises(Killed):
+        run(CalibrationJournal(path, "k"), dies_at_the_second_check)
+    assert len(CalibrationJournal(path, "k").entries) == 1  # the finished check is on disk
+    resumed = run(CalibrationJournal(path, "k"))
+    assert len(calls) == 2 * n_checks  # the first check was read back, not attacked again
+    assert resumed["chosen"] == uninterrupted["chosen"] and resumed["checked"] == uninterrupted["checked"]
+    calls.clear()
+    run(CalibrationJournal(path, "another model"))  # a journal written for something else is not used
+    assert len(calls) == n_checks
+
+
 def test_mixer_calibration_reads_the_validation_split_only(tiny_fmnist, tmp_path, monkeypatch):
     from adasmooth import data as data_mod
     from adasmooth.config import config_from_dict
@@ -258,6 +296,7 @@ def test_mixer_calibration_reads_the_validation_split_only(tiny_fmnist, tmp_path
                                        verify_iters=2)
     assert seen and set(seen) == {"val"} and "calibrated on 20 validation points" in summary
     assert (tmp_path / "mixer.safetensors").is_file()
+    assert not (tmp_path / "mixer-calibration-journal.json").exists()  # finished: the record is in calibration.json
 
 
 def test_bad_mixer_configs_are_clear_errors(tmp_path, capsys):

@@ -11,12 +11,17 @@ whatever else is set: a few checks where a scan of an optimistic proxy's ranking
 floor); ``strategy="bisect"`` (the older rule) bisects, assuming robustness falls as clean accuracy rises,
 against gate-aware APGD-CE and APGD-T at w = 0.5. A candidate that failed its check is never chosen; every
 checked candidate is recorded. Validation only: never run it on the points you report.
+
+A :class:`CalibrationJournal` keeps the finished checks on disk, so a calibration killed part-way (each
+check of a large composite is many minutes of attacks) resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +31,40 @@ from ..mixing import apply_maps, mix_log_probs
 from .accuracy import attack_batched
 
 logger = logging.getLogger(__name__)
+
+
+class CalibrationJournal:
+    """Finished calibration work (the robust reference, each verified candidate's robust accuracy) in a
+    JSON file, written after every entry. ``key`` names the exact model, data and settings: a journal
+    written under another key is not used (it is replaced by the first new entry), so a resumed calibration
+    only reuses numbers measured on the same composite, points and attacks."""
+
+    def __init__(self, path: str | Path, key: str):
+        self.path, self.key, self.entries = Path(path), key, {}
+        if self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if saved.get("key") == key:
+                self.entries = dict(saved.get("entries", {}))
+                logger.info("calibration resumes from %s (%d finished entries)", self.path, len(self.entries))
+            else:
+                logger.warning("calibration journal %s was written for another model or settings; starting afresh",
+                               self.path)
+
+    def get(self, name: str):
+        return self.entries.get(name)
+
+    def put(self, name: str, value) -> None:
+        from ..io import write_json
+
+        self.entries[name] = value
+        write_json(self.path, {"key": self.key, "entries": self.entries})
+
+    def discard(self) -> None:
+        """Remove the file (the calibration finished and its record is saved elsewhere)."""
+        self.path.unlink(missing_ok=True)
 
 
 @torch.no_grad()
@@ -163,6 +202,7 @@ def calibrate_gate(
     autoattack=(),
     square_queries: int = 5000,
     progress: bool = False,
+    journal: CalibrationJournal | None = None,
 ) -> dict:
     """Choose ``gamma_bias`` and ``alpha_range`` for the most clean accuracy whose robust accuracy keeps
     ``keep_robust`` of ``robust_reference``; sets them on ``model`` and returns a report.
@@ -178,7 +218,8 @@ def calibrate_gate(
     ``"bisect"`` bisects against the worst of gate-aware APGD-CE and APGD-T
     (``verify_iters`` iterations, 3 targets, w = 0.5). The chosen point's verified number is reported;
     where nothing verifies, the most robust grid point is checked, used and flagged. ``progress`` shows
-    the proxy attack and each check (candidate, attack, examples) as progress bars.
+    the proxy attack and each check (candidate, attack, examples) as progress bars. With ``journal``,
+    checks already recorded there are not attacked again, and each new one is recorded as it finishes.
     """
     if strategy not in ("bisect", "scan", "floor"):
         raise ValueError(f"strategy must be bisect, scan or floor, got {strategy!r}")
@@ -219,7 +260,13 @@ def calibrate_gate(
 
     def check(row, **full) -> dict:
         apply(row)
-        robust = float(verify(model, x, y, **full).float().mean())
+        name = "check " + json.dumps({**{k: row[k] for k in ("gamma_scale", "gamma_bias", "alpha_lo", "alpha_hi")},
+                                      **full}, sort_keys=True)
+        robust = journal.get(name) if journal is not None else None
+        if robust is None:
+            robust = float(verify(model, x, y, **full).float().mean())
+            if journal is not None:
+                journal.put(name, robust)
         checked_rows.append({**row, "robust_verified": robust, "passed": robust >= need})
         logger.info("calibration: k=%g b=%g alpha=[%g, %g] clean %.3f verified robust %.3f", row["gamma_scale"],
                     row["gamma_bias"], row["alpha_lo"], row["alpha_hi"], row["clean"], robust)

@@ -4,6 +4,8 @@ and an adaptive mixer's γ bias and α range."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +16,9 @@ from ..config import Config
 from ..distributed import is_main
 from ..evaluation import batched_logits
 from ..evaluation.autoattack import run_autoattack
-from ..evaluation.calibrate import calibrate_gate, robust_reference
+from ..evaluation.calibrate import CalibrationJournal, calibrate_gate, robust_reference
 from ..evaluation.calibrate_map import MapCalibration, calibrate_logit_map, minimum_margin_inputs
-from ..io import write_json
+from ..io import state_fingerprint, write_json
 from ..mixer import AdaptiveMixedClassifier, save_adaptive
 from ..plots import plot_map_objective
 from .common import load_subset
@@ -98,6 +100,18 @@ GAMMA_SCALES = (1.0, 2.0, 3.0)  # γ = k·BN(γ_raw) + b: searched with b, α_lo
 ALPHA_HIS = (0.95, 1.0)
 
 
+def calibration_key(model: AdaptiveMixedClassifier, cfg: Config, *, n_calibrate: int, verify_iters: int) -> str:
+    """What a calibration's numbers depend on: the composite's weights (bases, gate, γ statistics) and
+    current settings, the validation points and the attacks; the key of its :class:`CalibrationJournal`."""
+    mc = cfg.mixer
+    parts = {"state": state_fingerprint(model), "settings": model.describe(), "data": cfg.data.name,
+             "eps": cfg.threat.eps, "n": n_calibrate, "seed": mc.seed, "verify_iters": verify_iters,
+             "strategy": mc.calibration_strategy, "autoattack": list(mc.calibration_autoattack),
+             "square_queries": mc.calibration_square_queries, "keep_robust": cfg.sweep.keep_robust,
+             "gamma_scales": GAMMA_SCALES, "alpha_his": ALPHA_HIS}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust: nn.Module, stem: Path, *,
                              metadata: dict, n_calibrate: int = 500, verify_iters: int = 50,
                              device: str = "cpu") -> str:
@@ -113,20 +127,26 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
                 f"gamma bias {model.gamma_bias:g} (not calibrated)")
     seed = cfg.mixer.seed
     _, _, _, xv, yv = load_subset(cfg, "val", n_calibrate, seed)
-    ref = robust_reference(robust, xv, yv, eps=cfg.threat.eps, device=device, seed=seed, n_iter=verify_iters,
-                           autoattack=cfg.mixer.calibration_autoattack,
-                           square_queries=cfg.mixer.calibration_square_queries)
+    journal = CalibrationJournal(stem.parent / f"{stem.name}-calibration-journal.json", calibration_key(
+        model, cfg, n_calibrate=n_calibrate, verify_iters=verify_iters))
+    ref = journal.get("robust_reference")
+    if ref is None:
+        ref = robust_reference(robust, xv, yv, eps=cfg.threat.eps, device=device, seed=seed, n_iter=verify_iters,
+                               autoattack=cfg.mixer.calibration_autoattack,
+                               square_queries=cfg.mixer.calibration_square_queries)
+        journal.put("robust_reference", ref)
     cal = calibrate_gate(model, xv, yv, eps=cfg.threat.eps, robust_reference=ref, keep_robust=cfg.sweep.keep_robust,
                          device=device, seed=seed, verify_iters=verify_iters, strategy=cfg.mixer.calibration_strategy,
                          autoattack=cfg.mixer.calibration_autoattack,
                          square_queries=cfg.mixer.calibration_square_queries,
-                         gamma_scales=GAMMA_SCALES, alpha_his=ALPHA_HIS, progress=is_main())
+                         gamma_scales=GAMMA_SCALES, alpha_his=ALPHA_HIS, progress=is_main(), journal=journal)
     cal["robust_reference_attack"] = {
         "name": "apgd-ce + apgd-t3" + "".join(f" + {a} (official)" for a in cfg.mixer.calibration_autoattack),
         "n_iter": verify_iters, "seed": seed,
         **({"square_queries": cfg.mixer.calibration_square_queries} if "square" in cfg.mixer.calibration_autoattack else {})}
     save_adaptive(stem, model, calibration=cal, dataset=cfg.data.name, **metadata)
     write_json(stem.parent / "calibration.json", cal)
+    journal.discard()
     ch = cal["chosen"]
     checks = "".join(f", {a.upper()} (official)" for a in cfg.mixer.calibration_autoattack)
     return (f"saved {stem}.safetensors (+ .json)\n"
