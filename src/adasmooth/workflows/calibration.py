@@ -4,7 +4,6 @@ and an adaptive mixer's γ bias and α range."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,9 @@ from ..evaluation import batched_logits
 from ..evaluation.autoattack import run_autoattack
 from ..evaluation.calibrate import CalibrationJournal, calibrate_gate, robust_reference
 from ..evaluation.calibrate_map import MapCalibration, calibrate_logit_map, minimum_margin_inputs
-from ..io import state_fingerprint, write_json
+from ..io import write_json
 from ..mixer import AdaptiveMixedClassifier, save_adaptive
+from ..sharding import settings_key
 from ..plots import plot_map_objective
 from .common import load_subset
 
@@ -100,16 +100,15 @@ GAMMA_SCALES = (1.0, 2.0, 3.0)  # γ = k·BN(γ_raw) + b: searched with b, α_lo
 ALPHA_HIS = (0.95, 1.0)
 
 
-def calibration_key(model: AdaptiveMixedClassifier, cfg: Config, *, n_calibrate: int, verify_iters: int) -> str:
+def calibration_key(model: AdaptiveMixedClassifier, cfg: Config, *, x, y, verify_iters: int) -> str:
     """What a calibration's numbers depend on: the composite's weights (bases, gate, γ statistics) and
-    current settings, the validation points and the attacks; the key of its :class:`CalibrationJournal`."""
+    current settings, the validation points ``x, y`` and the attacks; the key of its :class:`CalibrationJournal`."""
     mc = cfg.mixer
-    parts = {"state": state_fingerprint(model), "settings": model.describe(), "data": cfg.data.name,
-             "eps": cfg.threat.eps, "n": n_calibrate, "seed": mc.seed, "verify_iters": verify_iters,
-             "strategy": mc.calibration_strategy, "autoattack": list(mc.calibration_autoattack),
-             "square_queries": mc.calibration_square_queries, "keep_robust": cfg.sweep.keep_robust,
-             "gamma_scales": GAMMA_SCALES, "alpha_his": ALPHA_HIS}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    settings = {"settings": model.describe(), "eps": cfg.threat.eps, "seed": mc.seed, "verify_iters": verify_iters,
+                "strategy": mc.calibration_strategy, "autoattack": list(mc.calibration_autoattack),
+                "square_queries": mc.calibration_square_queries, "keep_robust": cfg.sweep.keep_robust,
+                "gamma_scales": GAMMA_SCALES, "alpha_his": ALPHA_HIS}
+    return settings_key(settings, model=model, data=(x, y))
 
 
 def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust: nn.Module, stem: Path, *,
@@ -128,7 +127,7 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
     seed = cfg.mixer.seed
     _, _, _, xv, yv = load_subset(cfg, "val", n_calibrate, seed)
     journal = CalibrationJournal(stem.parent / f"{stem.name}-calibration-journal.json", calibration_key(
-        model, cfg, n_calibrate=n_calibrate, verify_iters=verify_iters))
+        model, cfg, x=xv, y=yv, verify_iters=verify_iters))
     ref = journal.get("robust_reference")
     if ref is None:
         ref = robust_reference(robust, xv, yv, eps=cfg.threat.eps, device=device, seed=seed, n_iter=verify_iters,
