@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--robust", default=None,
                    help="robust base checkpoint stem (default: the shipped pair's); written into the config's bases")
+    p.add_argument("--train-examples", type=int, default=None,
+                   help="train on a seeded subset of this many training images (default: all)")
     p.add_argument("--max-batch", type=int, default=BATCHES[-1])
     p.add_argument("--copies", type=int, default=PAPER_ATTACK["attack_copies"], help="attacked copies per image")
     p.add_argument("--iters-df", type=float, default=PAPER_ATTACK["attack_iters_df"], help="chi2 df of the iterations")
@@ -74,6 +76,8 @@ def main() -> None:
         meta = json.loads(Path(args.robust + ".json").read_text())
         raw["bases"] = {"robust": {"architecture": meta["architecture"], "args": meta["arch_args"],
                                    "weights": str(Path(args.robust + ".safetensors").resolve())}}
+    if args.train_examples:
+        raw["mixer"]["train_examples"] = args.train_examples
     cfg = config_from_dict(raw, source="paper recipe")
     std, rob = load_pair(cfg, device=device)
     x, y = load(cfg.data.name, "train", root=cfg.data.root)
@@ -91,12 +95,13 @@ def main() -> None:
     else:
         c, a = 0.0, probes[bs[0]]
     iters_per_step = args.copies * args.iters_df
-    predicted = {b: math.ceil(len(y) / b) * iters_per_step * (a + c * b) * 1.1 for b in BATCHES if b <= args.max_batch}
+    n_train = min(len(y), args.train_examples or len(y))
+    predicted = {b: math.ceil(n_train / b) * iters_per_step * (a + c * b) * 1.1 for b in BATCHES if b <= args.max_batch}
     fits = [b for b in predicted if predicted[b] <= args.train_seconds]
     batch = min(fits) if fits else max(predicted)
     lr = raw["mixer"]["lr"] * min(3.0, math.sqrt(batch / 128))
     raw["mixer"].update(batch_size=batch, lr=lr, separation_every=0, tensorboard=False,
-                        checkpoint_every=max(1, math.ceil(len(y) / batch) // 4))
+                        checkpoint_every=max(1, math.ceil(n_train / batch) // 4))
     (out / "config.yaml").write_text(
         "# configs/fmnist.yaml with the paper's training attack (10 copies, df 75 uncapped), batch and lr\n"
         "# chosen by scripts/paper_mixer_recipe.py for its time budget (see plan.json)\n"
@@ -105,7 +110,7 @@ def main() -> None:
             "seconds_per_apgd_iteration": {str(b): probes[b] for b in bs},
             "predicted_epoch_seconds": {str(b): round(v, 1) for b, v in predicted.items()},
             "train_seconds_budget": args.train_seconds, "batch_size": batch, "lr": lr,
-            "steps": math.ceil(len(y) / batch), "fits_budget": bool(fits), **attack}
+            "steps": math.ceil(n_train / batch), "fits_budget": bool(fits), **attack}
     (out / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
     print(json.dumps(plan))
 
