@@ -195,7 +195,8 @@ class Config:
     bases: BasesConfig = field(default_factory=BasesConfig)
     threat: ThreatConfig = field(default_factory=ThreatConfig)
     train_standard: TrainConfig = field(default_factory=TrainConfig)
-    train_adversarial: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6))
+    train_adversarial: TrainConfig = field(default_factory=lambda: TrainConfig(  # the shipped base's recipe
+        epochs=12, ema_decay=0.998, width_multiplier=2.0, amp=True))
     train_noise: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10))  # Gaussian augmentation
     train_trades: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=10, attack_steps=7, attack_step_size=0.03, ema_decay=0.998, width_multiplier=1.5))
