@@ -12,7 +12,7 @@
 # Environment: PYTHON (python3), DEVICE (cuda), TRAIN_S (170), BUDGET_S (560), RESULTS (RUN_DIR),
 # EVAL_N (1000), N_CAL (1000 validation points for the calibration), EVAL_AA (the new mixer's AutoAttack set:
 # standard), ALPHAS ("0.9 0.8 0.95 0.7 0.6"), MAX_STEPS (none), PLAN_ARGS, COMPOSITE_ARGS ("--max-batch 512 --repeats 3"),
-# ROBUST (a robust base checkpoint stem for the new mixer's pair, e.g. pretrained/fashion-mnist/adversarial-w32;
+# ROBUST (a robust base checkpoint stem for the new mixer's pair, e.g. pretrained/fashion-mnist/adversarial-w16;
 # default: the shipped pair's; step 4 always evaluates the shipped mixer on the shipped pair).
 set -u
 cd "$(dirname "$0")/.."
