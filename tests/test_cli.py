@@ -30,7 +30,7 @@ def test_resume_with_nothing_to_resume_starts_afresh_and_half_a_state_is_a_clear
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--n", "12", "--n-sweep", "40", "--rows", "standard,robust,mixed,adaptive", "--out", str(out)]) == 0
+    assert main(["demo", "--n", "8", "--n-sweep", "20", "--rows", "standard,robust,mixed,adaptive", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "AutoAttack" in printed and "gap closed" in printed
     res = json.loads((out / "results.json").read_text())
@@ -38,7 +38,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     rob = res["test"]["robust"]
     for name in ("standard", "robust", "mixed"):
         r = rob[name]
-        assert r["n"] == 12 and r["eps"] == 0.1 and r["norm"] == "Linf"
+        assert r["n"] == 8 and r["eps"] == 0.1 and r["norm"] == "Linf"
         assert r["robust_accuracy"] <= r["clean_accuracy"]
         assert r["sanity"]["eps_zero_equals_clean"]["ok"]
     assert [a["type"] for a in rob["mixed"]["attacks"]] == ["pgd", "transfer", "transfer", "autoattack"]
@@ -53,7 +53,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
             assert name in res["test"]["clean_accuracy_full"]
     assert rob["standard"]["robust_accuracy"] <= 0.1  # an undefended model falls to AutoAttack
     assert res["test"]["clean_accuracy_full"]["n"] == 10000
-    assert res["sweep_validation"]["settings"]["n_robust"] == 40
+    assert res["sweep_validation"]["settings"]["n_robust"] == 20
 
 
 def test_demo_rows_default_to_the_adaptive_model_and_its_bases(tmp_path, monkeypatch):
