@@ -3,7 +3,7 @@
 #   1. the paper's full mixer recipe on the embedded default (scripts/paper_mixer_recipe.py plans the batch
 #      for TRAIN_S seconds of training), then fit-mixer's calibration on 1,000 validation points;
 #   2. benchmarks/paper_composite.py (the CIFAR-100 composite's attack-step throughput);
-#   3. evaluate the new mixer on the 1,000 seeded test points (PGD-20 + AA APGD-CE/T + transfer + gate-aware);
+#   3. evaluate the new mixer on the 1,000 seeded test points (PGD-20 + transfer + gate-aware + AutoAttack EVAL_AA);
 #   4. with ROBUST: the pair's fixed-alpha curve (ALPHAS, s_h 2, AutoAttack's APGD-CE + APGD-T) on the same
 #      points; without: standard AutoAttack (with Square and FAB-T) on the shipped mixer's 1,000 test points.
 # Each step's folder is packed into RESULTS as a .tar.gz as soon as it ends (chunk caches included, so an
@@ -13,7 +13,7 @@
 # EVAL_N (1000), N_CAL (1000 validation points for the calibration), EVAL_AA (the new mixer's AutoAttack set:
 # standard), ALPHAS ("0.9 0.8 0.95 0.7 0.6"), MAX_STEPS (none), PLAN_ARGS, COMPOSITE_ARGS ("--max-batch 512 --repeats 3"),
 # ROBUST (a robust base checkpoint stem for the new mixer's pair, e.g. pretrained/fashion-mnist/adversarial-w16;
-# default: the shipped pair's; step 4 always evaluates the shipped mixer on the shipped pair).
+# default: the shipped pair's; with ROBUST set, step 4 draws that pair's fixed-alpha curve instead).
 set -u
 cd "$(dirname "$0")/.."
 run=${1:-runs/gpu}; py=${PYTHON:-python3}; dev=${DEVICE:-cuda}; results=${RESULTS:-$run}
