@@ -9,6 +9,7 @@ from adasmooth import data as data_mod
 from adasmooth.config import config_from_dict
 from adasmooth.io import CheckpointError, load_model
 from adasmooth.training import augment, lr_at, train_base
+from adasmooth.training.base import random_erase
 
 
 def _cfg(root, **train):
@@ -101,3 +102,38 @@ def test_schedule_and_augmentation():
     assert torch.equal(out, augment(x, torch.Generator().manual_seed(0)))
     # a shift by at most 2 pixels and a flip keeps the pixel mass of the central region
     assert torch.allclose(out[:, :, 4:-4, 4:-4].sum() / x[:, :, 4:-4, 4:-4].sum(), torch.tensor(1.0), atol=0.2)
+
+
+def test_random_erasing_hits_about_p_of_the_images_with_one_box_each():
+    x = torch.zeros(2000, 1, 28, 28)
+    out = random_erase(x, torch.Generator().manual_seed(0), p=0.5)
+    erased = out.flatten(1).ne(0)
+    hit = erased.any(1)
+    assert 0.45 < hit.float().mean() < 0.55
+    share = erased[hit].float().mean(1)
+    assert share.min() > 0.0 and share.max() < 0.4  # one box of 2-33% of the area, nothing outside it
+    for img in out[hit][:50, 0].ne(0):  # one rectangle: its rows and columns are contiguous and fill it
+        rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        assert rows[-1] - rows[0] + 1 == len(rows) and cols[-1] - cols[0] + 1 == len(cols)
+        assert img.sum() == len(rows) * len(cols)
+    assert torch.equal(random_erase(x, torch.Generator().manual_seed(0), p=0.5), out)
+    assert torch.equal(random_erase(x, torch.Generator().manual_seed(0), p=0.0), x)
+
+
+def test_wide_recipe_options_change_the_model_train_and_resume_exactly(tiny_fmnist, tmp_path):
+    cfg = _cfg(tiny_fmnist, blocks=[2, 1, 1], label_smoothing=0.1, random_erasing=0.5)
+    full, meta = train_base(cfg, "standard", tmp_path / "full", progress=False)
+    assert load_model(tmp_path / "full" / "standard")[1]["arch_args"]["blocks"] == [2, 1, 1]
+    assert len(full.stage1) == 2
+    assert meta["settings"]["train"]["label_smoothing"] == 0.1 and meta["accuracies"]["val_clean"] > 0.5
+    train_base(cfg, "standard", tmp_path / "split", progress=False, max_epochs=1)
+    resumed, _ = train_base(cfg, "standard", tmp_path / "split", progress=False, resume=True)
+    assert_same_state(full, resumed)
+    plain, _ = train_base(_cfg(tiny_fmnist), "standard", tmp_path / "plain", progress=False)
+    assert "label_smoothing" not in load_model(tmp_path / "plain" / "standard")[1]["settings"]["train"]
+
+
+@pytest.mark.parametrize("key,value", [("blocks", [0, 1, 1]), ("label_smoothing", 1.0), ("random_erasing", 1.5)])
+def test_wide_recipe_options_out_of_range_are_refused(tiny_fmnist, key, value):
+    with pytest.raises(Exception, match=key):
+        _cfg(tiny_fmnist, **{key: value})

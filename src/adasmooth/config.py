@@ -69,6 +69,9 @@ class TrainConfig:
     ema_decay: float | None = None  # exponential moving average of the weights (e.g. 0.998); null: none
     width_multiplier: float = 1.0  # scales model.args.width (small_resnet) for this kind
     amp: bool = False  # bfloat16 autocast for the training attack and the update (AMX CPUs, GPUs); evaluation stays fp32
+    blocks: tuple[int, ...] = ()  # residual blocks per stage for this kind, replacing model.args.blocks; (): keep
+    label_smoothing: float = 0.0  # smoothing of the cross-entropy targets (every kind but TRADES)
+    random_erasing: float = 0.0  # probability of erasing one random rectangle per training image (Zhong et al. 2020)
 
 
 @dataclass(frozen=True)
@@ -323,6 +326,12 @@ def _check_values(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: '{name}.ema_decay' must lie in (0, 1) or be null, got {t.ema_decay}")
         if not t.width_multiplier > 0:
             raise ConfigError(f"{source}: '{name}.width_multiplier' must be > 0, got {t.width_multiplier}")
+        if any(b < 1 for b in t.blocks):
+            raise ConfigError(f"{source}: '{name}.blocks' must be empty or counts >= 1, got {list(t.blocks)}")
+        if not 0.0 <= t.label_smoothing < 1.0:
+            raise ConfigError(f"{source}: '{name}.label_smoothing' must lie in [0, 1), got {t.label_smoothing}")
+        if not 0.0 <= t.random_erasing <= 1.0:
+            raise ConfigError(f"{source}: '{name}.random_erasing' must lie in [0, 1], got {t.random_erasing}")
     if any(not 0.0 <= a <= 1.0 for a in cfg.sweep.alphas):
         raise ConfigError(f"{source}: 'sweep.alphas' must lie in [0, 1], got {list(cfg.sweep.alphas)}")
     if cfg.sweep.attack not in ("apgd", "pgd"):

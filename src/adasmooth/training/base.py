@@ -46,8 +46,9 @@ def train_config_for(cfg: Config, kind: str) -> TrainConfig:
 
 def arch_args_for(cfg: Config, kind: str, in_channels: int, num_classes: int) -> dict:
     """The architecture's keyword arguments for ``kind``: the config's, with ``width`` scaled by the
-    kind's ``width_multiplier``."""
-    mult = train_config_for(cfg, kind).width_multiplier
+    kind's ``width_multiplier`` and ``blocks`` replaced by the kind's own where it names them."""
+    tcfg = train_config_for(cfg, kind)
+    mult = tcfg.width_multiplier
     if not mult > 0:
         raise ValueError(f"width_multiplier must be > 0, got {mult}")
     args = {"in_channels": in_channels, "num_classes": num_classes, **cfg.model.args}
@@ -55,6 +56,11 @@ def arch_args_for(cfg: Config, kind: str, in_channels: int, num_classes: int) ->
         if "width" not in args:
             raise ValueError(f"width_multiplier {mult} needs a 'width' in model.args ({cfg.model.architecture})")
         args["width"] = max(1, round(args["width"] * mult))
+    if tcfg.blocks:
+        if "blocks" not in args:
+            raise ValueError(f"{kind} training names blocks {list(tcfg.blocks)}, but {cfg.model.architecture} "
+                             "takes no 'blocks' argument")
+        args["blocks"] = list(tcfg.blocks)
     return args
 
 
@@ -91,6 +97,26 @@ def augment(x: torch.Tensor, generator: torch.Generator, *, shift: int = 2) -> t
     flip = torch.rand(n, generator=generator) < 0.5
     out[flip] = out[flip].flip(3)
     return out.contiguous()
+
+
+def random_erase(x: torch.Tensor, generator: torch.Generator, *, p: float, area=(0.02, 0.33),
+                 aspect=(0.3, 3.3)) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020): with probability ``p`` per image, one rectangle of a random
+    share ``area`` of the image and aspect ratio ``aspect`` is filled with uniform noise in [0, 1]."""
+    n, c, h, w = x.shape
+    hit = torch.rand(n, generator=generator) < p
+    share = torch.empty(n).uniform_(*area, generator=generator)
+    ratio = torch.exp(torch.empty(n).uniform_(math.log(aspect[0]), math.log(aspect[1]), generator=generator))
+    eh = (share * h * w * ratio).sqrt().round().clamp(1, h).long()
+    ew = (share * h * w / ratio).sqrt().round().clamp(1, w).long()
+    top = (torch.rand(n, generator=generator) * (h - eh + 1)).long()
+    left = (torch.rand(n, generator=generator) * (w - ew + 1)).long()
+    noise = torch.rand(x.shape, generator=generator)
+    rows = torch.arange(h)[None, :, None]
+    cols = torch.arange(w)[None, None, :]
+    box = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
+           & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]) & hit[:, None, None])
+    return torch.where(box[:, None], noise, x)
 
 
 def train_base(
@@ -160,6 +186,8 @@ def train_base(
             xb, yb = x_train[idx], y_train[idx]
             if tcfg.augment:
                 xb = augment(xb, gen)
+            if tcfg.random_erasing:
+                xb = random_erase(xb, gen, p=tcfg.random_erasing)
             xb, yb = xb.to(device), yb.to(device)
             if kind == "adversarial":
                 model.eval()
@@ -182,7 +210,7 @@ def train_base(
             if kind == "trades":
                 loss = trades_loss(logits, adv_logits, yb, beta=tcfg.trades_beta)
             else:
-                loss = F.cross_entropy(logits, yb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=tcfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {i}; last good state in {state_stem}")
             optimizer.zero_grad(set_to_none=True)
@@ -214,8 +242,11 @@ def train_base(
 def _settings(cfg: Config, kind: str) -> dict:
     """What must match for a resume to be valid."""
     train = dataclasses.asdict(train_config_for(cfg, kind))
-    if not train["amp"]:  # recorded only when on, so states written before the option existed still resume
-        del train["amp"]
+    for key, off in (("amp", False), ("blocks", ()), ("label_smoothing", 0.0), ("random_erasing", 0.0)):
+        if train[key] == off:  # recorded only when set, so states written before the option existed still resume
+            del train[key]
+    if "blocks" in train:
+        train["blocks"] = list(train["blocks"])  # as its JSON record reads back
     return {
         "kind": kind,
         "data": dataclasses.asdict(cfg.data) | {"root": None},
