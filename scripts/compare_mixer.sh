@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Is an adaptive mixer above the fixed-alpha curve? (issue: adaptive smoothing that beats fixed alpha)
+# Is an adaptive mixer above the fixed-alpha curve, like for like?
 # Evaluates, on the same N seeded test points (evaluate.seed), the two shipped bases, the fixed mixtures
-# alpha in ALPHAS (robust scale S_H, the validation sweep's), and the mixer, each under its kind's full plan
+# alpha in ALPHAS at every robust scale in S_H (both scales the validation sweep considers), and the mixer, each under its kind's full plan
 # plus AutoAttack (AA: "standard" = all four, the default; "apgd" = its APGD-CE + APGD-T only, which missed a
 # gate that masks gradients: only Square found it), then runs `adasmooth compare`.
 #   bash scripts/compare_mixer.sh OUT MIXER_STEM [CONFIG]
 # A finished model leaves OUT/<model>/done and is skipped on a rerun; an interrupted one resumes from its
-# cached chunks. Environment: N (1000), AA (standard), ALPHAS ("0.9 0.8 0.95 0.7 0.6"), S_H (2),
+# cached chunks. Environment: N (1000), AA (standard), ALPHAS ("0.9 0.8 0.95 0.7 0.6"), S_H ("1 2"),
 # ROBUST (a robust checkpoint stem in place of the shipped one: the bases, the fixed mixtures and the mixer all
-# use it), AA_FIXED (the AutoAttack set of the fixed mixtures, default AA: "apgd" costs a quarter and can only
-# raise their robust accuracy, i.e. draw the curve the adaptive model has to beat higher than it is).
+# use it), AA_FIXED (the AutoAttack set of the fixed mixtures, default AA; anything else makes the plans differ, and
+# compare then needs --allow-different-plans, which COMPARE_ARGS passes on).
 # STANDARD (the standard stem that goes with ROBUST; default the shipped Fashion-MNIST one), LAUNCH (default
 # ".venv/bin/adasmooth"; ".venv/bin/torchrun --nproc-per-node 2 -m adasmooth" splits each model's chunks over two
 # ranks), CHUNK (examples per chunk; default evaluate.batch_size).
@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$1; mixer=$2; config=${3:-fmnist}
-n=${N:-1000}; aa=${AA:-standard}; alphas=${ALPHAS:-"0.9 0.8 0.95 0.7 0.6"}; s_h=${S_H:-2}
+n=${N:-1000}; aa=${AA:-standard}; alphas=${ALPHAS:-"0.9 0.8 0.95 0.7 0.6"}; s_hs=${S_H:-"1 2"}
 aa_fixed=${AA_FIXED:-$aa}; robust=${ROBUST:-}; launch=${LAUNCH:-.venv/bin/adasmooth}
 pair=(); bases=(); chunk=()
 [ -n "${CHUNK:-}" ] && chunk=(--chunk-size "$CHUNK")
@@ -35,9 +35,14 @@ run() {  # run NAME AA ARGS...: one evaluate call, skipped when done
 }
 run bases "$aa" "${bases[@]}"
 run adaptive "$aa" --mixer "$mixer" "${pair[@]}"
-for a in $alphas; do run "alpha$a" "$aa_fixed" --alpha "$a" --robust-scale "$s_h" "${pair[@]}"; done
+for s_h in $s_hs; do
+  for a in $alphas; do run "alpha$a-sh$s_h" "$aa_fixed" --alpha "$a" --robust-scale "$s_h" "${pair[@]}"; done
+done
 robust_report=$(ls "$out/bases"/*.json | grep -v -- '/standard\.json$' | head -1)
 reports=(standard="$out/bases/standard.json" robust="$robust_report")
-for a in $alphas; do reports+=("alpha$a=$(ls "$out/alpha$a"/*.json | grep -v -- '-alpha\.json$' | head -1)"); done
+for s_h in $s_hs; do
+  for a in $alphas; do reports+=("alpha$a-sh$s_h=$(ls "$out/alpha$a-sh$s_h"/*.json | head -1)"); done
+done
 reports+=("adaptive=$(ls "$out/adaptive"/*.json | grep -v -- '-alpha\.json$' | head -1)")
-.venv/bin/adasmooth compare --standard standard --robust robust --out "$out/compare" "${reports[@]}"
+# shellcheck disable=SC2086
+.venv/bin/adasmooth compare --standard standard --robust robust --out "$out/compare" ${COMPARE_ARGS:-} "${reports[@]}"

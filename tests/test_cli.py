@@ -86,6 +86,8 @@ def test_evaluate_sweep_and_margins_commands(tmp_path, capsys):
     ev = json.loads((tmp_path / "ev" / "adversarial.json").read_text())
     assert ev["n"] == 50 and ev["n_full_split"] == 10000 and ev["attacks"][0]["steps"] == 20
     assert ev["robust_accuracy"] <= ev["clean_accuracy"]
+    flags = ev["clean_per_example_full_split"]  # what compare resamples, paired across models
+    assert len(flags) == 10000 and sum(flags) / 10000 == pytest.approx(ev["clean_accuracy_full_split"])
 
     assert main(["sweep", "--alphas", "0", "0.8", "1", "--n", "30", "--out", str(tmp_path / "sw")]) == 0
     sw = json.loads((tmp_path / "sw" / "sweep.json").read_text())

@@ -73,3 +73,119 @@ def test_compare_command_writes_json_and_plot(tmp_path, capsys):
     assert (out / "tradeoff.png").stat().st_size > 10_000
     assert main(["compare", str(tmp_path / "robust.json"), str(tmp_path / "missing.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def _planned(model, clean, flags, plan, **kw):
+    return _report(model, clean, flags, attacks=[dict(a) for a in plan], **kw)
+
+
+PGD = {"name": "pgd20-ce", "type": "pgd", "steps": 20, "seed": 0, "accuracy": 0.5, "seconds": 1.0}
+AA = {"name": "autoattack-standard", "type": "autoattack", "version": "standard", "seed": 0, "accuracy": 0.4}
+AA_APGD = {"name": "autoattack-apgd-ce+apgd-t", "type": "autoattack", "version": "custom", "seed": 0}
+TRANSFER = {"name": "transfer-from-standard", "type": "transfer", "crafted_on": "standard", "steps": 20}
+GATE = {"name": "gate-apgd-ce", "type": "gate-apgd", "gate_weight": 0.5}
+
+
+def _like_for_like(n=1000, seed=0, mixer_clean=0.90):
+    """Bases, two fixed mixtures and a mixer on n shared points, each under its kind's plan."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rob = (rng.random(n) < 0.70).astype(int)
+    fixed8 = rob * (rng.random(n) < 0.97)  # a fixed mixture breaks some of what the robust model holds
+    fixed6 = rob * (rng.random(n) < 0.90)
+    mixer = rob * (rng.random(n) < 0.98)
+    mixed_plan = [PGD, TRANSFER, AA]
+    return {
+        "standard": _planned({"checkpoint": "standard"}, 0.93, [0] * n, [PGD, AA]),
+        "robust": _planned({"checkpoint": "adversarial"}, 0.875, rob.tolist(), [PGD, AA]),
+        "a0.8": _planned({"type": "MixedClassifier", "alpha": 0.8, "robust_scale": 2.0}, 0.885, fixed8.tolist(),
+                         mixed_plan),
+        "a0.6": _planned({"type": "MixedClassifier", "alpha": 0.6, "robust_scale": 2.0}, 0.895, fixed6.tolist(),
+                         mixed_plan),
+        "mixer": _planned({"type": "AdaptiveMixedClassifier"}, mixer_clean, mixer.tolist(), [*mixed_plan, GATE]),
+    }
+
+
+def test_compare_refuses_different_attack_plans_and_names_them_unless_asked():
+    reports = _like_for_like()
+    res = compare_reports(reports, standard="standard", robust="robust", n_bootstrap=0)
+    assert res["like_for_like"] and res["plan_differences"] == []  # the mixer's gate attack is extra, not a difference
+    reports["a0.8"]["attacks"] = [PGD, TRANSFER, AA_APGD]
+    with pytest.raises(ValueError, match=r"'a0.8' lacks autoattack-standard.*--allow-different-plans"):
+        compare_reports(reports, standard="standard", robust="robust")
+    res = compare_reports(reports, standard="standard", robust="robust", allow_plan_mismatch=True, n_bootstrap=0)
+    assert not res["like_for_like"] and any("autoattack-apgd-ce+apgd-t" in d for d in res["plan_differences"])
+    reports = _like_for_like()
+    reports["a0.6"]["attacks"] = [{**PGD, "steps": 10}, TRANSFER, AA]
+    with pytest.raises(ValueError, match=r"'a0.6' and 'a0.8' ran pgd20-ce with different settings \(steps\)"):
+        compare_reports(reports)
+    reports = _like_for_like()
+    reports["a0.6"]["attacks"] = [PGD, AA]  # a mixture must meet the transfer attacks too
+    with pytest.raises(ValueError, match="'a0.6' lacks transfer-from-standard"):
+        compare_reports(reports)
+
+
+def test_compare_keys_fixed_mixtures_by_alpha_and_both_scales():
+    reports = _like_for_like()
+    reports["again"] = json.loads(json.dumps(reports["a0.8"]))
+    with pytest.raises(ValueError, match=r"'again' and 'a0.8' are the same fixed mixture \(alpha 0.8, s_g 1, s_h 2\)"):
+        compare_reports(reports, n_bootstrap=0)
+    reports["again"]["model"]["robust_scale"] = 1.0  # another s_h: another point of the envelope
+    res = compare_reports(reports, standard="standard", robust="robust", n_bootstrap=0)
+    assert sum(m["kind"] == "fixed" for m in res["models"]) == 3
+
+
+def test_fixed_curve_is_the_upper_envelope_of_every_scale():
+    from adasmooth.evaluation.compare import pareto_points
+
+    pts = [(0.93, 0.0), (0.885, 0.68), (0.88, 0.66), (0.875, 0.70), (0.87, 0.69)]
+    assert pareto_points(pts) == [(0.93, 0.0), (0.885, 0.68), (0.875, 0.70)]
+
+
+def test_bootstrap_interval_covers_the_margin_and_excludes_zero_only_for_a_clear_gain():
+    clear = compare_reports(_like_for_like(mixer_clean=0.905), standard="standard", robust="robust")
+    m = {x["name"]: x for x in clear["models"]}["mixer"]
+    lo, hi = m["clean_above_interval"]
+    assert lo < m["clean_above_fixed_curve"] < hi and lo > 0
+    assert clear["bootstrap"]["replicates"] == 2000 and not clear["bootstrap"]["clean_resampled"]
+    near = m["nearest_fixed"]
+    assert near["name"] == "a0.8" and near["robust_only_model"] > near["robust_only_fixed"]
+    # a mixer on the curve: the interval straddles zero
+    on = compare_reports(_like_for_like(mixer_clean=0.8815), standard="standard", robust="robust")
+    lo, hi = {x["name"]: x for x in on["models"]}["mixer"]["clean_above_interval"]
+    assert lo < 0 < hi
+    # the same seed gives the same interval; per-example clean flags widen it (clean noise is resampled too)
+    again = compare_reports(_like_for_like(mixer_clean=0.905), standard="standard", robust="robust")
+    assert again["models"] == clear["models"]
+    import numpy as np
+
+    reports = _like_for_like(mixer_clean=0.905)
+    rng = np.random.default_rng(1)
+    for r in reports.values():
+        r["clean_per_example_full_split"] = (rng.random(10_000) < r["clean_accuracy_full_split"]).astype(int).tolist()
+        r["clean_accuracy_full_split"] = float(np.mean(r["clean_per_example_full_split"]))
+    wide = compare_reports(reports, standard="standard", robust="robust")
+    assert wide["bootstrap"]["clean_resampled"]
+    lo_w, hi_w = {x["name"]: x for x in wide["models"]}["mixer"]["clean_above_interval"]
+    assert hi_w - lo_w > hi - lo
+    with pytest.raises(ValueError, match="bootstrap"):
+        compare_reports(reports, n_bootstrap=-1)
+
+
+def test_compare_command_refuses_mixed_plans_unless_asked_and_prints_the_interval(tmp_path, capsys):
+    reports = _like_for_like(mixer_clean=0.905)
+    reports["a0.6"]["attacks"] = [PGD, TRANSFER, AA_APGD]
+    args = []
+    for name, rep in reports.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(rep))
+        args.append(f"{name}={tmp_path / f'{name}.json'}")
+    base = ["compare", *args, "--standard", "standard", "--robust", "robust", "--bootstrap", "300"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    assert "'a0.6' lacks autoattack-standard" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--allow-different-plans"]) == 0
+    printed = capsys.readouterr().out
+    assert "NOT like for like" in printed and "95% paired bootstrap interval" in printed
+    assert "mixer vs a0.8: robust only for mixer" in printed
+    saved = json.loads((tmp_path / "b" / "compare.json").read_text())
+    assert saved["bootstrap"]["replicates"] == 300 and saved["plan_differences"]

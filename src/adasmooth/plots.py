@@ -181,19 +181,36 @@ def plot_comparison(comparison: dict, path: str | Path, *, title: str = "") -> P
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     models = comparison["models"]
-    curve = sorted((m for m in models if m["kind"] in ("fixed", "robust", "standard")), key=lambda m: m["alpha"])
-    if curve:
-        ax.plot([100 * m["clean"] for m in curve], [100 * m["robust"] for m in curve], "o-", color="tab:blue", ms=4,
-                label="fixed-α mixture (α=0: standard, α=1: robust)")
-        for m in curve:
-            sh = m.get("robust_scale")
-            label = f"α={m['alpha']:g}" + (f", s_h={sh:g}" if sh not in (None, 1, 1.0) else "")
+    points = [m for m in models if m["kind"] in ("fixed", "robust", "standard")]
+    envelope = comparison.get("fixed_curve") or sorted(((m["clean"], m["robust"]) for m in points), key=lambda p: p[1])
+    if points:
+        ax.plot([100 * c for c, _ in envelope], [100 * r for _, r in envelope], "-", color="tab:blue",
+                label="fixed-α curve (upper envelope; α=0: standard, α=1: robust)")
+        ax.plot([100 * m["clean"] for m in points], [100 * m["robust"] for m in points], "o", color="tab:blue", ms=4)
+        for m in points:
+            sh, sg = m.get("robust_scale"), m.get("standard_scale")
+            label = (f"α={m['alpha']:g}" + (f", s_g={sg:g}" if sg not in (None, 1, 1.0) else "")
+                     + (f", s_h={sh:g}" if sh not in (None, 1, 1.0) else ""))
             ax.annotate(label, (100 * m["clean"], 100 * m["robust"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
-    markers = iter("P*Xv^<>hd")
+    markers = iter(zip("P*Xv^<>hd", ("tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink",
+                                     "tab:olive", "tab:cyan", "tab:gray")))
     for m in models:
-        if m["kind"] == "other":
-            ax.plot(100 * m["clean"], 100 * m["robust"], next(markers, "P"), ms=10, label=m["name"])
+        if m["kind"] != "other":
+            continue
+        marker, color = next(markers, ("P", "black"))
+        interval = m.get("clean_above_interval")
+        if interval is not None:  # the margin's interval, drawn around the model's clean accuracy
+            lo, hi = interval
+            d = m["clean_above_fixed_curve"]
+            ax.errorbar(100 * m["clean"], 100 * m["robust"], xerr=[[100 * (d - lo)], [100 * (hi - d)]], fmt=marker,
+                        ms=10, capsize=4, color=color, label=f"{m['name']} (margin {100 * d:+.2f} pts, 95% CI "
+                                                 f"[{100 * lo:+.2f}, {100 * hi:+.2f}])")
+        else:
+            ax.plot(100 * m["clean"], 100 * m["robust"], marker, ms=10, color=color, label=m["name"])
+    if comparison.get("plan_differences"):
+        ax.text(0.99, 0.99, "attack plans differ: not like for like", transform=ax.transAxes, ha="right", va="top",
+                fontsize=8, color="tab:red")
     rest = [100 * m["robust"] for m in models if m["kind"] != "standard"]
     std = [m for m in models if m["kind"] == "standard"]
     if rest and std and 100 * std[0]["robust"] < min(rest) - 10:  # zoom on the mixtures; the curve runs on

@@ -61,7 +61,8 @@ def sweep(args) -> int:
 
 def compare(args) -> int:
     print(wf.run_compare(wf.read_reports(args.reports), wf.output_dir(args.out, "compare"), standard=args.standard,
-                         robust=args.robust).format())
+                         robust=args.robust, allow_plan_mismatch=args.allow_different_plans,
+                         n_bootstrap=args.bootstrap).format())
     return 0
 
 

@@ -111,6 +111,10 @@ def _analysis(sub, p):
     k.add_argument("reports", nargs="+", help="evaluate JSONs, each FILE or NAME=FILE")
     k.add_argument("--standard", default=None, help="name of the standard model's report (alpha = 0)")
     k.add_argument("--robust", default=None, help="name of the robust model's report (alpha = 1)")
+    k.add_argument("--allow-different-plans", action="store_true",
+                   help="compare reports whose attack plans differ (the result lists the differences)")
+    k.add_argument("--bootstrap", type=int, default=2000,
+                   help="paired bootstrap replicates for the margin's 95%% interval (0: none; default 2000)")
     k.add_argument("--out", default=None, help="results folder (default: results/compare-<time>)")
     k.set_defaults(func=commands.compare)
     m = sub.add_parser("margins", parents=[p["run"]],

@@ -1,19 +1,34 @@
 """Compare finished evaluations on the examples they share: the fixed-α trade-off curve against other
-mixtures (nonlinear, adaptive, both), with the figures of merit.
+mixtures (nonlinear, adaptive, both), with the figures of merit and paired bootstrap intervals.
 
 Every ``adasmooth evaluate`` JSON holds its test indices and a per-example worst-case flag, so reports
 measured on different numbers of points are compared on the intersection only (the same seeded
 permutation makes the first n points shared). Clean accuracy is each report's full-split accuracy.
 
-A model lies *above* the fixed-α curve when it has more clean accuracy than the curve at its robust
-accuracy (the curve interpolated linearly between measured α, with the robust model as α = 1 and the
-standard model as α = 0).
+A comparison is like for like only when every model met the same attack plan: the same PGD and
+AutoAttack settings for every model, the same transfer attacks for every mixture. Attacks that only
+exist for one kind of model (the gate-aware APGD of a mixer, the surrogate of a logit map) are extra,
+never missing. Reports whose plans differ are refused unless ``allow_plan_mismatch`` is set, and then the
+result lists the differences.
+
+The fixed-α curve is the upper envelope (the Pareto points, joined linearly) of every fixed mixture,
+keyed by (α, s_g, s_h), with the standard model at α = 0 and the robust one at α = 1. A model lies
+*above* it when it has more clean accuracy than the curve at its robust accuracy. The margin's interval
+is a paired bootstrap: the shared attacked points (and, where the reports carry per-example clean flags,
+the split's points) are resampled with replacement, the curve and every model's point recomputed each time.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+PLAN_TYPES = ("pgd", "autoattack", "transfer")  # attacks every model of a kind must meet
+_RESULT_KEYS = ("accuracy", "seconds", "after_each_subattack", "warnings", "attacks_run")
+BASE_ROLES = ("standard", "robust", "base")
 
 
 @dataclass
@@ -23,11 +38,14 @@ class ComparedModel:
     robust: float  # worst case on the shared examples
     kind: str  # "standard", "robust", "fixed", or "other"
     alpha: float | None = None
+    standard_scale: float | None = None  # s_g of a fixed mixture
     robust_scale: float | None = None  # s_h of a fixed mixture
     attacks: list = field(default_factory=list)
     gap_closed: float | None = None
     robust_kept: float | None = None
     clean_above_fixed_curve: float | None = None  # clean minus the curve's clean at the same robust accuracy
+    clean_above_interval: tuple[float, float] | None = None  # paired bootstrap 95% interval of the margin
+    nearest_fixed: dict | None = None  # discordant robust flags against the fixed point nearest in robust accuracy
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -42,6 +60,12 @@ def _kind(report: dict, role: str | None) -> tuple[str, float | None]:
     return "other", None
 
 
+def _is_base(report: dict) -> bool:
+    """A base model's report (``evaluate --checkpoint``): a checkpoint, no mixture type."""
+    m = report.get("model", {})
+    return "checkpoint" in m and "type" not in m
+
+
 def fixed_curve_clean_at(curve: list[tuple[float, float]], robust: float) -> float | None:
     """Clean accuracy of the piecewise-linear curve through ``(clean, robust)`` points at ``robust``;
     None outside the robust accuracies the curve spans."""
@@ -52,40 +76,118 @@ def fixed_curve_clean_at(curve: list[tuple[float, float]], robust: float) -> flo
     return None
 
 
-def compare_reports(reports: dict[str, dict], *, standard: str | None = None, robust: str | None = None) -> dict:
-    """``reports`` maps a name to a loaded ``evaluate`` JSON. ``standard`` / ``robust`` name the base
-    models' reports (the robust one is also the α = 1 end of the fixed-α curve)."""
-    if len(reports) < 2:
-        raise ValueError("compare needs at least two evaluation reports")
-    first = next(iter(reports.values()))
+def pareto_points(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The ``(clean, robust)`` points no other point beats in both, sorted by robust accuracy: the upper
+    envelope of a set of fixed mixtures (several logit scales make several curves; the envelope is the best)."""
+    pts = sorted(set(points), key=lambda p: (-p[1], -p[0]))
+    front, best_clean = [], -np.inf
+    for c, r in pts:
+        if c > best_clean:
+            front.append((c, r))
+            best_clean = c
+    return sorted(front, key=lambda p: p[1])
+
+
+def plan_signature(report: dict, *, base: bool) -> dict[str, dict]:
+    """The attacks of ``report`` that every model of its kind must meet, by name, with their settings (no
+    results). Base models meet no transfer attacks (they are the models the transfer starts from)."""
+    sig = {}
+    for a in report.get("attacks", []):
+        if a.get("type") not in PLAN_TYPES or (base and a.get("type") == "transfer"):
+            continue
+        sig[a["name"]] = {k: v for k, v in a.items() if k not in _RESULT_KEYS}
+    return sig
+
+
+def plan_differences(reports: dict[str, dict], roles: dict[str, str]) -> list[str]:
+    """How the reports' attack plans differ, one line per difference (empty: like for like). The plan most
+    mixtures met is the reference: every mixture must meet it, every base model the same less its
+    transfer attacks."""
+    sigs = {name: plan_signature(r, base=roles[name] in BASE_ROLES) for name, r in reports.items()}
+    mixtures = [n for n in reports if roles[n] not in BASE_ROLES] or list(reports)
+    ref = max(mixtures, key=lambda n: sum(sigs[m] == sigs[n] for m in mixtures))  # first of the most common
+    ref_base = {k: v for k, v in sigs[ref].items() if v.get("type") != "transfer"}
+    out = []
+    for name, mine in sigs.items():
+        if name == ref:
+            continue
+        theirs = ref_base if roles[name] in BASE_ROLES else sigs[ref]
+        for key in sorted(set(mine) | set(theirs)):
+            if key not in mine:
+                out.append(f"{name!r} lacks {key}, which {ref!r} met")
+            elif key not in theirs:
+                out.append(f"{name!r} met {key}, which {ref!r} did not")
+            elif mine[key] != theirs[key]:
+                diff = sorted(k for k in set(mine[key]) | set(theirs[key]) if mine[key].get(k) != theirs[key].get(k))
+                out.append(f"{name!r} and {ref!r} ran {key} with different settings ({', '.join(diff)})")
+    return out
+
+
+def _check_reports(reports: dict[str, dict]) -> None:
+    first_name, first = next(iter(reports.items()))
     for name, r in reports.items():
         missing = [k for k in ("indices", "robust_per_example", "eps", "norm", "split") if k not in r]
         if missing:
             raise ValueError(f"report {name!r} lacks {missing}: use the JSON that `adasmooth evaluate` writes per model")
         for k in ("eps", "norm", "split", "dataset"):
             if r.get(k) != first.get(k):
-                raise ValueError(f"reports differ in {k}: {name!r} has {r.get(k)!r}, another {first.get(k)!r}; "
-                                 f"only evaluations of one threat model on one split compare")
+                raise ValueError(f"reports differ in {k}: {name!r} has {r.get(k)!r}, {first_name!r} has "
+                                 f"{first.get(k)!r}; only evaluations of one threat model on one split compare")
+
+
+def _fixed_key(report: dict, alpha: float) -> tuple[float, float, float]:
+    m = report.get("model", {})
+    return alpha, float(m.get("standard_scale", 1.0)), float(m.get("robust_scale", 1.0))
+
+
+def compare_reports(reports: dict[str, dict], *, standard: str | None = None, robust: str | None = None,
+                    allow_plan_mismatch: bool = False, n_bootstrap: int = 2000, seed: int = 0) -> dict:
+    """``reports`` maps a name to a loaded ``evaluate`` JSON. ``standard`` / ``robust`` name the base
+    models' reports (the robust one is also the α = 1 end of the fixed-α curve). Reports whose attack
+    plans differ are refused unless ``allow_plan_mismatch``; ``n_bootstrap`` replicates (0: none) give the
+    paired 95% interval of each model's margin to the fixed-α curve."""
+    if len(reports) < 2:
+        raise ValueError("compare needs at least two evaluation reports")
+    if n_bootstrap < 0:
+        raise ValueError(f"the number of bootstrap replicates must be >= 0, got {n_bootstrap}")
+    _check_reports(reports)
     for role in (standard, robust):
         if role is not None and role not in reports:
             raise ValueError(f"{role!r} is not among the reports ({', '.join(reports)})")
-    shared = set(first["indices"])
-    for r in reports.values():
-        shared &= set(r["indices"])
+    roles = {name: "standard" if name == standard else "robust" if name == robust else _kind(r, None)[0]
+             for name, r in reports.items()}
+    roles = {name: "base" if role == "other" and _is_base(reports[name]) else role for name, role in roles.items()}
+    differences = plan_differences(reports, roles)
+    if differences and not allow_plan_mismatch:
+        raise ValueError("the reports met different attack plans, so they do not compare like for like: "
+                         + "; ".join(differences) + ". Evaluate every model with the same plan, or pass "
+                         "--allow-different-plans to compare anyway (the result then lists the differences)")
+    shared = sorted(set.intersection(*(set(r["indices"]) for r in reports.values())))
     if not shared:
         raise ValueError("the reports share no test examples: evaluate them with the same seed")
-    models = []
+    models, flags, keys = [], {}, {}
     for name, r in reports.items():
-        flags = [f for i, f in zip(r["indices"], r["robust_per_example"]) if i in shared]
-        kind, alpha = _kind(r, "standard" if name == standard else "robust" if name == robust else None)
-        models.append(ComparedModel(name=name, clean=float(r.get("clean_accuracy_full_split", r["clean_accuracy"])),
-                                    robust=sum(flags) / len(flags), kind=kind, alpha={"robust": 1.0, "standard": 0.0}.get(kind, alpha),
-                                    robust_scale=r.get("model", {}).get("robust_scale") if kind == "fixed" else None,
-                                    attacks=[a["name"] for a in r.get("attacks", [])]))
+        kind, alpha = _kind(r, roles[name] if roles[name] in ("standard", "robust") else None)
+        pos = {i: f for i, f in zip(r["indices"], r["robust_per_example"])}
+        flags[name] = np.array([pos[i] for i in shared], dtype=np.float64)
+        model = r.get("model", {})
+        if kind == "fixed":
+            key = _fixed_key(r, alpha)
+            if key in keys:
+                raise ValueError(f"{name!r} and {keys[key]!r} are the same fixed mixture (alpha {key[0]:g}, s_g "
+                                 f"{key[1]:g}, s_h {key[2]:g}): give each mixture one report")
+            keys[key] = name
+        models.append(ComparedModel(
+            name=name, clean=float(r.get("clean_accuracy_full_split", r["clean_accuracy"])),
+            robust=float(flags[name].mean()), kind=kind, alpha={"robust": 1.0, "standard": 0.0}.get(kind, alpha),
+            standard_scale=model.get("standard_scale") if kind == "fixed" else None,
+            robust_scale=model.get("robust_scale") if kind == "fixed" else None,
+            attacks=[a["name"] for a in r.get("attacks", [])]))
     by = {m.name: m for m in models}
-    curve = [(m.clean, m.robust) for m in models if m.kind in ("fixed", "robust", "standard")]
+    on_curve = [m.name for m in models if m.kind in ("fixed", "robust", "standard")]
+    curve = pareto_points([(by[n].clean, by[n].robust) for n in on_curve])
     for m in models:
-        if standard and robust and m.kind not in ("standard", "robust"):
+        if standard and robust and m.kind not in BASE_ROLES:
             s, b = by[standard], by[robust]
             gap = s.clean - b.clean
             m.gap_closed = (m.clean - b.clean) / gap if gap > 0 else None
@@ -93,9 +195,80 @@ def compare_reports(reports: dict[str, dict], *, standard: str | None = None, ro
         if m.kind == "other" and len(curve) >= 2:
             at = fixed_curve_clean_at(curve, m.robust)
             m.clean_above_fixed_curve = None if at is None else m.clean - at
-    return {"n_shared": len(shared), "eps": first["eps"], "norm": first["norm"], "split": first["split"],
-            "dataset": first.get("dataset"), "models": [m.to_dict() for m in models],
-            "fixed_curve": sorted(curve, key=lambda p: p[1])}
+            m.nearest_fixed = _nearest_fixed(m, [by[n] for n in on_curve if by[n].kind == "fixed"], flags)
+    clean_flags = _clean_flags(reports)
+    boot = None
+    if n_bootstrap and len(on_curve) >= 2:
+        boot = _bootstrap(models, on_curve, flags, clean_flags, n_bootstrap, seed)
+    return {"n_shared": len(shared), "eps": first_of(reports, "eps"), "norm": first_of(reports, "norm"),
+            "split": first_of(reports, "split"), "dataset": first_of(reports, "dataset"),
+            "models": [m.to_dict() for m in models], "fixed_curve": curve,
+            "plan_differences": differences, "like_for_like": not differences, "bootstrap": boot}
 
 
-__all__ = ["ComparedModel", "compare_reports", "fixed_curve_clean_at"]
+def first_of(reports: dict[str, dict], key: str):
+    return next(iter(reports.values())).get(key)
+
+
+def _nearest_fixed(model: ComparedModel, fixed: list[ComparedModel], flags: dict) -> dict | None:
+    """Discordant pairs against the fixed mixture nearest in robust accuracy, and the exact sign test."""
+    if not fixed:
+        return None
+    near = min(fixed, key=lambda f: (abs(f.robust - model.robust), -f.clean))
+    mine, theirs = flags[model.name], flags[near.name]
+    only_model, only_fixed = int(((mine == 1) & (theirs == 0)).sum()), int(((mine == 0) & (theirs == 1)).sum())
+    p = stats.binomtest(only_model, only_model + only_fixed).pvalue if only_model + only_fixed else 1.0
+    return {"name": near.name, "robust_only_model": only_model, "robust_only_fixed": only_fixed,
+            "sign_test_p": float(p)}
+
+
+def _clean_flags(reports: dict[str, dict]) -> dict[str, np.ndarray] | None:
+    """Per-example clean flags over the whole split, when every report carries them for the same split."""
+    if not all("clean_per_example_full_split" in r for r in reports.values()):
+        return None
+    out = {n: np.asarray(r["clean_per_example_full_split"], dtype=np.float64) for n, r in reports.items()}
+    return out if len({len(v) for v in out.values()}) == 1 else None
+
+
+def _resampled_means(flags: dict[str, np.ndarray], names: list[str], n_boot: int, rng) -> np.ndarray:
+    """(n_boot, len(names)) means of each model's flags under the same resampling of the points."""
+    mat = np.stack([flags[n] for n in names])  # models x points
+    n = mat.shape[1]
+    out = np.empty((n_boot, len(names)))
+    for start in range(0, n_boot, 200):
+        stop = min(n_boot, start + 200)
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=stop - start)
+        out[start:stop] = counts @ mat.T / n
+    return out
+
+
+def _bootstrap(models, on_curve, flags, clean_flags, n_boot, seed) -> dict:
+    """Paired bootstrap of each non-fixed model's margin to the fixed-α curve (95% percentile interval)."""
+    rng = np.random.default_rng(seed)
+    names = [m.name for m in models]
+    robust = _resampled_means(flags, names, n_boot, rng)
+    if clean_flags is not None:
+        clean = _resampled_means(clean_flags, names, n_boot, rng)
+    else:  # the split's clean accuracies, held fixed: the interval covers the attacked points' noise only
+        clean = np.tile([m.clean for m in models], (n_boot, 1))
+    col = {n: i for i, n in enumerate(names)}
+    summary = {}
+    for m in models:
+        if m.kind != "other":
+            continue
+        margins = []
+        for b in range(n_boot):
+            curve = pareto_points([(clean[b, col[n]], robust[b, col[n]]) for n in on_curve])
+            at = fixed_curve_clean_at(curve, robust[b, col[m.name]])
+            if at is not None:
+                margins.append(clean[b, col[m.name]] - at)
+        if len(margins) >= 0.9 * n_boot:
+            lo, hi = np.percentile(margins, [2.5, 97.5])
+            m.clean_above_interval = (float(lo), float(hi))
+        summary[m.name] = {"replicates_on_curve": len(margins)}
+    return {"replicates": n_boot, "seed": seed, "clean_resampled": clean_flags is not None,
+            "level": 0.95, "models": summary}
+
+
+__all__ = ["ComparedModel", "compare_reports", "fixed_curve_clean_at", "pareto_points", "plan_differences",
+           "plan_signature"]

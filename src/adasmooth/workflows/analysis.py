@@ -73,6 +73,20 @@ class CompareRun:
             above = "" if m["clean_above_fixed_curve"] is None else f"{100 * m['clean_above_fixed_curve']:+.2f} pts"
             lines.append(f"{m['name']:<28s} {100 * m['clean']:7.2f}% {100 * m['robust']:7.2f}% "
                          f"{pct(m['gap_closed']):>11s} {pct(m['robust_kept']):>7s} {above:>17s}")
+        for m in res["models"]:
+            if m.get("clean_above_interval") is not None:
+                lo, hi = m["clean_above_interval"]
+                boot = res["bootstrap"]
+                held = "" if boot["clean_resampled"] else "; clean accuracies held fixed"
+                lines.append(f"{m['name']}: margin to the fixed-α curve {100 * m['clean_above_fixed_curve']:+.2f} pts, "
+                             f"95% paired bootstrap interval [{100 * lo:+.2f}, {100 * hi:+.2f}] "
+                             f"({boot['replicates']} replicates{held})")
+            near = m.get("nearest_fixed")
+            if near:
+                lines.append(f"{m['name']} vs {near['name']}: robust only for {m['name']} {near['robust_only_model']}, "
+                             f"only for {near['name']} {near['robust_only_fixed']} (sign test p = {near['sign_test_p']:.3f})")
+        if res.get("plan_differences"):
+            lines.append("NOT like for like (--allow-different-plans): " + "; ".join(res["plan_differences"]))
         lines.append(f"results in {self.out}/")
         return "\n".join(lines)
 
@@ -94,9 +108,11 @@ def read_reports(items: list[str]) -> dict[str, dict]:
 
 
 def run_compare(reports: dict[str, dict], out: Path, *, standard: str | None = None,
-                robust: str | None = None) -> CompareRun:
-    """Evaluate reports on their shared examples: ``compare.json`` and ``tradeoff.png``."""
-    res = compare_reports(reports, standard=standard, robust=robust)
+                robust: str | None = None, allow_plan_mismatch: bool = False, n_bootstrap: int = 2000) -> CompareRun:
+    """Evaluate reports on their shared examples: ``compare.json`` and ``tradeoff.png``. Reports whose attack
+    plans differ are refused unless ``allow_plan_mismatch``; ``n_bootstrap`` sets the paired bootstrap."""
+    res = compare_reports(reports, standard=standard, robust=robust, allow_plan_mismatch=allow_plan_mismatch,
+                          n_bootstrap=n_bootstrap)
     write_json(out / "compare.json", res)
     plot_comparison(res, out / "tradeoff.png")
     return CompareRun(res, out)

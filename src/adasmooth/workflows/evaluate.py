@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import Config
 from ..distributed import init_distributed, is_main
-from ..evaluation import accuracy
+from ..evaluation.accuracy import correct_mask
 from ..evaluation.plans import attack_plan
 from ..evaluation.report import RobustnessReport
 from ..evaluation.separation import gate_separation
@@ -43,9 +43,12 @@ class ModelEvaluation:
     clean_full: float  # on the whole split
     report: RobustnessReport  # on the seeded subset
     alpha: dict | None = None  # an adaptive model's α(x) on clean and attacked inputs
+    clean_flags: list[int] | None = None  # per example of the whole split, in its order: 1 where correct
 
     def to_dict(self, n_full: int) -> dict:
         out = {**self.report.to_dict(), "clean_accuracy_full_split": self.clean_full, "n_full_split": n_full}
+        if self.clean_flags is not None:  # lets `compare` resample clean accuracy, paired across models
+            out["clean_per_example_full_split"] = self.clean_flags
         if self.alpha is not None:
             out["alpha"] = self.alpha
         return out
@@ -75,6 +78,13 @@ class EvaluateResult:
         return "\n".join(lines)
 
 
+def fixed_mixture_name(alpha: float, standard_scale: float = 1.0, robust_scale: float = 1.0) -> str:
+    """The report name of a fixed mixture: α and every logit scale that is not 1, so reports of two scales
+    in one folder never overwrite each other (``mixed-alpha0.9-sh2``)."""
+    return (f"mixed-alpha{alpha:g}" + (f"-sg{standard_scale:g}" if standard_scale != 1.0 else "")
+            + (f"-sh{robust_scale:g}" if robust_scale != 1.0 else ""))
+
+
 def evaluation_targets(cfg: Config, *, checkpoints: list[str] | None = None, mixer: str | None = None,
                        alpha: float | None = None, nonlinear: bool = False, standard_scale: float = 1.0,
                        robust_scale: float = 1.0, standard: str | None = None, robust: str | None = None,
@@ -94,7 +104,8 @@ def evaluation_targets(cfg: Config, *, checkpoints: list[str] | None = None, mix
             model = load_adaptive(mixer, std, rob).to(device)
             return [EvaluationTarget(Path(mixer).name, model, "adaptive", {"mixer": str(mixer), **model.describe()})], std, rob
         model = MixedClassifier(std, rob, alpha=alpha, standard_scale=standard_scale, robust_scale=robust_scale).eval()
-        return [EvaluationTarget(f"mixed-alpha{alpha:g}", model, "mixed", model.describe())], std, rob
+        return [EvaluationTarget(fixed_mixture_name(alpha, standard_scale, robust_scale), model, "mixed",
+                                 model.describe())], std, rob
     targets = []
     for ckpt in checkpoints or [str(pretrained_dir() / cfg.data.name / s) for s in ("standard", "adversarial")]:
         model, meta = load_model(ckpt, map_location=device)
@@ -113,8 +124,9 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
     and, with ``keep_adversarials``, the adversarial images of each attack (else None)."""
     bs = cfg.evaluate.batch_size
     adaptive = target.kind == "adaptive"
-    clean_full = accuracy(target.model, x, y, device=device, batch_size=bs, progress=progress,
-                          desc=f"{target.name}: clean {split}")
+    correct = correct_mask(target.model, x, y, device=device, batch_size=bs, progress=progress,
+                           desc=f"{target.name}: clean {split}")
+    clean_full = float(correct.float().mean())
     rep, kept = evaluate_in_chunks(
         target.model, x[idx], y[idx], attacks, eps=cfg.threat.eps, norm=cfg.threat.norm, chunk_size=chunk_size or bs,
         device=device, batch_size=bs, dataset=cfg.data.name, split=split, indices=idx, model_info=target.info,
@@ -122,7 +134,7 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
     alpha = None
     if adaptive and alpha_png is not None and is_main():
         alpha = alpha_report(plain or target.model, x[idx], y[idx], alpha_png, cfg=cfg, device=device)
-    return ModelEvaluation(target.name, clean_full, rep, alpha), kept
+    return ModelEvaluation(target.name, clean_full, rep, alpha, correct.int().tolist()), kept
 
 
 def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Config, device: str) -> dict:
