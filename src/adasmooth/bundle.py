@@ -89,12 +89,16 @@ def robustbench_model_info(results: dict, *, name: str, architecture: str, datas
     """
     if not any(a.get("type") == "autoattack" for a in results.get("attacks", [])):
         raise ValueError("these results hold no AutoAttack run: evaluate with --autoattack standard first")
-    note = (f"adasmooth evaluation on {results['n']} {dataset} test points ({results['norm']}, eps={results['eps']:.6g}); "
+    clean_n = results.get("n_full_split", results["n"])
+    note = (f"adasmooth evaluation: clean accuracy on {clean_n} {dataset} test points, robust accuracy on "
+            f"{results['n']} ({results['norm']}, eps={results['eps']:.6g}); "
             f"worst case over {', '.join(a['name'] for a in results['attacks'])}")
     return {
         "link": link, "name": name, "authors": authors, "additional_data": str(bool(additional_data)),
         "number_forward_passes": 1, "dataset": dataset, "venue": venue, "architecture": architecture,
-        "eps": results["eps"], "clean_acc": round(results["clean_accuracy"], 4), "reported": None,
+        # clean accuracy of the whole split where the evaluation measured it, not of the attacked subset
+        "eps": results["eps"], "clean_acc": round(results.get("clean_accuracy_full_split", results["clean_accuracy"]), 4),
+        "reported": None,
         "corruptions_acc": None, "autoattack_acc": round(results["robust_accuracy"], 4),
         "footnote": f"{footnote} {note}" if footnote else note,
     }

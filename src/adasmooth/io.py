@@ -1,10 +1,17 @@
 """Checkpoints as safetensors weights plus a JSON sidecar of metadata; every write is atomic.
 
 A checkpoint ``name`` is the pair ``name.safetensors`` + ``name.json``. Loading never unpickles.
+
+The pair is committed as a unit: the new sidecar (with the new weights' sha256) is written aside as
+``.name.json.pending``, then the weights are renamed in, then the pending sidecar. A crash leaves either
+the old pair, or the new weights beside a pending sidecar that names them; the next load or save finishes
+that commit (or drops a pending sidecar whose weights never arrived). Every load compares the weights'
+sha256 with the sidecar's and refuses a mismatch, unless the caller passes ``verify=False``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,13 +26,15 @@ try:
     from safetensors import SafetensorError
 except ImportError:  # older safetensors
     from safetensors.safetensors_rust import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save_file
 from torch import nn
 
 from ._version import __version__
 from .models import build
 
 FORMAT_VERSION = 1
+FAULT_ENV = "ADASMOOTH_FAULT_AT"  # fault-injection tests: "<point>:<n>" kills the process at the n-th pass
 
 
 class CheckpointError(RuntimeError):
@@ -81,35 +90,106 @@ def _paths(stem: str | os.PathLike) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Die here (SIGKILL-like, no clean-up) when ``$ADASMOOTH_FAULT_AT`` says ``name:n`` and this is the
+    n-th pass: how the fault-injection tests interrupt a save or a training step at a chosen moment."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or spec.rpartition(":")[0] != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(spec.rpartition(":")[2]):
+        os._exit(137)
+
+
+def _pending_path(meta_path: Path) -> Path:
+    return meta_path.with_name(f".{meta_path.name}.pending")
+
+
+def finish_pending_commit(stem: str | os.PathLike) -> None:
+    """Complete or drop a save that was interrupted (see the module docstring)."""
+    weights_path, meta_path = _paths(stem)
+    pending = _pending_path(meta_path)
+    if not pending.is_file():
+        return
+    try:
+        digest = json.loads(pending.read_text()).get("sha256")
+    except (OSError, json.JSONDecodeError):
+        digest = None
+    if digest is not None and weights_path.is_file() and file_sha256(weights_path) == digest:
+        os.replace(pending, meta_path)  # the weights arrived: finish the commit
+    else:
+        pending.unlink(missing_ok=True)  # they never did: the old pair stands
+
+
 def save_tensors(stem: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
-    """Write ``tensors`` and ``metadata`` atomically: the weights first, the JSON sidecar last."""
+    """Write ``tensors`` and ``metadata`` as one unit (see the module docstring)."""
     weights_path, meta_path = _paths(stem)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
+    finish_pending_commit(stem)
     fd, tmp = tempfile.mkstemp(dir=weights_path.parent, prefix=f".{weights_path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        meta = {"format_version": FORMAT_VERSION, "adasmooth_version": __version__, **metadata,
+                "sha256": file_sha256(tmp)}
+        atomic_write_json(_pending_path(meta_path), meta)
+        fault_point("save-before-weights")
         _publish(tmp, weights_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    meta = {"format_version": FORMAT_VERSION, "adasmooth_version": __version__, **metadata}
-    meta["sha256"] = file_sha256(weights_path)
-    atomic_write_json(meta_path, meta)
+    fault_point("save-before-sidecar")
+    os.replace(_pending_path(meta_path), meta_path)
 
 
-def load_tensors(stem: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+_verify_by_default = True
+
+
+@contextlib.contextmanager
+def unverified_loading():
+    """Within this block, loads skip the sha256 check (the CLI's ``--no-verify``)."""
+    global _verify_by_default
+    before, _verify_by_default = _verify_by_default, False
+    try:
+        yield
+    finally:
+        _verify_by_default = before
+
+
+def load_tensors(stem: str | os.PathLike, *, verify: bool | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and metadata of a checkpoint. With ``verify`` (the default, unless inside
+    :func:`unverified_loading`) the weights' sha256 must equal the one the sidecar recorded;
+    ``verify=False`` is for a file the user changed on purpose."""
+    verify = _verify_by_default if verify is None else verify
     weights_path, meta_path = _paths(stem)
+    finish_pending_commit(stem)
     for p in (weights_path, meta_path):
         if not p.is_file():
             raise CheckpointError(f"checkpoint file {p} not found (a checkpoint is a .safetensors + .json pair)")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint metadata {meta_path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint metadata {meta_path} is not a JSON object")
     try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError) as exc:
+        data = weights_path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint weights {weights_path} are unreadable: {exc}") from None
+    recorded = meta.get("sha256")
+    if verify and recorded is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != recorded:
+            raise CheckpointError(
+                f"checkpoint weights {weights_path} do not match their sidecar {meta_path}: sha256 {actual}, "
+                f"recorded {recorded}. The file was changed or damaged after it was saved; restore it, or load "
+                "it unverified (--no-verify, verify=False) if you changed it on purpose")
+    try:
+        tensors = safetensors_load(data)
+    except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint weights {weights_path} are unreadable: {exc}") from None
     return tensors, meta
 
@@ -146,13 +226,15 @@ def load_model(
     expect_architecture: str | None = None,
     expect_num_classes: int | None = None,
     map_location: str | torch.device = "cpu",
+    verify: bool | None = None,
 ) -> tuple[nn.Module, dict]:
     """Rebuild a model from its checkpoint; returns ``(model in eval mode, metadata)``.
 
-    Raises :class:`CheckpointError` when the sidecar names another architecture or class count than
-    expected, or when the weights do not fit the architecture the sidecar names.
+    Raises :class:`CheckpointError` when the weights' sha256 is not the sidecar's (``verify``: see
+    :func:`load_tensors`), when the sidecar names another architecture or class count than expected, or
+    when the weights do not fit the architecture the sidecar names.
     """
-    tensors, meta = load_tensors(stem)
+    tensors, meta = load_tensors(stem, verify=verify)
     _, meta_path = _paths(stem)
     arch = meta.get("architecture")
     args = meta.get("arch_args", {})
@@ -176,8 +258,15 @@ def load_model(
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
-        raise CheckpointError(f"weights do not fit {arch!r} as described in {meta_path}: {exc}") from None
+        raise CheckpointError(f"weights do not fit {arch!r} as described in {meta_path}: "
+                              f"{state_dict_problem(exc)}") from None
     return model.to(map_location).eval(), meta
+
+
+def state_dict_problem(exc: Exception) -> str:
+    """The telling line of a ``load_state_dict`` error (the first size mismatch), not its header."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return next((ln for ln in lines if "size mismatch" in ln or "Missing key" in ln), lines[0] if lines else repr(exc))
 
 
 def _key_mismatch(expected: dict, got: dict) -> tuple[list[str], list[str]]:

@@ -295,17 +295,28 @@ def save_adaptive(stem, model: AdaptiveMixedClassifier, **metadata) -> None:
     save_tensors(stem, tensors, meta)
 
 
-def load_adaptive(stem, standard: nn.Module, robust: nn.Module) -> AdaptiveMixedClassifier:
+def load_adaptive(stem, standard: nn.Module, robust: nn.Module, *, verify: bool | None = None
+                  ) -> AdaptiveMixedClassifier:
     """Rebuild an :class:`AdaptiveMixedClassifier` saved by :func:`save_adaptive` around ``standard`` and
-    ``robust``; refuses base models whose weights differ from those the mixer was fit on."""
-    from .io import CheckpointError, load_tensors, state_fingerprint
+    ``robust``; refuses base models whose weights differ from those the mixer was fit on, a sidecar that
+    lacks what the rebuild needs, and a gate whose weights do not fit (``verify``: see ``io.load_tensors``)."""
+    from .io import CheckpointError, load_tensors, state_dict_problem, state_fingerprint
 
-    tensors, meta = load_tensors(stem)
+    tensors, meta = load_tensors(stem, verify=verify)
     if meta.get("kind") != "adaptive-mixer":
         raise CheckpointError(f"{stem} is not an adaptive mixer checkpoint (kind={meta.get('kind')!r})")
-    fp = meta["base_fingerprints"]
+    missing = [k for k in ("base_fingerprints", "composite", "gate") if not isinstance(meta.get(k), dict)]
+    fp = meta.get("base_fingerprints", {})
+    missing += [f"base_fingerprints.{k}" for k in ("standard", "robust") if isinstance(fp, dict) and k not in fp]
+    if missing:
+        raise CheckpointError(f"the mixer sidecar {stem}.json lacks {', '.join(missing)}: it was cut or edited; "
+                              "restore it from the run that saved the mixer")
     for name, m in (("standard", standard), ("robust", robust)):
         if state_fingerprint(m) != fp[name]:
             raise CheckpointError(f"the mixer in {stem} was fit on another {name} model (its weights differ); "
                                   f"pair it with the base models it was trained with")
-    return adaptive_from_state(standard, robust, meta["composite"], meta["gate"], tensors)
+    try:
+        return adaptive_from_state(standard, robust, meta["composite"], meta["gate"], tensors)
+    except (RuntimeError, TypeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"the gate in {stem} does not fit the architecture its sidecar describes: "
+                              f"{state_dict_problem(exc)}") from None

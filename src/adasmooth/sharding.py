@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from .distributed import all_gather_objects, rank_and_world
-from .io import atomic_write_bytes, atomic_write_json, state_fingerprint
+from .io import atomic_write_bytes, atomic_write_json, fault_point, state_fingerprint
 
 T = TypeVar("T")
 
@@ -35,12 +36,18 @@ def settings_key(settings: dict, *, model: nn.Module | None = None, data: tuple[
 
 class ChunkStore:
     """Finished chunks under ``folder`` as ``chunk-<c>.json`` (any JSON value) or ``chunk-<c>.npz`` (a dict
-    of arrays), each stamped with ``key``; a chunk written under another key counts as missing."""
+    of arrays), each stamped with its key: ``key`` itself, or ``key(c)`` when it is a function (a key per
+    chunk, e.g. over the chunk's own examples); a chunk written under another key counts as missing, and so
+    does a damaged one."""
 
-    def __init__(self, folder: str | Path, key: str, *, fmt: str = "json"):
+    def __init__(self, folder: str | Path, key: str | Callable[[int], str], *, fmt: str = "json"):
         if fmt not in ("json", "npz"):
             raise ValueError(f"fmt must be json or npz, got {fmt!r}")
-        self.folder, self.key, self.fmt = Path(folder), key, fmt
+        self.folder, self.fmt = Path(folder), fmt
+        self._key = key
+
+    def key(self, chunk: int) -> str:
+        return self._key(chunk) if callable(self._key) else self._key
 
     def path(self, chunk: int) -> Path:
         return self.folder / f"chunk-{chunk:05d}.{self.fmt}"
@@ -49,18 +56,22 @@ class ChunkStore:
         path = self.path(chunk)
         if not path.is_file():
             return None
-        if self.fmt == "json":
-            saved = json.loads(path.read_text())
-            return saved["result"] if saved.get("key") == self.key else None
-        saved = np.load(path)
-        return {k: saved[k] for k in saved.files if k != "key"} if str(saved["key"]) == self.key else None
+        key = self.key(chunk)
+        try:
+            if self.fmt == "json":
+                saved = json.loads(path.read_text())
+                return saved["result"] if saved.get("key") == key else None
+            saved = np.load(path)
+            return {k: saved[k] for k in saved.files if k != "key"} if str(saved["key"]) == key else None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # unreadable: computed again and rewritten
 
     def save(self, chunk: int, result: Any) -> None:
         if self.fmt == "json":
-            atomic_write_json(self.path(chunk), {"key": self.key, "result": result})
+            atomic_write_json(self.path(chunk), {"key": self.key(chunk), "result": result})
             return
         buf = io.BytesIO()
-        np.savez(buf, key=np.array(self.key), **result)
+        np.savez(buf, key=np.array(self.key(chunk)), **result)
         atomic_write_bytes(self.path(chunk), buf.getvalue())
 
 
@@ -97,6 +108,7 @@ def run_chunks(slices: list[slice], compute: Callable[[int, slice], T], *, store
         mine[c] = compute(c, slices[c])
         if store is not None:
             store.save(c, encode(mine[c]))
+            fault_point("chunk-saved")
     merged: dict = {}
     for part in all_gather_objects(mine):
         merged.update(part)

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 from ..config import ConfigError
 from ..data import DataError
-from ..io import CheckpointError
+from ..io import CheckpointError, unverified_loading
+from ..models.external import StateDictError
 from .parsers import build_parser
+
+# failures a user can fix (bad files, settings, data, a diverged run, a missing extra): one line, exit 2
+EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, StateDictError, ValueError, OSError, FloatingPointError,
+                   ImportError)
 
 __all__ = ["build_parser", "main"]
 
@@ -24,13 +30,29 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.no_verify:
+            with unverified_loading():
+                return args.func(args)
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        print(f"adasmooth {args.command}: error: {exc}", file=sys.stderr)
+    except EXPECTED_ERRORS as exc:
+        if args.verbose:
+            traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"adasmooth {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; checkpoints written so far are intact (use --resume where offered)", file=sys.stderr)
+        print(f"adasmooth {args.command}: interrupted. {_resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(args) -> str:
+    if hasattr(args, "resume"):
+        return "What was saved is intact: run the same command with --resume to continue from the last checkpoint."
+    if args.command in ("evaluate", "certify"):
+        return "Finished chunks are kept: run the same command with the same --out to continue."
+    if args.command in ("fit-mixer", "calibrate-mixer"):
+        return "Verified calibration steps are journalled: run the same command to continue."
+    return "Nothing was written past the last finished output."
 
 
 if __name__ == "__main__":

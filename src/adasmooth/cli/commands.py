@@ -104,7 +104,7 @@ def fit_mixer(args) -> int:
 def calibrate_mixer(args) -> int:
     cfg, _ = load_cfg(args)
     std, rob = _pair(args, cfg)
-    print(wf.recalibrate(cfg, std, rob, args.mixer, out=args.out, nonlinear=args.nonlinear,
+    print(wf.recalibrate(cfg, std, rob, args.mixer, out=args.out, overwrite=args.overwrite, nonlinear=args.nonlinear,
                          shipped_pair=_shipped(args, cfg), n_calibrate=args.n_calibrate,
                          verify_iters=args.verify_iters, device=args.device))
     return 0

@@ -153,7 +153,9 @@ def _mixer(sub, p):
     c = sub.add_parser("calibrate-mixer", parents=[p["run"], p["pair"], p["calib"]],
                        help="re-choose a trained mixer's gamma bias and alpha range on validation")
     c.add_argument("--mixer", required=True, help="mixer checkpoint stem (e.g. runs/mixer/mixer)")
-    c.add_argument("--out", default=None, help="stem to save the calibrated mixer to (default: overwrite --mixer)")
+    c.add_argument("--out", default=None, help="stem to save the calibrated mixer to (default: <mixer>-recalibrated)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="allow --out to be the input mixer itself or a file of the installed package")
     c.add_argument("--nonlinear", action="store_true",
                    help="put the config's calibrated MixedNUTS map on the robust side first (adaptive + nonlinear)")
     c.set_defaults(func=commands.calibrate_mixer)
@@ -171,7 +173,10 @@ def _calibrate(sub, p):
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adasmooth", description=description)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (and show tracebacks)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load checkpoints whose weights no longer match the sha256 their sidecar recorded "
+                             "(for files you changed on purpose)")
     sub = parser.add_subparsers(dest="command", required=True)
     parents = _parents()
     for add in (_train_base, _certify, _export, _evaluate, _analysis, _demo, _mixer, _calibrate):

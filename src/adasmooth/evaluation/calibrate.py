@@ -57,10 +57,11 @@ class CalibrationJournal:
         return self.entries.get(name)
 
     def put(self, name: str, value) -> None:
-        from ..io import write_json
+        from ..io import fault_point, write_json
 
         self.entries[name] = value
         write_json(self.path, {"key": self.key, "entries": self.entries})
+        fault_point("journal-saved")
 
     def discard(self) -> None:
         """Remove the file (the calibration finished and its record is saved elsewhere)."""

@@ -41,6 +41,24 @@ def _chunk_result(model, x, y, attacks, *, eps, norm, device, batch_size, keep_a
     return {"clean": clean.tolist(), "attacks": rows}
 
 
+PATH_KEYS = ("checkpoint", "mixer")  # where a model came from: not what it computes
+
+
+def chunk_keys(model, x, y, attacks, slices, *, eps, norm, chunk_size, model_info, indices):
+    """Each chunk's cache key, by content: the attacks, ε, norm and chunk size, the model's weights and
+    description (paths left out), and the chunk's own examples and indices. Raising ``n`` reuses every
+    finished chunk; moving a checkpoint file recomputes nothing."""
+    info = {k: v for k, v in (model_info or {}).items() if k not in PATH_KEYS}
+    base = settings_key({"attacks": [a.settings() for a in attacks], "eps": eps, "norm": norm, "chunk": chunk_size,
+                         "model": info}, model=model)
+
+    def key(c: int) -> str:
+        sl = slices[c]
+        data = (x[sl], y[sl]) + ((indices[sl],) if indices is not None else ())
+        return settings_key({"base": base}, data=data)
+    return key
+
+
 def evaluate_in_chunks(
     model: nn.Module,
     x: torch.Tensor,
@@ -76,10 +94,8 @@ def evaluate_in_chunks(
     t0 = time.perf_counter()
     store = None
     if cache_dir is not None:
-        store = ChunkStore(cache_dir, settings_key(
-            {"attacks": [a.settings() for a in attacks], "eps": eps, "norm": norm, "chunk": chunk_size,
-             "model": model_info, "n": len(y), "indices": indices.tolist() if indices is not None else None},
-            model=model, data=(x, y)))
+        store = ChunkStore(cache_dir, chunk_keys(model, x, y, attacks, slices, eps=eps, norm=norm, chunk_size=chunk_size,
+                                                 model_info=model_info, indices=indices))
     prefix = (f"{label}: " if label else "") + (f"rank {rank}: " if world > 1 else "")
     n_mine = sum(slices[c].stop - slices[c].start for c in range(rank, len(slices), world))
     bar = tqdm(total=n_mine * len(attacks), desc=prefix + "attacks", unit="ex", disable=not progress)

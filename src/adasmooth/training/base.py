@@ -24,7 +24,7 @@ from .. import data as data_mod
 from ..attacks import pgd
 from ..config import Config, TrainConfig
 from ..evaluation.accuracy import accuracy, attack_batched
-from ..io import load_resume_state, resume_state_exists, save_model, save_tensors
+from ..io import fault_point, load_resume_state, resume_state_exists, save_model, save_tensors
 from ..models import build
 from ..seeding import epoch_seed
 from ..speed import Autocast
@@ -172,6 +172,7 @@ def train_base(
         start_epoch, elapsed = _restore(state_stem, settings, model, optimizer, device, average)
         logger.info("resuming %s training at epoch %d from %s", kind, start_epoch, state_stem)
 
+    last_loss = float("nan")
     steps_per_epoch = math.ceil(len(x_train) / tcfg.batch_size)
     total_steps = steps_per_epoch * tcfg.epochs
     last_epoch = tcfg.epochs if max_epochs is None else min(tcfg.epochs, max_epochs)
@@ -212,12 +213,16 @@ def train_base(
             else:
                 loss = F.cross_entropy(logits, yb, label_smoothing=tcfg.label_smoothing)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {i}; last good state in {state_stem}")
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at epoch {epoch + 1} step {i + 1} (last finite loss {last_loss:.4g}); "
+                    f"the last good state, {state_stem}, is intact: lower the learning rate, then --resume")
+            last_loss = loss.item()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if average is not None:
                 average.update(model)
+            fault_point("train-step")
             run_loss = 0.95 * run_loss + 0.05 * loss.item() if i else loss.item()
             run_acc = 0.95 * run_acc + 0.05 * (logits.argmax(1) == yb).float().mean().item() if i else 0.0
             if i % 20 == 0:

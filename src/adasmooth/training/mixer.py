@@ -30,7 +30,8 @@ from ..attacks.adaptive import gate_bce, randomized_attack
 from ..attacks.apgd_training import AttackedCopies, apgd_training_attack, square_training_copies
 from ..config import MixerConfig
 from ..distributed import rank_and_world
-from ..io import CheckpointError, load_resume_state, resume_state_exists, save_tensors, state_fingerprint
+from ..io import (CheckpointError, atomic_write_bytes, fault_point, load_resume_state, resume_state_exists,
+                  save_tensors, state_fingerprint)
 from ..mixer import AdaptiveMixedClassifier
 from ..seeding import epoch_seed, step_seed
 from ..sharding import chunk_slices, run_chunks
@@ -103,11 +104,11 @@ def fit_mixer(
                       if k not in _NOT_WEIGHTS}
     settings = {"mixer": mixer_settings, "eps": eps, "n_train": len(x),
                 "standard": state_fingerprint(model.standard), "robust": state_fingerprint(model.robust)}
-    step = 0
+    step, seconds_before, last = 0, 0.0, {}
     if resume and not resume_state_exists(stem):
         logger.warning("nothing to resume at %s yet: training the mixer from scratch", stem)
-    elif resume:
-        step = _restore(stem, model, opt, settings, device)
+    elif resume:  # the time and last metrics so far come back too: resuming a finished run keeps its record
+        step, seconds_before, last = _restore(stem, model, opt, settings, device)
         logger.info("resuming mixer training at step %d", step)
     if attack is None and cfg.attack_method == "apgd":
         def attack(m, xb, yb, gen):
@@ -143,7 +144,6 @@ def fit_mixer(
     end = total if max_steps is None else min(total, max_steps)
     bar = tqdm(total=end, initial=step, desc="fit mixer", disable=not (progress and main))
     t0 = time.perf_counter()
-    last = {}
     while step < end:
         epoch, i = divmod(step, steps_per_epoch)
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
@@ -171,7 +171,8 @@ def fit_mixer(
             if board is not None:
                 board.close()
             raise FloatingPointError(
-                f"mixer loss became {loss.item()} at step {step + 1}; training stopped. The last good checkpoint "
+                f"mixer loss became {loss.item()} at step {step + 1} (last finite loss "
+                f"{last.get('loss', float('nan')):.4g}); training stopped. The last good checkpoint "
                 f"({stem}, step {_saved_step(stem)}) is intact: lower the learning rate or check the data, "
                 f"then continue with --resume")
         for group in opt.param_groups:
@@ -181,6 +182,7 @@ def fit_mixer(
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
+        fault_point("train-step")
         with torch.no_grad():
             detect = ((gamma > 0).float() == is_adv).float().mean()
             alpha = model.alpha_from_gamma(gamma)
@@ -200,12 +202,13 @@ def fit_mixer(
             _log_separation(model, held_out, eps=eps, step=step, seed=cfg.seed, path=metrics_path, board=board,
                             device=device)
         if (step % cfg.checkpoint_every == 0 or step == end) and main:
-            _save(stem, model, opt, step, settings)
+            _save(stem, model, opt, step, settings, seconds=seconds_before + time.perf_counter() - t0, last=last)
     bar.close()
     if board is not None:
         board.close()
     model.eval()
-    return {"steps": step, "total_steps": total, "seconds": round(time.perf_counter() - t0, 1), "last": last}
+    return {"steps": step, "total_steps": total, "seconds": round(seconds_before + time.perf_counter() - t0, 1),
+            "last": last}
 
 
 def _log_separation(model, held_out, *, eps: float, step: int, seed: int, path: Path, board, device) -> None:
@@ -260,7 +263,7 @@ def _saved_step(stem: Path):
         return "none yet"
 
 
-def _save(stem, model, opt, step, settings) -> None:
+def _save(stem, model, opt, step, settings, *, seconds: float = 0.0, last: dict | None = None) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()
                if not k.startswith(("standard.", "robust."))}
     for i, p in enumerate(_trainable(model)):
@@ -270,10 +273,11 @@ def _save(stem, model, opt, step, settings) -> None:
                 tensors[f"optim.{i}.{key}"] = st[key]
         if "step" in st:
             tensors[f"optim.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
-    save_tensors(stem, tensors, {"kind": "mixer-state", "step": step, "settings": settings})
+    save_tensors(stem, tensors, {"kind": "mixer-state", "step": step, "settings": settings, "seconds": seconds,
+                                 "last": last or {}})
 
 
-def _restore(stem, model, opt, settings, device) -> int:
+def _restore(stem, model, opt, settings, device) -> tuple[int, float, dict]:
     tensors, meta = load_resume_state(stem, settings)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     missing = model.load_state_dict(state, strict=False)
@@ -284,12 +288,21 @@ def _restore(stem, model, opt, settings, device) -> int:
             opt.state[p] = {"exp_avg": tensors[f"optim.{i}.exp_avg"].to(device),
                             "exp_avg_sq": tensors[f"optim.{i}.exp_avg_sq"].to(device),
                             "step": tensors[f"optim.{i}.step"].reshape(()).clone()}
-    return int(meta["step"])
+    return int(meta["step"]), float(meta.get("seconds", 0.0)), dict(meta.get("last") or {})
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past ``step`` (left by a run killed after its last checkpoint)."""
+    """Drop metric lines past ``step`` (left by a run killed after its last checkpoint), and a torn last
+    line (a kill while it was written); the file is rewritten atomically."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep = []
+    for ln in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:
+            logger.warning("dropping a torn line of %s: %.60s", path, ln)
+            continue
+        if isinstance(rec, dict) and rec.get("step", step + 1) <= step:
+            keep.append(ln)
+    atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode())

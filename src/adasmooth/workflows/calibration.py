@@ -17,7 +17,7 @@ from ..evaluation import batched_logits
 from ..evaluation.autoattack import run_autoattack
 from ..evaluation.calibrate import CalibrationJournal, calibrate_gate, robust_reference
 from ..evaluation.calibrate_map import MapCalibration, calibrate_logit_map, minimum_margin_inputs
-from ..io import write_json
+from ..io import atomic_write_bytes, write_json
 from ..mixer import AdaptiveMixedClassifier, save_adaptive
 from ..sharding import settings_key
 from ..plots import plot_map_objective
@@ -84,8 +84,8 @@ def calibrate_map(cfg: Config, robust: nn.Module, out: Path, *, n: int | None = 
 
 
 def write_config(cfg: Config, path: str | Path) -> None:
-    """``cfg`` as a YAML file (tuples as lists)."""
-    Path(path).write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+    """``cfg`` as a YAML file (tuples as lists), written atomically."""
+    atomic_write_bytes(path, yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False).encode())
 
 
 def _plain(obj):

@@ -92,6 +92,9 @@ def evaluation_targets(cfg: Config, *, checkpoints: list[str] | None = None, mix
     """The models to evaluate and the (standard, robust) pair that mixtures' transfer attacks start from:
     base checkpoints (default: both shipped models), or one mixture of the pair (``mixer``, ``alpha`` or
     ``nonlinear``)."""
+    if mixer and (alpha is not None or nonlinear or standard_scale != 1.0 or robust_scale != 1.0):
+        raise ValueError("--mixer evaluates an adaptive mixer with its own alpha(x) and logit scales: it does not go "
+                         "with --alpha, --nonlinear, --standard-scale or --robust-scale (evaluate those separately)")
     if mixer or alpha is not None or nonlinear:
         if checkpoints:
             raise ValueError("--checkpoint evaluates base models; it does not go with --mixer, --alpha or --nonlinear")

@@ -17,6 +17,7 @@ from ..io import load_tensors, write_json
 from ..mixer import AdaptiveMixedClassifier, MixingNetwork, load_adaptive
 from ..mixing import nonlinear_mixture
 from ..models.cost import format_gate_cost, gate_cost
+from ..pretrained import pretrained_dir
 from ..seeding import seeded_subset
 from ..training import fit_mixer
 from .calibration import calibrate_mixer_and_save
@@ -95,16 +96,34 @@ def held_out_separation(model: AdaptiveMixedClassifier, cfg: Config, path: Path,
             + ", ".join(f"w={w:g}: {v:.3f}" for w, v in sep.auroc.items()))
 
 
+def _refuse_overwrite(source: Path, target: Path, *, overwrite: bool) -> None:
+    strip = {".json", ".safetensors"}
+    source = source.with_suffix("") if source.suffix in strip else source
+    target = target.with_suffix("") if target.suffix in strip else target
+    if overwrite:
+        return
+    if target.resolve() == source.resolve():
+        raise ValueError(f"calibrate-mixer would write over its input {source}: give --out a new stem, or pass "
+                         "--overwrite to replace it")
+    if target.resolve().is_relative_to(pretrained_dir().resolve()):
+        raise ValueError(f"{target} lies inside the installed package's shipped models: write elsewhere, or pass "
+                         "--overwrite to replace a shipped file")
+
+
 def recalibrate(cfg: Config, standard: nn.Module, robust: nn.Module, mixer: str, *, out: str | None = None,
-                nonlinear: bool = False, shipped_pair: bool = True, n_calibrate: int = 500, verify_iters: int = 50,
+                overwrite: bool = False, nonlinear: bool = False, shipped_pair: bool = True, n_calibrate: int = 500, verify_iters: int = 50,
                 device: str = "cpu") -> str:
     """Re-choose a trained mixer's γ bias and α range on validation (optionally with the calibrated
-    MixedNUTS map on the robust side first: adaptive + nonlinear)."""
+    MixedNUTS map on the robust side first: adaptive + nonlinear). The result goes to ``out`` (default:
+    ``<mixer>-recalibrated``); writing over the input mixer, or into the installed package, needs
+    ``overwrite``."""
+    target = Path(out) if out else Path(mixer).with_name(Path(mixer).name + "-recalibrated")
+    _refuse_overwrite(Path(mixer), target, overwrite=overwrite)
     model = load_adaptive(mixer, standard, robust).to(device)
     _, meta = load_tensors(mixer)
     if nonlinear:
         model.robust_map = nonlinear_mixture(standard, robust, nonlinear_section(cfg, shipped_pair=shipped_pair)).robust_map
         model.robust_scale = 1.0
-    return calibrate_mixer_and_save(model, cfg, robust, Path(out) if out else Path(mixer),
+    return calibrate_mixer_and_save(model, cfg, robust, target,
                                     metadata={"training": meta.get("training"), "config": meta.get("config")},
                                     n_calibrate=n_calibrate, verify_iters=verify_iters, device=device)
