@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compare robust base models on the same seeded test points (issue: a stronger embedded robust base):
+# Compare robust base models on the same seeded test points:
 # clean accuracy on all 10,000 test images, PGD-20 + standard AutoAttack (l-inf, eps 0.1) on N seeded test
 # points, and the robust model's margins (benign confidence) on those points under PGD-20.
 #   bash scripts/compare_robust_bases.sh OUT STEM [STEM ...]     (N defaults to 1000; set N=... to change)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session, in order of value, each step bounded so that the whole fits BUDGET_S seconds:
+# One GPU run, in order of value, each step bounded so that the whole fits BUDGET_S seconds:
 #   1. the paper's full mixer recipe on the embedded default (scripts/paper_mixer_recipe.py plans the batch
 #      for TRAIN_S seconds of training), then fit-mixer's calibration on 1,000 validation points;
 #   2. benchmarks/paper_composite.py (the CIFAR-100 composite's attack-step throughput);

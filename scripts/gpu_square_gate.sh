@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session for issue 14: two pipelines side by side on one GPU (both are launch-bound), then the
+# One GPU run: two pipelines side by side on one GPU (both are launch-bound), then the
 # CIFAR-100 composite benchmark alone. Every step is bounded so that the whole fits BUDGET_S seconds.
 #   A. fine-tune the shipped gate with official-Square copies beside its two APGD copies (mixer.init_from,
 #      attack_square_copies 1), then fit-mixer's calibration, whose checks include FAB-T and Square;
@@ -7,7 +7,7 @@
 #   B. the control: re-calibrate the shipped gate, untouched, with the same checks; evaluate it the same way.
 #      RECAL_MIXER names another saved mixer to re-calibrate (e.g. runs/gpu-square/mixer/mixer, the gate
 #      fine-tuned with Square copies); SKIP_A=1 runs B (and C) without A.
-#   C. (issue 13, with BASE_RUN=runs/pgdat-ema) resume that robust-base training to its end, then clean accuracy,
+#   C. (with BASE_RUN=runs/pgdat-ema) resume that robust-base training to its end, then clean accuracy,
 #      standard AutoAttack and the margins on the same seeded test points (scripts/compare_robust_bases.sh's steps).
 #   D. benchmarks/paper_composite.py (the paper's composite's attack-step throughput), skipped with COMPOSITE_S=0.
 # Each step's folder is packed into RESULTS as a .tar.gz as soon as it ends (the evaluations' chunk caches

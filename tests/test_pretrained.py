@@ -29,7 +29,7 @@ def test_shipped_models_reach_their_recorded_accuracy():
     x, y = x[:1000], y[:1000]
     for model, meta in ((pair.standard, pair.metadata["standard"]), (pair.robust, pair.metadata["robust"])):
         _assert_recorded_accuracy(model, meta, x, y)
-    # the issue's targets, so a retrained model that misses them fails loudly
+    # the shipped models' targets, so a retrained model that misses them fails loudly
     assert pair.metadata["standard"]["accuracies"]["test_clean"] >= 0.92
     assert pair.metadata["robust"]["accuracies"]["test_clean"] >= 0.80
     assert pair.metadata["robust"]["accuracies"]["test_pgd20_first1000"] >= 0.70
@@ -42,7 +42,7 @@ def test_the_width_16_base_reaches_its_record_and_the_pair_base_is_stronger():
     from adasmooth.pretrained import pretrained_dir
 
     folder = pretrained_dir() / "fashion-mnist"
-    model, meta = load_model(folder / "adversarial-w16", expect_num_classes=10)  # the pair's base until session 15
+    model, meta = load_model(folder / "adversarial-w16", expect_num_classes=10)  # the pair's earlier robust base
     assert not model.training and meta["arch_args"]["width"] == 16
     x, y = load("fashion-mnist", "test")
     _assert_recorded_accuracy(model, meta, x[:1000], y[:1000])
