@@ -2,6 +2,8 @@
 
 from .accuracy import accuracy, attack_batched, batched_logits, correct_mask
 from .autoattack import AutoAttackResult, run_autoattack
+from .compare import compare_reports
+from .plans import attack_plan
 from .runner import (
     AttackOutcome,
     AutoAttackSpec,
@@ -14,5 +16,6 @@ from .runner import (
 
 __all__ = [
     "AttackOutcome", "AutoAttackResult", "AutoAttackSpec", "GateAPGDAttack", "PGDAttack", "RobustnessReport", "TransferAttack",
-    "accuracy", "attack_batched", "batched_logits", "correct_mask", "evaluate_robustness", "run_autoattack",
+    "accuracy", "attack_batched", "attack_plan", "batched_logits", "compare_reports", "correct_mask",
+    "evaluate_robustness", "run_autoattack",
 ]
