@@ -29,31 +29,34 @@ def test_resume_with_nothing_to_resume_starts_afresh_and_half_a_state_is_a_clear
 @needs_fmnist
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
+    """The one end-to-end demo: every kind of row under its plan, the files it writes, the table it prints."""
     out = tmp_path / "demo"
-    assert main(["demo", "--n", "8", "--n-sweep", "20", "--rows", "standard,robust,mixed,adaptive", "--out", str(out)]) == 0
+    rows = "standard,robust,mixed,adaptive,nonlinear"
+    assert main(["demo", "--n", "6", "--n-sweep", "10", "--rows", rows, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "AutoAttack" in printed and "gap closed" in printed
+    assert "AutoAttack" in printed and "gap closed" in printed and "Mixed, α=" in printed
     res = json.loads((out / "results.json").read_text())
-    assert (out / "tradeoff.png").stat().st_size > 10_000 and (out / "margins.png").stat().st_size > 10_000
+    for png in ("tradeoff.png", "margins.png", "alpha.png"):
+        assert (out / png).stat().st_size > 10_000
     rob = res["test"]["robust"]
-    for name in ("standard", "robust", "mixed"):
-        r = rob[name]
-        assert r["n"] == 8 and r["eps"] == 0.1 and r["norm"] == "Linf"
+    assert set(rob) == set(rows.split(","))
+    for r in rob.values():
+        assert r["n"] == 6 and r["eps"] == 0.1 and r["norm"] == "Linf"
         assert r["robust_accuracy"] <= r["clean_accuracy"]
+        assert r["robust_accuracy"] <= min(a["accuracy"] for a in r["attacks"])  # the worst case over the plan
         assert r["sanity"]["eps_zero_equals_clean"]["ok"]
     assert [a["type"] for a in rob["mixed"]["attacks"]] == ["pgd", "transfer", "transfer", "autoattack"]
-    if "adaptive" in rob:  # a mixer is shipped: the attacks aimed at its gate run, and α is plotted
-        assert {"gate-apgd", "autoattack"} <= {a["type"] for a in rob["adaptive"]["attacks"]}
-        assert rob["adaptive"]["robust_accuracy"] <= min(a["accuracy"] for a in rob["adaptive"]["attacks"])
-        assert (out / "alpha.png").stat().st_size > 10_000
-    for name in ("nonlinear", "adaptive_nonlinear"):  # mixtures with a logit map are also attacked through it
-        if name in rob:
-            names = {a["name"] for a in rob[name]["attacks"]}
-            assert {"autoattack-standard", "autoattack-standard-surrogate", "pgd20-ce-surrogate"} <= names
-            assert name in res["test"]["clean_accuracy_full"]
-    assert rob["standard"]["robust_accuracy"] <= 0.1  # an undefended model falls to AutoAttack
-    assert res["test"]["clean_accuracy_full"]["n"] == 10000
-    assert res["sweep_validation"]["settings"]["n_robust"] == 20
+    assert {"gate-apgd", "autoattack"} <= {a["type"] for a in rob["adaptive"]["attacks"]}
+    names = {a["name"] for a in rob["nonlinear"]["attacks"]}  # a logit map is also attacked through its surrogate
+    assert {"autoattack-standard", "autoattack-standard-surrogate", "pgd20-ce-surrogate"} <= names
+    assert rob["standard"]["robust_accuracy"] <= 1 / 6  # an undefended model falls to AutoAttack
+    full = res["test"]["clean_accuracy_full"]
+    assert full["n"] == 10000 and "nonlinear" in full
+    assert res["sweep_validation"]["settings"]["n_robust"] == 10
+    assert res["sweep_source"] == "computed"  # 10 sweep points: not the shipped record's settings
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["kind"] == "validation-sweep" and record["sweep"] == res["sweep_validation"]
+    assert res["figure_of_merit"] is not None
 
 
 def test_demo_rows_default_to_the_adaptive_model_and_its_bases(tmp_path, monkeypatch):

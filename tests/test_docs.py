@@ -70,7 +70,7 @@ def test_every_relative_link_resolves(doc):
 
 
 def test_no_tracked_file_speaks_of_how_the_work_was_organised():
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.split()
     if not files:
         pytest.skip("not a git checkout")
     pattern = re.compile(r"\bsessions? \d|\bsession-\d|\bissue \d|\bissues? #\d|\bthis task\b|\bclosing note\b",

@@ -129,7 +129,7 @@ def test_wide_recipe_options_change_the_model_train_and_resume_exactly(tiny_fmni
     train_base(cfg, "standard", tmp_path / "split", progress=False, max_epochs=1)
     resumed, _ = train_base(cfg, "standard", tmp_path / "split", progress=False, resume=True)
     assert_same_state(full, resumed)
-    plain, _ = train_base(_cfg(tiny_fmnist), "standard", tmp_path / "plain", progress=False)
+    train_base(_cfg(tiny_fmnist), "standard", tmp_path / "plain", progress=False)
     assert "label_smoothing" not in load_model(tmp_path / "plain" / "standard")[1]["settings"]["train"]
 
 

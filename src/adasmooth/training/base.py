@@ -103,7 +103,7 @@ def random_erase(x: torch.Tensor, generator: torch.Generator, *, p: float, area=
                  aspect=(0.3, 3.3)) -> torch.Tensor:
     """Random erasing (Zhong et al. 2020): with probability ``p`` per image, one rectangle of a random
     share ``area`` of the image and aspect ratio ``aspect`` is filled with uniform noise in [0, 1]."""
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     hit = torch.rand(n, generator=generator) < p
     share = torch.empty(n).uniform_(*area, generator=generator)
     ratio = torch.exp(torch.empty(n).uniform_(math.log(aspect[0]), math.log(aspect[1]), generator=generator))

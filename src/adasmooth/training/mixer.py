@@ -30,8 +30,15 @@ from ..attacks.adaptive import gate_bce, randomized_attack
 from ..attacks.apgd_training import AttackedCopies, apgd_training_attack, square_training_copies
 from ..config import MixerConfig
 from ..distributed import rank_and_world
-from ..io import (CheckpointError, atomic_write_bytes, fault_point, load_resume_state, resume_state_exists,
-                  save_tensors, state_fingerprint)
+from ..io import (
+    CheckpointError,
+    atomic_write_bytes,
+    fault_point,
+    load_resume_state,
+    resume_state_exists,
+    save_tensors,
+    state_fingerprint,
+)
 from ..mixer import AdaptiveMixedClassifier
 from ..seeding import epoch_seed, step_seed
 from ..sharding import chunk_slices, run_chunks

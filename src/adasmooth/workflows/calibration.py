@@ -4,7 +4,6 @@ and an adaptive mixer's γ bias and α range."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from ..evaluation.calibrate import CalibrationJournal, calibrate_gate, robust_re
 from ..evaluation.calibrate_map import MapCalibration, calibrate_logit_map, minimum_margin_inputs
 from ..io import atomic_write_bytes, write_json
 from ..mixer import AdaptiveMixedClassifier, save_adaptive
-from ..sharding import settings_key
 from ..plots import plot_map_objective
+from ..sharding import settings_key
 from .common import load_subset
 
 
