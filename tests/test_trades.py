@@ -78,9 +78,9 @@ def test_width_multiplier_scales_the_model(tiny_fmnist, tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("trades_beta", 0.0, "trades_beta' must be > 0"),
-    ("width_multiplier", -1.0, "width_multiplier' must be > 0"),
-    ("ema_decay", 1.5, r"ema_decay' must lie in \(0, 1\)"),
+    ("trades_beta", 0.0, "trades_beta' must be greater than 0"),
+    ("width_multiplier", -1.0, "width_multiplier' must be greater than 0"),
+    ("ema_decay", 1.5, r"ema_decay' must be in \(0,1\)"),
 ])
 def test_bad_training_settings_are_errors_naming_the_setting(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=message):
