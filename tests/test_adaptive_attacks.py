@@ -86,8 +86,8 @@ class _LinearWithStages(torch.nn.Module):
 
 
 def test_gate_apgd_runs_the_official_apgd_on_the_composite_loss():
+    from adasmooth.attacks.gate_apgd import gate_apgd
     from adasmooth.evaluation import GateAPGDAttack, evaluate_robustness
-    from adasmooth.evaluation.gate_apgd import gate_apgd
 
     torch.manual_seed(0)
     std, rob = _LinearWithStages(scale=3.0).eval(), _LinearWithStages(scale=1.0).eval()
@@ -133,8 +133,8 @@ def _calibration_case():
 
 
 def test_calibration_bisects_to_a_verified_setting_and_flags_a_fallback():
+    from adasmooth.calibration.gate import calibrate_gate
     from adasmooth.evaluation import accuracy
-    from adasmooth.evaluation.calibrate import calibrate_gate
 
     model, x, y = _calibration_case()
     rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.0, steps=1,
@@ -180,7 +180,7 @@ def test_attack_plans_per_model_kind():
 
 
 def test_floor_calibration_bisects_over_alpha_floors_and_never_picks_a_failed_one():
-    from adasmooth.evaluation.calibrate import calibrate_gate
+    from adasmooth.calibration.gate import calibrate_gate
 
     model, x, y = _calibration_case()
     floors = []
@@ -201,7 +201,7 @@ def test_floor_calibration_bisects_over_alpha_floors_and_never_picks_a_failed_on
 
 
 def test_candidates_tied_on_clean_accuracy_are_ranked_by_robustness_not_grid_order():
-    from adasmooth.evaluation.calibrate import rank_candidates
+    from adasmooth.calibration.gate import rank_candidates
 
     def row(lo, hi, clean, proxy):
         return {"gamma_scale": 1.0, "gamma_bias": 0.0, "alpha_lo": lo, "alpha_hi": hi, "clean": clean,
@@ -235,7 +235,7 @@ class _MeanStaircase(torch.nn.Module):
 
 
 def test_calibration_checks_add_square_which_sees_through_masked_gradients():
-    from adasmooth.evaluation.calibrate import gate_attack_set_robust_mask
+    from adasmooth.calibration.gate import gate_attack_set_robust_mask
 
     torch.manual_seed(0)
     std, rob = _MeanStaircase().eval(), _MeanStaircase().eval()
@@ -252,7 +252,7 @@ def test_calibration_checks_add_square_which_sees_through_masked_gradients():
 
 
 def test_robust_reference_runs_the_same_official_sub_attacks_as_the_checks():
-    from adasmooth.evaluation.calibrate import robust_reference
+    from adasmooth.calibration.gate import robust_reference
 
     torch.manual_seed(0)
     robust = _MeanStaircase().eval()

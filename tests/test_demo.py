@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
+from adasmooth.calibration.sweep import SweepPoint, SweepResult
 from adasmooth.config import load_config
-from adasmooth.evaluation.sweep import SweepPoint, SweepResult
 from adasmooth.io import CheckpointError
 from adasmooth.pretrained import load_pretrained, pretrained_dir
 from adasmooth.workflows import demo as demo_mod

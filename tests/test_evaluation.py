@@ -5,6 +5,7 @@ import torch
 from conftest import LinearModel
 
 from adasmooth import MixedClassifier
+from adasmooth.calibration.sweep import SweepPoint, choose_point, clean_accuracy_grid, sweep
 from adasmooth.evaluation import (
     AttackOutcome,
     PGDAttack,
@@ -13,7 +14,6 @@ from adasmooth.evaluation import (
     run_autoattack,
 )
 from adasmooth.evaluation.margins import margin_groups, margin_summary
-from adasmooth.evaluation.sweep import SweepPoint, choose_point, clean_accuracy_grid, sweep
 
 
 class FixedMask:

@@ -214,7 +214,7 @@ def _calibration_case():
 
 
 def test_scan_calibration_never_picks_a_candidate_that_failed_and_records_every_check():
-    from adasmooth.evaluation.calibrate import calibrate_gate
+    from adasmooth.calibration.gate import calibrate_gate
 
     model, x, y = _calibration_case()
 
@@ -238,7 +238,8 @@ def test_scan_calibration_never_picks_a_candidate_that_failed_and_records_every_
 
 
 def test_a_calibration_killed_part_way_resumes_from_its_journal_without_attacking_again(tmp_path):
-    from adasmooth.evaluation.calibrate import CalibrationJournal, calibrate_gate
+    from adasmooth.calibration.gate import calibrate_gate
+    from adasmooth.state import CalibrationJournal
 
     model, x, y = _calibration_case()
     calls = []
@@ -278,7 +279,7 @@ def test_a_calibration_killed_part_way_resumes_from_its_journal_without_attackin
 def test_mixer_calibration_reads_the_validation_split_only(tiny_fmnist, tmp_path, monkeypatch):
     from adasmooth import data as data_mod
     from adasmooth.config import config_from_dict
-    from adasmooth.workflows.calibration import calibrate_mixer_and_save
+    from adasmooth.workflows.calibrate import calibrate_mixer_and_save
 
     model, _, _ = _calibration_case()
     seen = []
@@ -354,8 +355,8 @@ def test_fit_mixer_with_square_copies_trains_on_both_kinds_and_resumes_to_the_sa
         seen.append(len(out.y))
         return out
 
-    import adasmooth.training.mixer as training_mixer
-    training_mixer.square_training_copies, saved = spy, training_mixer.square_training_copies
+    import adasmooth.training.gate as training_gate
+    training_gate.square_training_copies, saved = spy, training_gate.square_training_copies
     try:
         full = _small_composite()
         assert fit_mixer(full, x, y, cfg, tmp_path / "full", eps=0.1, progress=False)["steps"] == 3
@@ -363,14 +364,14 @@ def test_fit_mixer_with_square_copies_trains_on_both_kinds_and_resumes_to_the_sa
         resumed = _small_composite()
         fit_mixer(resumed, x, y, cfg, tmp_path / "split", eps=0.1, progress=False, resume=True)
     finally:
-        training_mixer.square_training_copies = saved
+        training_gate.square_training_copies = saved
     assert seen == [16] * 6  # one Square copy of every batch, in the three steps of each run
     assert_same_state(full.gate, resumed.gate)
 
 
 def test_init_from_starts_the_gate_from_a_saved_mixer_and_refuses_another_architecture(tmp_path):
     from adasmooth.mixer import MixingNetwork, save_adaptive
-    from adasmooth.workflows.mixer import init_gate_from
+    from adasmooth.workflows.adaptive import init_gate_from
 
     saved = _small_composite(seed=0)
     with torch.no_grad():

@@ -115,7 +115,7 @@ def _synthetic_margins(n=400, seed=0):
 
 
 def test_map_calibration_separates_the_populations_and_its_alpha_keeps_the_robust_answer():
-    from adasmooth.evaluation.calibrate_map import calibrate_logit_map, probability_margins
+    from adasmooth.calibration.output_map import calibrate_logit_map, probability_margins
     from adasmooth.mixing import mix_log_probs
 
     ac, cw = _synthetic_margins()
@@ -138,7 +138,7 @@ def test_map_calibration_separates_the_populations_and_its_alpha_keeps_the_robus
 
 
 def test_map_calibration_never_picks_a_map_that_changes_the_robust_prediction():
-    from adasmooth.evaluation.calibrate_map import calibrate_logit_map
+    from adasmooth.calibration.output_map import calibrate_logit_map
 
     ac, cw = _synthetic_margins()
     # rows whose top four logits are nearly tied: a shift of -1 puts the top one below GELU's zero while
@@ -155,7 +155,7 @@ def test_map_calibration_never_picks_a_map_that_changes_the_robust_prediction():
 
 
 def test_map_calibration_rejects_bad_input():
-    from adasmooth.evaluation.calibrate_map import calibrate_logit_map
+    from adasmooth.calibration.output_map import calibrate_logit_map
 
     ac, cw = _synthetic_margins(20)
     with pytest.raises(ValueError, match="beta"):
@@ -251,7 +251,7 @@ def test_attack_plan_adds_surrogate_guided_attacks_for_mapped_mixtures():
 
 
 def test_minimum_margin_inputs_find_the_closed_form_worst_margin_of_a_linear_model():
-    from adasmooth.evaluation.calibrate_map import minimum_margin_inputs, signed_margins
+    from adasmooth.calibration.output_map import minimum_margin_inputs, signed_margins
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(3, 16, generator=g)
@@ -277,7 +277,7 @@ def test_minimum_margin_inputs_find_the_closed_form_worst_margin_of_a_linear_mod
 
 
 def test_signed_margins_by_hand():
-    from adasmooth.evaluation.calibrate_map import signed_margins
+    from adasmooth.calibration.output_map import signed_margins
 
     z = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]]))
     assert torch.allclose(signed_margins(z, torch.tensor([0, 0])), torch.tensor([0.3, -0.3]), atol=1e-6)

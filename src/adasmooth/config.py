@@ -313,7 +313,8 @@ def _coerce(tp, value, source: str, key: str):
 
 _TRAIN_RANGES = {"epochs": "int>=1", "batch_size": "int>=1", "lr": ">0", "momentum": "[0,1)", "weight_decay": ">=0",
                  "attack_steps": "int>=1", "attack_step_size": ">0", "trades_beta": ">0", "ema_decay": "(0,1)",
-                 "width_multiplier": ">0", "label_smoothing": "[0,1)", "random_erasing": "[0,1]", "seed": "int>=0"}
+                 "width_multiplier": ">0", "label_smoothing": "[0,1)", "random_erasing": "[0,1]", "seed": "int>=0",
+                 "blocks": "int>=1"}
 # every numeric setting and the range it must lie in (a tuple's elements each); null stays allowed where typed so
 RANGES: dict[str, str] = {
     "threat.eps": ">0",

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adaptive import CompositeLossModel
-from .gradients import input_gradients_only
+from .gate_apgd import apgd_composite_run
 
 
 @dataclass
@@ -96,28 +95,6 @@ def apgd_training_attack(
                                     targets=ranked[:, k] if k > 0 else None)
         parts.append(AttackedCopies(x_best, y, eps_i, w_i, [iters], torch.full((n,), k > 0, device=device)))
     return AttackedCopies.concatenate(parts)
-
-
-def apgd_composite_run(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float | torch.Tensor,
-                       w: float | torch.Tensor, n_iter: int, seed: int, norm: str = "Linf",
-                       targets: torch.Tensor | None = None) -> torch.Tensor:
-    """One run of the official APGD (APGD-CE, or APGD-T towards ``targets``) on ``(1-w)·loss + w·BCE(γ, 1)``
-    from a random start seeded by ``seed``; ``eps`` and ``w`` may be per-example tensors. Returns the
-    highest-loss iterate of every example, whether or not it fools the model (detached)."""
-    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
-
-    n, device = len(x), x.device
-    model = CompositeLossModel(composite, w, device)
-    common = {"n_iter": int(n_iter), "norm": norm, "eps": 1.0, "seed": seed, "device": device, "is_tf_model": True}
-    attack = APGDAttack(model, loss="ce", **common) if targets is None else APGDAttack_targeted(model, **common)
-    attack.init_hyperparam(x)
-    # APGD's steps and projections broadcast a per-example radius
-    attack.eps = torch.as_tensor(eps, dtype=x.dtype, device=device).expand(n).reshape((n,) + (1,) * (x.dim() - 1))
-    if targets is not None:
-        attack.y_target = targets
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), input_gradients_only(composite):
-        torch.manual_seed(seed)
-        return attack.attack_single_run(x, y)[0].detach()
 
 
 def square_training_copies(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, generator: torch.Generator,

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import rank_and_world
 from ..seeding import chunk_seed
-from ..sharding import ChunkStore, chunk_slices, my_chunks, run_chunks, settings_key
+from ..state import ChunkStore, chunk_slices, my_chunks, run_chunks, settings_key
 from .mixture import Votes, certify_from_votes, sample_votes
 from .radii import check_alpha_for_certificate
 from .smoothing import Smooth

@@ -52,7 +52,7 @@ def _certify(sub, p):
     c.add_argument("--n", "--n-samples", dest="n", type=int, default=None,
                    help="estimation samples per point (under torchrun write --n-samples)")
     c.add_argument("--chunk-points", type=int, default=20,
-                   help="points per chunk: the unit of caching (<out>/.votes) and of sharding over torchrun ranks")
+                   help="points per chunk: the unit of caching (<out>/.votes) and of splitting over torchrun ranks")
     c.add_argument("--split", choices=("train", "val", "test"), default="test")
     c.add_argument("--compile", action="store_true", help="torch.compile the smoothed networks (same function, ~2x on CPU)")
     c.add_argument("--bf16", action="store_true",

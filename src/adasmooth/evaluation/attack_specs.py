@@ -121,7 +121,7 @@ class TransferAttack:
 @dataclass
 class GateAPGDAttack:
     """The official APGD (CE) or APGD-T (targeted DLR) on ``(1-w)·loss + w·BCE(γ, 1)``: the attack aimed at
-    an adaptive mixture's gate (see :func:`adasmooth.evaluation.gate_apgd.gate_apgd`)."""
+    an adaptive mixture's gate (see :func:`adasmooth.attacks.gate_apgd.gate_apgd`)."""
 
     loss: str = "ce"
     gate_weight: float = 0.5
@@ -141,7 +141,7 @@ class GateAPGDAttack:
                 "n_target_classes": self.n_target_classes if self.loss == "dlr-targeted" else None}
 
     def robust_mask(self, model, x, y, *, eps, norm, device, batch_size, progress):
-        from .gate_apgd import gate_apgd
+        from ..attacks.gate_apgd import gate_apgd
 
         parts = []
         for i in tqdm(range(0, len(x), batch_size), desc=self.name, disable=not progress, leave=False):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attacks.apgd_training import apgd_composite_run
+from ..attacks.gate_apgd import apgd_composite_run
 
 DEFAULT_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 

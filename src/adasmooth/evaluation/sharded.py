@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed import rank_and_world
-from ..sharding import ChunkStore, chunk_slices, run_chunks, settings_key
+from ..state import ChunkStore, chunk_slices, run_chunks, settings_key
 from .accuracy import correct_mask
 from .checks import check_evaluation_inputs
 from .report import RobustnessReport, assemble_report

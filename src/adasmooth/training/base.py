@@ -24,10 +24,11 @@ from .. import data as data_mod
 from ..attacks import pgd
 from ..config import Config, TrainConfig
 from ..evaluation.accuracy import accuracy, attack_batched
-from ..io import fault_point, load_resume_state, resume_state_exists, save_model, save_tensors
+from ..io import fault_point, save_model
 from ..models import build
 from ..seeding import epoch_seed
 from ..speed import Autocast
+from ..state import load_training_state, save_training_state
 from .averaging import WeightAverage
 from .trades import trades_adversarial, trades_loss
 
@@ -164,12 +165,10 @@ def train_base(
     # bf16 autocast: the attack sees float32 logits of the autocast network; the update's loss is float32
     attack_model = Autocast(model, device_type) if tcfg.amp else model
     autocast = functools.partial(torch.autocast, device_type=device_type, dtype=torch.bfloat16, enabled=tcfg.amp)
-    start_epoch = 0
-    elapsed = 0.0
-    if resume and not resume_state_exists(state_stem):
-        logger.warning("nothing to resume at %s yet: training %s from scratch", state_stem, kind)
-    elif resume:
-        start_epoch, elapsed = _restore(state_stem, settings, model, optimizer, device, average)
+    start_epoch, elapsed = 0, 0.0
+    saved = load_training_state(state_stem, settings, resume=resume, what=f"{kind} training")
+    if saved is not None:
+        start_epoch, elapsed = _restore(saved, model, optimizer, device, average)
         logger.info("resuming %s training at epoch %d from %s", kind, start_epoch, state_stem)
 
     last_loss = float("nan")
@@ -262,30 +261,28 @@ def _settings(cfg: Config, kind: str) -> dict:
 
 
 def _save_state(stem, model, optimizer, epoch, elapsed, settings, arch_args, cfg, average=None) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    parts = {"model": model.state_dict()}
     if average is not None:
-        tensors |= {f"ema.{k}": v for k, v in average.state_dict().items()}
-    for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
-        buf = optimizer.state.get(p, {}).get("momentum_buffer")
-        if buf is not None:
-            tensors[f"optim.momentum.{i}"] = buf
-    save_tensors(stem, tensors, {
+        parts["ema"] = average.state_dict()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    parts["optim"] = {f"momentum.{i}": optimizer.state[p]["momentum_buffer"] for i, p in enumerate(params)
+                      if optimizer.state.get(p, {}).get("momentum_buffer") is not None}
+    save_training_state(stem, parts, {
         "architecture": cfg.model.architecture, "arch_args": arch_args,
         "epoch": epoch, "seconds": elapsed, "settings": settings,
         "ema_updates": average.updates if average is not None else None,
     })
 
 
-def _restore(stem, settings, model, optimizer, device, average=None) -> tuple[int, float]:
-    tensors, meta = load_resume_state(stem, settings)
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+def _restore(saved, model, optimizer, device, average=None) -> tuple[int, float]:
+    parts, meta = saved
+    model.load_state_dict(parts["model"])
     if average is not None:
-        average.load_state_dict({k[len("ema."):]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")},
-                                updates=int(meta["ema_updates"]))
+        average.load_state_dict({k: v.to(device) for k, v in parts["ema"].items()}, updates=int(meta["ema_updates"]))
+    momentum = parts.get("optim", {})
     for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
-        key = f"optim.momentum.{i}"
-        if key in tensors:
-            optimizer.state[p]["momentum_buffer"] = tensors[key].to(device)
+        if f"momentum.{i}" in momentum:
+            optimizer.state[p]["momentum_buffer"] = momentum[f"momentum.{i}"].to(device)
     return int(meta["epoch"]), float(meta.get("seconds", 0.0))
 
 

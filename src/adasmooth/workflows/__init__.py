@@ -13,14 +13,14 @@ and an output folder and returns a result that formats itself for the terminal (
 | base models | :func:`train` |
 """
 
+from .adaptive import build_adaptive, fit_and_calibrate, recalibrate
 from .analysis import read_reports, run_compare, run_margins, run_sweep
-from .calibration import calibrate_map, calibrate_mixer_and_save, write_config
+from .calibrate import calibrate_map, calibrate_mixer_and_save, write_config
 from .certify import run_certify
 from .common import figure_of_merit, is_shipped_pair, load_pair, nonlinear_section, output_dir, with_data_root
 from .demo import ALL_ROWS, DEFAULT_ROWS, run_demo
 from .evaluate import EvaluationTarget, evaluate, evaluation_targets
 from .export import base_architectures, export_composite
-from .mixer import build_adaptive, fit_and_calibrate, recalibrate
 from .train import train
 
 __all__ = ["ALL_ROWS", "DEFAULT_ROWS", "EvaluationTarget", "base_architectures", "build_adaptive", "calibrate_map",

@@ -10,11 +10,11 @@ from pathlib import Path
 from torch import nn
 
 from .. import data as data_mod
+from ..calibration.sweep import SweepResult, fast_attacks, sweep
 from ..config import Config
 from ..evaluation import PGDAttack, batched_logits, evaluate_robustness
 from ..evaluation.compare import compare_reports
 from ..evaluation.margins import margin_groups, margin_summary
-from ..evaluation.sweep import SweepResult, fast_attacks, sweep
 from ..io import write_json
 from ..plots import plot_comparison, plot_margins, plot_tradeoff
 from .common import load_subset

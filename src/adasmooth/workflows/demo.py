@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import data as data_mod
+from ..calibration.sweep import SweepResult, fast_attacks, sweep
 from ..config import Config
 from ..distributed import is_main
 from ..evaluation import AutoAttackSpec, batched_logits
@@ -21,13 +22,12 @@ from ..evaluation.margins import margin_groups, margin_summary
 from ..evaluation.plans import attack_plan
 from ..evaluation.report import environment
 from ..evaluation.surrogate import has_logit_maps
-from ..evaluation.sweep import SweepResult, fast_attacks, sweep
 from ..io import state_fingerprint, write_json
 from ..mixing import MixedClassifier, nonlinear_mixture
 from ..plots import plot_margins, plot_test_points, plot_tradeoff
 from ..pretrained import PRETRAINED_NAMES, PretrainedPair, load_pretrained, shipped_sweep, with_shipped_nonlinear
 from ..seeding import seeded_subset
-from ..sharding import settings_key
+from ..state import settings_key
 from .common import figure_of_merit
 from .evaluate import EvaluationTarget, ModelEvaluation, evaluate_target
 

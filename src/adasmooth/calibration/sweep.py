@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..evaluation.accuracy import batched_logits
+from ..evaluation.attack_specs import AutoAttackSpec, PGDAttack
+from ..evaluation.runner import evaluate_robustness
 from ..mixing import MixedClassifier, mix_log_probs
 from ..seeding import seeded_subset
-from .accuracy import batched_logits
-from .attack_specs import AutoAttackSpec, PGDAttack
-from .runner import evaluate_robustness
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,20 @@
-"""Work split into independent chunks: cached on disk as each finishes (a rerun resumes), shared by the
-ranks of a ``torchrun`` launch (rank r takes chunks r, r + W, ...), and gathered back in chunk order, so
-that the result equals a one-process run's. Used by the chunked evaluation, certification and the mixer's
-shared training attack."""
+"""Saved state that makes long work resumable, in one place.
+
+- Work split into independent chunks (:class:`ChunkStore`, :func:`run_chunks`): cached on disk as each
+  finishes (a rerun resumes), shared by the ranks of a ``torchrun`` launch (rank r takes chunks r, r + W, ...),
+  and gathered back in chunk order, so that the result equals a one-process run's. Used by the chunked
+  evaluation, certification and the mixer's shared training attack.
+- A calibration's finished checks (:class:`CalibrationJournal`).
+- A training run's state (:func:`save_training_state`, :func:`restore_training_state`): weights, optimiser
+  state and progress as one checkpoint unit, with one rule for ``--resume`` when there is nothing to resume.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import logging
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +25,17 @@ import torch
 from torch import nn
 
 from .distributed import all_gather_objects, rank_and_world
-from .io import atomic_write_bytes, atomic_write_json, fault_point, state_fingerprint
+from .io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    fault_point,
+    load_resume_state,
+    resume_state_exists,
+    save_tensors,
+    state_fingerprint,
+)
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -113,3 +130,62 @@ def run_chunks(slices: list[slice], compute: Callable[[int, slice], T], *, store
     for part in all_gather_objects(mine):
         merged.update(part)
     return [merged[c] for c in range(len(slices))]
+
+
+class CalibrationJournal:
+    """Finished calibration work (the robust reference, each verified candidate's robust accuracy) in a
+    JSON file, written after every entry. ``key`` names the exact model, data and settings: a journal
+    written under another key is not used (it is replaced by the first new entry), so a resumed calibration
+    only reuses numbers measured on the same composite, points and attacks."""
+
+    def __init__(self, path: str | Path, key: str):
+        self.path, self.key, self.entries = Path(path), key, {}
+        if self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if saved.get("key") == key:
+                self.entries = dict(saved.get("entries", {}))
+                logger.info("calibration resumes from %s (%d finished entries)", self.path, len(self.entries))
+            else:
+                logger.warning("calibration journal %s was written for another model or settings; starting afresh",
+                               self.path)
+
+    def get(self, name: str):
+        return self.entries.get(name)
+
+    def put(self, name: str, value) -> None:
+        self.entries[name] = value
+        atomic_write_json(self.path, {"key": self.key, "entries": self.entries})
+        fault_point("journal-saved")
+
+    def discard(self) -> None:
+        """Remove the file (the calibration finished and its record is saved elsewhere)."""
+        self.path.unlink(missing_ok=True)
+
+
+def save_training_state(stem: str | Path, parts: dict[str, dict[str, torch.Tensor]], metadata: dict) -> None:
+    """A training run's state as one checkpoint unit: each part's tensors (``model``, ``ema``, ``optim``, ...)
+    under ``<part>.<name>``, and ``metadata`` (progress, settings) in the sidecar."""
+    tensors = {f"{part}.{name}": t for part, named in parts.items() for name, t in named.items()}
+    save_tensors(stem, tensors, metadata)
+
+
+def load_training_state(stem: str | Path, settings: dict, *, resume: bool, what: str
+                        ) -> tuple[dict[str, dict[str, torch.Tensor]], dict] | None:
+    """The state to continue ``what`` from, as ``(parts, metadata)``: None when not resuming, and None with a
+    warning when there is nothing to resume yet (so one ``--resume`` command starts and restarts a run).
+    A state written with other ``settings``, or half a state, is an error (see ``io.load_resume_state``)."""
+    if not resume:
+        return None
+    if not resume_state_exists(stem):
+        logger.warning("nothing to resume at %s yet: %s starts from scratch", stem, what)
+        return None
+    tensors, meta = load_resume_state(stem, settings)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        part, _, name = key.partition(".")
+        parts.setdefault(part, {})[name] = t
+    return parts, meta
+

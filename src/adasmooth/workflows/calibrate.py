@@ -10,16 +10,16 @@ from pathlib import Path
 import yaml
 from torch import nn
 
+from ..calibration.gate import calibrate_gate, robust_reference
+from ..calibration.output_map import MapCalibration, calibrate_logit_map, minimum_margin_inputs
 from ..config import Config
 from ..distributed import is_main
 from ..evaluation import batched_logits
 from ..evaluation.autoattack import run_autoattack
-from ..evaluation.calibrate import CalibrationJournal, calibrate_gate, robust_reference
-from ..evaluation.calibrate_map import MapCalibration, calibrate_logit_map, minimum_margin_inputs
 from ..io import atomic_write_bytes, write_json
 from ..mixer import AdaptiveMixedClassifier, save_adaptive
 from ..plots import plot_map_objective
-from ..sharding import settings_key
+from ..state import CalibrationJournal, settings_key
 from .common import load_subset
 
 

@@ -12,7 +12,7 @@ floor); ``strategy="bisect"`` (the older rule) bisects, assuming robustness fall
 against gate-aware APGD-CE and APGD-T at w = 0.5. A candidate that failed its check is never chosen; every
 checked candidate is recorded. Validation only: never run it on the points you report.
 
-A :class:`CalibrationJournal` keeps the finished checks on disk, so a calibration killed part-way (each
+A :class:`~adasmooth.state.CalibrationJournal` keeps the finished checks on disk, so a calibration killed part-way (each
 check of a large composite is many minutes of attacks) resumes where it stopped.
 """
 
@@ -21,51 +21,16 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ..attacks import gate_pgd
+from ..evaluation.accuracy import attack_batched
 from ..mixing import apply_maps, mix_log_probs
-from .accuracy import attack_batched
+from ..state import CalibrationJournal
 
 logger = logging.getLogger(__name__)
-
-
-class CalibrationJournal:
-    """Finished calibration work (the robust reference, each verified candidate's robust accuracy) in a
-    JSON file, written after every entry. ``key`` names the exact model, data and settings: a journal
-    written under another key is not used (it is replaced by the first new entry), so a resumed calibration
-    only reuses numbers measured on the same composite, points and attacks."""
-
-    def __init__(self, path: str | Path, key: str):
-        self.path, self.key, self.entries = Path(path), key, {}
-        if self.path.is_file():
-            try:
-                saved = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                saved = {}
-            if saved.get("key") == key:
-                self.entries = dict(saved.get("entries", {}))
-                logger.info("calibration resumes from %s (%d finished entries)", self.path, len(self.entries))
-            else:
-                logger.warning("calibration journal %s was written for another model or settings; starting afresh",
-                               self.path)
-
-    def get(self, name: str):
-        return self.entries.get(name)
-
-    def put(self, name: str, value) -> None:
-        from ..io import fault_point, write_json
-
-        self.entries[name] = value
-        write_json(self.path, {"key": self.key, "entries": self.entries})
-        fault_point("journal-saved")
-
-    def discard(self) -> None:
-        """Remove the file (the calibration finished and its record is saved elsewhere)."""
-        self.path.unlink(missing_ok=True)
 
 
 @torch.no_grad()
@@ -90,8 +55,8 @@ def gate_apgd_robust_mask(model, x, y, *, eps, device="cpu", batch_size=250, see
                           n_target_classes=3) -> torch.Tensor:
     """Per-example robustness of an adaptive composite under the worst of the official APGD-CE and APGD-T
     on the gate-aware loss (the verification attack of :func:`calibrate_gate`)."""
-    from .accuracy import correct_mask
-    from .attack_specs import GateAPGDAttack
+    from ..evaluation.accuracy import correct_mask
+    from ..evaluation.attack_specs import GateAPGDAttack
 
     robust = correct_mask(model, x, y, device=device, batch_size=batch_size)
     for attack in (GateAPGDAttack("ce", w, n_iter, seed=seed),
@@ -117,9 +82,9 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
     still robust. Square needs no gradient: it finds what a gate that masks gradients hides from the others.
     With ``stop_below``, stops as soon as the robust share falls below it (the verdict cannot recover).
     ``progress`` shows one bar step per attack."""
-    from .accuracy import correct_mask
-    from .attack_specs import GateAPGDAttack, TransferAttack
-    from .autoattack import SUB_ATTACKS, run_autoattack
+    from ..evaluation.accuracy import correct_mask
+    from ..evaluation.attack_specs import GateAPGDAttack, TransferAttack
+    from ..evaluation.autoattack import SUB_ATTACKS, run_autoattack
 
     bad = [a for a in autoattack if a not in SUB_ATTACKS]
     if bad:
@@ -155,7 +120,7 @@ def robust_reference(robust, x, y, *, eps, device="cpu", batch_size=250, seed=0,
     """The robust model's accuracy under the official APGD-CE and APGD-T (3 targets), then the official
     AutoAttack sub-attacks in ``autoattack`` (Square with ``square_queries``): the attack family and budget
     that :func:`calibrate_gate` verifies the composite with, so that "robust kept" compares like with like."""
-    from .autoattack import SUB_ATTACKS, run_autoattack
+    from ..evaluation.autoattack import SUB_ATTACKS, run_autoattack
 
     bad = [a for a in autoattack if a not in SUB_ATTACKS]
     if bad:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..attacks.gate_apgd import apgd_best_loss
+from ..evaluation.accuracy import batched_logits
 from ..transforms import MixedNUTSMap
 
 
@@ -49,22 +51,11 @@ def minimum_margin_inputs(
     iterate of each example, misclassified or not) and keeps, per example, the input among those and
     ``candidates`` (e.g. AutoAttack's adversarial examples) whose :func:`signed_margins` is lowest.
     """
-    from pyautoattack.autopgd_base import APGDAttack
-
-    from .accuracy import batched_logits
-
     model.eval()
-    device = torch.device(device)
     pool = list(candidates)
     for loss in ("ce", "dlr"):
-        attack = APGDAttack(model, n_iter=n_iter, norm=norm, eps=eps, loss=loss, seed=seed, device=device)
-        outs = []
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            for i in range(0, len(y), batch_size):
-                outs.append(attack.perturb(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
-                                           best_loss=True).detach().cpu())
-        pool.append(torch.cat(outs))
+        pool.append(apgd_best_loss(model, x, y, loss=loss, eps=eps, n_iter=n_iter, seed=seed, norm=norm,
+                                   batch_size=batch_size, device=device))
     best, best_margin = None, None
     for cand in pool:
         m = signed_margins(batched_logits(model, cand, batch_size=batch_size, device=device), y)

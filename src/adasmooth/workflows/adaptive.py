@@ -20,7 +20,7 @@ from ..models.cost import format_gate_cost, gate_cost
 from ..pretrained import pretrained_dir
 from ..seeding import seeded_subset
 from ..training import fit_mixer
-from .calibration import calibrate_mixer_and_save
+from .calibrate import calibrate_mixer_and_save
 from .common import load_subset, nonlinear_section
 
 logger = logging.getLogger(__name__)

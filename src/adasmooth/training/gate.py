@@ -30,18 +30,10 @@ from ..attacks.adaptive import gate_bce, randomized_attack
 from ..attacks.apgd_training import AttackedCopies, apgd_training_attack, square_training_copies
 from ..config import MixerConfig
 from ..distributed import rank_and_world
-from ..io import (
-    CheckpointError,
-    atomic_write_bytes,
-    fault_point,
-    load_resume_state,
-    resume_state_exists,
-    save_tensors,
-    state_fingerprint,
-)
+from ..io import CheckpointError, atomic_write_bytes, fault_point, state_fingerprint
 from ..mixer import AdaptiveMixedClassifier
 from ..seeding import epoch_seed, step_seed
-from ..sharding import chunk_slices, run_chunks
+from ..state import chunk_slices, load_training_state, run_chunks, save_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +104,9 @@ def fit_mixer(
     settings = {"mixer": mixer_settings, "eps": eps, "n_train": len(x),
                 "standard": state_fingerprint(model.standard), "robust": state_fingerprint(model.robust)}
     step, seconds_before, last = 0, 0.0, {}
-    if resume and not resume_state_exists(stem):
-        logger.warning("nothing to resume at %s yet: training the mixer from scratch", stem)
-    elif resume:  # the time and last metrics so far come back too: resuming a finished run keeps its record
-        step, seconds_before, last = _restore(stem, model, opt, settings, device)
+    saved = load_training_state(stem, settings, resume=resume, what="mixer training")
+    if saved is not None:  # the time and last metrics so far come back too: resuming a finished run keeps its record
+        step, seconds_before, last = _restore(saved, model, opt, stem, device)
         logger.info("resuming mixer training at step %d", step)
     if attack is None and cfg.attack_method == "apgd":
         def attack(m, xb, yb, gen):
@@ -271,30 +262,29 @@ def _saved_step(stem: Path):
 
 
 def _save(stem, model, opt, step, settings, *, seconds: float = 0.0, last: dict | None = None) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()
-               if not k.startswith(("standard.", "robust."))}
+    parts = {"model": {k: v for k, v in model.state_dict().items() if not k.startswith(("standard.", "robust."))},
+             "optim": {}}
     for i, p in enumerate(_trainable(model)):
         st = opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in st:
-                tensors[f"optim.{i}.{key}"] = st[key]
+                parts["optim"][f"{i}.{key}"] = st[key]
         if "step" in st:
-            tensors[f"optim.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
-    save_tensors(stem, tensors, {"kind": "mixer-state", "step": step, "settings": settings, "seconds": seconds,
-                                 "last": last or {}})
+            parts["optim"][f"{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    save_training_state(stem, parts, {"kind": "mixer-state", "step": step, "settings": settings, "seconds": seconds,
+                                      "last": last or {}})
 
 
-def _restore(stem, model, opt, settings, device) -> tuple[int, float, dict]:
-    tensors, meta = load_resume_state(stem, settings)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing = model.load_state_dict(state, strict=False)
+def _restore(saved, model, opt, stem, device) -> tuple[int, float, dict]:
+    parts, meta = saved
+    missing = model.load_state_dict(parts.get("model", {}), strict=False)
     if missing.unexpected_keys:
         raise CheckpointError(f"{stem} does not fit this mixer: unexpected {missing.unexpected_keys[:3]}")
+    optim = parts.get("optim", {})
     for i, p in enumerate(_trainable(model)):
-        if f"optim.{i}.exp_avg" in tensors:
-            opt.state[p] = {"exp_avg": tensors[f"optim.{i}.exp_avg"].to(device),
-                            "exp_avg_sq": tensors[f"optim.{i}.exp_avg_sq"].to(device),
-                            "step": tensors[f"optim.{i}.step"].reshape(()).clone()}
+        if f"{i}.exp_avg" in optim:
+            opt.state[p] = {"exp_avg": optim[f"{i}.exp_avg"].to(device), "exp_avg_sq": optim[f"{i}.exp_avg_sq"].to(device),
+                            "step": optim[f"{i}.step"].reshape(()).clone()}
     return int(meta["step"]), float(meta.get("seconds", 0.0)), dict(meta.get("last") or {})
 
 
