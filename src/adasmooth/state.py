@@ -111,11 +111,12 @@ def my_chunks(n_chunks: int, *, what: str = "chunks", strict: bool = True) -> li
 def run_chunks(slices: list[slice], compute: Callable[[int, slice], T], *, store: ChunkStore | None = None,
                encode: Callable[[T], Any] = lambda r: r, decode: Callable[[Any], T] = lambda r: r,
                on_cached: Callable[[int, slice], None] | None = None, read_cache: bool = True,
-               what: str = "chunks", strict: bool = True) -> list[T]:
+               what: str = "chunks", strict: bool = True, local: bool = False) -> list[T]:
     """``compute(c, slice)`` for this rank's chunks (read from ``store`` when already there, unless
-    ``read_cache`` is False; written to it when computed), gathered from every rank in chunk order."""
+    ``read_cache`` is False; written to it when computed), gathered from every rank in chunk order.
+    ``local=True``: every chunk in this process, nothing gathered (work one rank does alone)."""
     mine = {}
-    for c in my_chunks(len(slices), what=what, strict=strict):
+    for c in (range(len(slices)) if local else my_chunks(len(slices), what=what, strict=strict)):
         cached = store.load(c) if store is not None and read_cache else None
         if cached is not None:
             mine[c] = decode(cached)
@@ -126,6 +127,8 @@ def run_chunks(slices: list[slice], compute: Callable[[int, slice], T], *, store
         if store is not None:
             store.save(c, encode(mine[c]))
             fault_point("chunk-saved")
+    if local:
+        return [mine[c] for c in range(len(slices))]
     merged: dict = {}
     for part in all_gather_objects(mine):
         merged.update(part)

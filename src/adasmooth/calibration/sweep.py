@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..evaluation.accuracy import batched_logits
 from ..evaluation.attack_specs import AutoAttackSpec, PGDAttack
-from ..evaluation.runner import evaluate_robustness
+from ..evaluation.harness import evaluate_robustness
 from ..mixing import MixedClassifier, mix_log_probs
 from ..seeding import seeded_subset
 

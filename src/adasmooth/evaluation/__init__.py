@@ -3,8 +3,7 @@
 from .accuracy import accuracy, attack_batched, batched_logits, correct_mask
 from .autoattack import AutoAttackResult, run_autoattack
 from .compare import compare_reports
-from .plans import attack_plan
-from .runner import (
+from .harness import (
     AttackOutcome,
     AutoAttackSpec,
     GateAPGDAttack,
@@ -13,6 +12,7 @@ from .runner import (
     TransferAttack,
     evaluate_robustness,
 )
+from .plans import attack_plan
 
 __all__ = [
     "AttackOutcome", "AutoAttackResult", "AutoAttackSpec", "GateAPGDAttack", "PGDAttack", "RobustnessReport", "TransferAttack",

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 class Attack(Protocol):
-    """An attack the runner can apply: ``name``, ``settings()``, and ``robust_mask``."""
+    """An attack the harness can apply: ``name``, ``settings()``, and ``robust_mask``."""
 
     name: str
 

@@ -5,7 +5,7 @@ useless gradients, which makes a mixture look more robust than it is. :class:`Su
 the true model's *values* with the *gradients* of a smooth surrogate (each map's ``surrogate`` method
 where it has one), so an unmodified attack such as AutoAttack follows useful directions while every
 prediction it sees, and every score it keeps, is the true model's. :class:`SurrogateAttack` runs any
-runner attack through it and re-scores the result on the true model.
+harness attack through it and re-scores the result on the true model.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class SurrogateGuided(nn.Module):
 
 @dataclass
 class SurrogateAttack:
-    """Run ``inner`` (any runner attack, e.g. :class:`AutoAttackSpec`) on :class:`SurrogateGuided` of the
+    """Run ``inner`` (any harness attack, e.g. :class:`AutoAttackSpec`) on :class:`SurrogateGuided` of the
     evaluated model; robustness is re-scored on the true model."""
 
     inner: object

@@ -12,10 +12,10 @@ from torch import nn
 from ..config import Config
 from ..distributed import init_distributed, is_main
 from ..evaluation.accuracy import correct_mask
+from ..evaluation.harness import evaluate_in_chunks
 from ..evaluation.plans import attack_plan
 from ..evaluation.report import RobustnessReport
 from ..evaluation.separation import gate_separation
-from ..evaluation.sharded import evaluate_in_chunks
 from ..evaluation.surrogate import has_logit_maps
 from ..io import load_model, write_json
 from ..mixer import load_adaptive

@@ -1,31 +1,90 @@
-"""Evaluation in independent chunks of examples: resumable, and shardable across ``torchrun`` ranks.
+"""The evaluation harness: several attacks on one model, the per-example worst case, in independent chunks.
+
+An example counts as robust only if the model classifies it correctly on the clean input *and* after
+every attack; each attack's own accuracy is reported beside the worst case, with its settings.
 
 Each chunk of ``chunk_size`` consecutive examples is evaluated on its own (every attack seeded as
 configured), so its per-example results do not depend on which process ran it or on what ran before.
 Rank r takes chunks r, r + W, r + 2W, ...; the results are gathered and merged in chunk order into one
 :class:`RobustnessReport` whose per-example results equal a single-process run's. With ``cache_dir``
 each finished chunk is written atomically, and a rerun skips the chunks already there (nothing lost when
-a run is killed).
+a run is killed). :func:`evaluate_robustness` is the one-chunk, one-process case.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..attacks.gradients import input_gradients_only
 from ..distributed import rank_and_world
 from ..state import ChunkStore, chunk_slices, run_chunks, settings_key
 from .accuracy import correct_mask
+from .attack_specs import Attack, AttackOutcome, AutoAttackSpec, GateAPGDAttack, PGDAttack, TransferAttack
 from .checks import check_evaluation_inputs
-from .report import RobustnessReport, assemble_report
-from .runner import run_attacks
+from .report import RobustnessReport, assemble_report, environment
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["Attack", "AttackOutcome", "AutoAttackSpec", "GateAPGDAttack", "PGDAttack", "RobustnessReport",
+           "TransferAttack", "assemble_report", "environment", "evaluate_in_chunks", "evaluate_robustness"]
+
+
+def run_attacks(model, x, y, attacks, clean: torch.Tensor, *, eps, norm, device, batch_size, progress=False,
+                on_start: Callable[[object], None] | None = None) -> Iterator[tuple]:
+    """Run each attack in turn; yields ``(attack, robust, outcome, seconds)`` where ``robust`` is the
+    per-example mask of examples correct clean *and* after the attack (on the CPU)."""
+    for attack in attacks:
+        if on_start is not None:
+            on_start(attack)
+        t = time.perf_counter()
+        with input_gradients_only(model):
+            out = attack.robust_mask(model, x, y, eps=eps, norm=norm, device=device, batch_size=batch_size,
+                                     progress=progress)
+        yield attack, out.robust.cpu() & clean, out, time.perf_counter() - t
+
+
+def evaluate_robustness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: list,
+    *,
+    eps: float,
+    norm: str = "Linf",
+    device: str | torch.device = "cpu",
+    batch_size: int = 250,
+    model_info: dict | None = None,
+    dataset: str = "",
+    split: str = "test",
+    indices: torch.Tensor | None = None,
+    sanity_checks: bool = True,
+    progress: bool = True,
+    on_outcome: Callable[[str, AttackOutcome], None] | None = None,
+) -> RobustnessReport:
+    """Apply every attack in ``attacks`` to ``model`` on ``(x, y)`` and report the per-example worst case:
+    :func:`evaluate_in_chunks` with one chunk in this process.
+
+    Sanity checks (reported in ``sanity``, never silently dropped): robust <= clean for each attack and for
+    the worst case; PGD with eps = 0 reproduces clean accuracy; PGD with a very large eps drives accuracy
+    to about 0. ``on_outcome(name, outcome)`` sees each attack's adversarial images (e.g. to keep them).
+    """
+    report, adversarials = evaluate_in_chunks(
+        model, x, y, attacks, eps=eps, norm=norm, chunk_size=max(1, len(y)), device=device, batch_size=batch_size,
+        model_info=model_info, dataset=dataset, split=split, indices=indices, keep_adversarials=on_outcome is not None,
+        sanity_checks=sanity_checks, progress=progress, distributed=False)
+    for row in report.attacks:
+        logger.info("%s: %.2f%%", row["name"], 100 * row["accuracy"])
+    if on_outcome is not None:
+        for name, x_adv in adversarials.items():
+            on_outcome(name, AttackOutcome(robust=torch.empty(0, dtype=torch.bool), x_adv=x_adv))
+    return report
 
 
 def _chunk_result(model, x, y, attacks, *, eps, norm, device, batch_size, keep_adversarials, bar=None, label="") -> dict:
@@ -79,17 +138,19 @@ def evaluate_in_chunks(
     sanity_checks: bool = True,
     progress: bool = True,
     label: str | None = None,
+    distributed: bool = True,
 ) -> tuple[RobustnessReport, dict | None]:
-    """Like :func:`~adasmooth.evaluation.evaluate_robustness`, chunk by chunk, sharded over the ranks of an
+    """Like :func:`evaluate_robustness`, chunk by chunk, shared by the ranks of an
     initialised process group (every rank must call it with the same arguments).
 
     The progress bar counts example-attacks (each example under each attack) and names ``label`` (the
     model), the running attack and the rank. Returns ``(report, adversarials)`` on every rank; ``adversarials`` maps attack name to the adversarial
     images of all examples when ``keep_adversarials`` (gathered to every rank), else None.
+    ``distributed=False`` runs every chunk in this process even under ``torchrun``.
     """
     check_evaluation_inputs(model, x, y, device)
     slices = chunk_slices(len(y), chunk_size)
-    rank, world = rank_and_world()
+    rank, world = rank_and_world() if distributed else (0, 1)
     model.eval()
     t0 = time.perf_counter()
     store = None
@@ -108,7 +169,7 @@ def evaluate_in_chunks(
                         encode=lambda res: {**res, "attacks": [{k: v for k, v in a.items() if k != "x_adv"}
                                                                for a in res["attacks"]]},
                         on_cached=lambda c, sl: bar.update((sl.stop - sl.start) * len(attacks)),
-                        what=f"chunks ({len(y)} examples in chunks of {chunk_size})")
+                        what=f"chunks ({len(y)} examples in chunks of {chunk_size})", local=not distributed)
     bar.close()
     clean = torch.tensor([v for ch in chunks for v in ch["clean"]], dtype=torch.bool)
     worst = clean.clone()
