@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from adasmooth import load
+from adasmooth import load_bundle
 from adasmooth.bundle import robustbench_model_info, save_bundle
 from adasmooth.cli import main
 from adasmooth.io import CheckpointError, save_model
@@ -27,7 +27,7 @@ def test_fixed_and_nonlinear_mixtures_round_trip(tmp_path):
     x = torch.rand(5, 1, 28, 28)
     model = MixedClassifier(std, rob, alpha=0.8, standard_scale=2.0, robust_map=MixedNUTSMap(scale=2.0, shift=0.5, power=2.0, k=4)).eval()
     save_bundle(tmp_path / "b", model, standard_arch=ARCH, robust_arch=ARCH)
-    again = load(tmp_path / "b")
+    again = load_bundle(tmp_path / "b")
     assert isinstance(again, MixedClassifier) and again.alpha == 0.8
     assert torch.allclose(again(x), model(x), atol=1e-6)
 
@@ -42,12 +42,12 @@ def test_adaptive_round_trip_keeps_gate_and_batchnorm(tmp_path):
     ada(torch.rand(16, 1, 28, 28))  # move γ's BatchNorm statistics away from their initial values
     ada.eval()
     save_bundle(tmp_path / "a", ada, standard_arch=ARCH, robust_arch=ARCH)
-    again = load(tmp_path / "a")
+    again = load_bundle(tmp_path / "a")
     x = torch.rand(4, 1, 28, 28)
     assert torch.allclose(again(x), ada(x), atol=1e-6) and torch.allclose(again.alpha(x), ada.alpha(x), atol=1e-6)
     with pytest.raises(CheckpointError, match="not an adasmooth bundle"):
         save_model(tmp_path / "plain", SmallResNet(width=4), **ARCH)
-        load(tmp_path / "plain")
+        load_bundle(tmp_path / "plain")
 
 
 def test_model_info_needs_autoattack_and_reports_the_worst_case():
@@ -72,6 +72,6 @@ def test_export_command(tmp_path, capsys):
                  "--results", str(tmp_path / "r.json"), "--out", str(tmp_path / "ex")]) == 0
     info = json.loads((tmp_path / "ex" / "model_info.json").read_text())
     assert info["autoattack_acc"] == 0.2 and info["architecture"] == "small_resnet + small_resnet"
-    model = load(tmp_path / "ex" / "model")
+    model = load_bundle(tmp_path / "ex" / "model")
     x = torch.rand(3, 1, 28, 28)
     assert torch.allclose(model(x), MixedClassifier(std, rob, alpha=0.7)(x), atol=1e-6)

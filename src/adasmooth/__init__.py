@@ -8,11 +8,11 @@ from ._version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-from .bundle import load
+from .bundle import load_bundle
 from .features import FeatureTap
 from .mixer import AdaptiveMixedClassifier, MixingNetwork
 from .mixing import MixedClassifier
 from .pretrained import load_pretrained
 
 __all__ = ["AdaptiveMixedClassifier", "FeatureTap", "MixedClassifier", "MixingNetwork", "__version__",
-           "load", "load_pretrained"]
+           "load_bundle", "load_pretrained"]

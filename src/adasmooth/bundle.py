@@ -1,5 +1,5 @@
 """A whole composite classifier in one safetensors file plus a JSON sidecar: both base models, the
-gate, and every setting needed to rebuild it without the original config (``adasmooth.load``), and a
+gate, and every setting needed to rebuild it without the original config (``adasmooth.load_bundle``), and a
 model-info JSON in RobustBench's format (``adasmooth export``)."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def save_bundle(stem: str | Path, model: nn.Module, *, standard_arch: dict, robu
     save_tensors(stem, {k: v.contiguous() for k, v in tensors.items()}, meta)
 
 
-def load(stem: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_bundle(stem: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a composite saved by :func:`save_bundle` (eval mode). Reads safetensors only."""
     from .mixer import adaptive_from_state
     from .mixing import MixedClassifier

@@ -7,8 +7,6 @@ from pathlib import Path
 from .. import workflows as wf
 from ..config import Config, load_config, resolve_config_path
 from ..distributed import init_distributed, is_main
-from ..mixer import load_adaptive
-from ..mixing import MixedClassifier
 
 
 def load_cfg(args) -> tuple[Config, str]:
@@ -137,14 +135,11 @@ def certify(args) -> int:
 
 def export(args) -> int:
     cfg, _ = load_cfg(args)
-    std, rob = _pair(args, cfg)
-    if args.mixer:
-        model = load_adaptive(args.mixer, std, rob)
-    elif args.alpha is not None:
-        model = MixedClassifier(std, rob, alpha=args.alpha, standard_scale=args.standard_scale,
-                                robust_scale=args.robust_scale).eval()
-    else:
+    if not args.mixer and args.alpha is None:
         raise ValueError("export needs --mixer STEM or --alpha A")
+    std, rob = _pair(args, cfg)
+    model, _ = wf.build_mixture(cfg, std, rob, mixer=args.mixer, alpha=args.alpha, standard_scale=args.standard_scale,
+                                robust_scale=args.robust_scale, device=args.device)
     archs = wf.base_architectures(cfg, standard=args.standard, robust=args.robust)
     for line in wf.export_composite(cfg, model, Path(args.out), archs=archs, results=args.results, name=args.name,
                                     architecture=args.architecture):

@@ -3,7 +3,7 @@ and an output folder and returns a result that formats itself for the terminal (
 
 | job | function |
 | --- | --- |
-| evaluate models | :func:`evaluation_targets`, :func:`evaluate` |
+| evaluate models | :func:`evaluation_targets`, :func:`build_mixture`, :func:`evaluate` |
 | the demo | :func:`run_demo` |
 | α sweep, comparison, margins | :func:`run_sweep`, :func:`run_compare`, :func:`run_margins` |
 | MixedNUTS-style map | :func:`calibrate_map` |
@@ -17,13 +17,22 @@ from .adaptive import build_adaptive, fit_and_calibrate, recalibrate
 from .analysis import read_reports, run_compare, run_margins, run_sweep
 from .calibrate import calibrate_map, calibrate_mixer_and_save, write_config
 from .certify import run_certify
-from .common import figure_of_merit, is_shipped_pair, load_pair, nonlinear_section, output_dir, with_data_root
+from .common import (
+           build_mixture,
+           figure_of_merit,
+           is_shipped_pair,
+           load_pair,
+           nonlinear_section,
+           output_dir,
+           with_data_root,
+)
 from .demo import ALL_ROWS, DEFAULT_ROWS, run_demo
 from .evaluate import EvaluationTarget, evaluate, evaluation_targets
 from .export import base_architectures, export_composite
 from .train import train
 
-__all__ = ["ALL_ROWS", "DEFAULT_ROWS", "EvaluationTarget", "base_architectures", "build_adaptive", "calibrate_map",
+__all__ = ["ALL_ROWS", "DEFAULT_ROWS", "EvaluationTarget", "base_architectures", "build_adaptive", "build_mixture",
+           "calibrate_map",
            "calibrate_mixer_and_save", "evaluate", "evaluation_targets", "export_composite", "figure_of_merit",
            "fit_and_calibrate", "is_shipped_pair", "load_pair", "nonlinear_section", "output_dir", "read_reports",
            "recalibrate", "run_certify", "run_compare", "run_demo", "run_margins", "run_sweep", "train",

@@ -1,5 +1,5 @@
-"""What every workflow needs: the (standard, robust) pair a run works on, the nonlinear map that goes with
-it, output folders, and the data split with a seeded subset."""
+"""What every workflow needs: the (standard, robust) pair a run works on, the one builder of mixtures of
+it, the nonlinear map that goes with it, output folders, and the data split with a seeded subset."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from .. import data as data_mod
 from ..bases import load_bases
 from ..config import BasesConfig, Config, NonlinearConfig
 from ..io import load_model
+from ..mixer import load_adaptive
+from ..mixing import MixedClassifier, nonlinear_mixture
 from ..pretrained import PRETRAINED_NAMES, with_shipped_nonlinear
 from ..seeding import seeded_subset
 
@@ -54,6 +56,28 @@ def nonlinear_section(cfg: Config, *, shipped_pair: bool) -> NonlinearConfig:
     if shipped_pair and cfg.data.name in PRETRAINED_NAMES:
         return with_shipped_nonlinear(cfg.nonlinear, cfg.data.name)
     return cfg.nonlinear
+
+
+def build_mixture(cfg: Config, standard: nn.Module, robust: nn.Module, *, mixer: str | Path | None = None,
+                  alpha: float | None = None, nonlinear: bool = False, standard_scale: float = 1.0,
+                  robust_scale: float = 1.0, shipped_pair: bool = True, device: str | torch.device = "cpu"
+                  ) -> tuple[nn.Module, str]:
+    """The one way a command builds a mixture of ``(standard, robust)`` from its options: the adaptive mixer
+    saved at ``mixer``, the nonlinear (MixedNUTS-map) mixture of the config (the shipped calibration for the
+    shipped pair), or the fixed-α mixture with its logit scales. Returns the module in eval mode and the kind
+    of attack plan it gets (``adaptive`` or ``mixed``). Contradictory options are refused."""
+    if mixer and (alpha is not None or nonlinear or standard_scale != 1.0 or robust_scale != 1.0):
+        raise ValueError("--mixer evaluates an adaptive mixer with its own alpha(x) and logit scales: it does not go "
+                         "with --alpha, --nonlinear, --standard-scale or --robust-scale (evaluate those separately)")
+    if mixer:
+        return load_adaptive(mixer, standard, robust).to(device).eval(), "adaptive"
+    if nonlinear:
+        section = nonlinear_section(cfg, shipped_pair=shipped_pair)
+        return nonlinear_mixture(standard, robust, section, alpha=alpha).eval(), "mixed"
+    if alpha is None:
+        raise ValueError("a mixture needs --mixer STEM, --alpha A or --nonlinear")
+    return MixedClassifier(standard, robust, alpha=alpha, standard_scale=standard_scale,
+                           robust_scale=robust_scale).eval(), "mixed"
 
 
 def load_subset(cfg: Config, split: str, n: int, seed: int

@@ -23,12 +23,11 @@ from ..evaluation.plans import attack_plan
 from ..evaluation.report import environment
 from ..evaluation.surrogate import has_logit_maps
 from ..io import state_fingerprint, write_json
-from ..mixing import MixedClassifier, nonlinear_mixture
 from ..plots import plot_margins, plot_test_points, plot_tradeoff
-from ..pretrained import PRETRAINED_NAMES, PretrainedPair, load_pretrained, shipped_sweep, with_shipped_nonlinear
+from ..pretrained import PRETRAINED_NAMES, PretrainedPair, load_pretrained, shipped_sweep
 from ..seeding import seeded_subset
 from ..state import settings_key
-from .common import figure_of_merit
+from .common import build_mixture, figure_of_merit, nonlinear_section
 from .evaluate import EvaluationTarget, ModelEvaluation, evaluate_target
 
 logger = logging.getLogger(__name__)
@@ -178,15 +177,15 @@ def choose_alpha(cfg: Config, pair: PretrainedPair, *, n_sweep: int, device, pro
 def demo_targets(cfg: Config, pair: PretrainedPair, chosen: dict, rows: tuple[str, ...]) -> list[tuple[str, EvaluationTarget]]:
     """(table label, target) per requested row that the shipped pair can supply."""
     std, rob = pair.standard, pair.robust
-    mixed = MixedClassifier(std, rob, alpha=chosen["alpha"], standard_scale=chosen["standard_scale"],
-                            robust_scale=chosen["robust_scale"]).eval()
+    mixed, _ = build_mixture(cfg, std, rob, alpha=chosen["alpha"], standard_scale=chosen["standard_scale"],
+                             robust_scale=chosen["robust_scale"])
     out = {"standard": ("Standard base model", EvaluationTarget("standard", std, "base", {"type": "standard"})),
            "robust": ("Robust base model", EvaluationTarget("robust", rob, "base", {"type": "robust"})),
            "mixed": (f"Mixed, α={chosen['alpha']:g} s_g={chosen['standard_scale']:g} s_h={chosen['robust_scale']:g}",
                      EvaluationTarget("mixed", mixed, "mixed", mixed.describe()))}
-    nc = with_shipped_nonlinear(cfg.nonlinear, cfg.data.name)  # the config's calibration, else the shipped one
+    nc = nonlinear_section(cfg, shipped_pair=True)  # the config's calibration, else the shipped one
     if None not in (nc.scale, nc.shift, nc.power, nc.alpha):
-        nl = nonlinear_mixture(std, rob, nc).eval()
+        nl, _ = build_mixture(cfg, std, rob, nonlinear=True)
         out["nonlinear"] = (f"Nonlinear (MixedNUTS map), α={nc.alpha:.3f}",
                             EvaluationTarget("nonlinear", nl, "mixed", nl.describe()))
     for key, label, model in (("adaptive", "Adaptive", pair.adaptive),

@@ -18,12 +18,10 @@ from ..evaluation.report import RobustnessReport
 from ..evaluation.separation import gate_separation
 from ..evaluation.surrogate import has_logit_maps
 from ..io import load_model, write_json
-from ..mixer import load_adaptive
-from ..mixing import MixedClassifier, nonlinear_mixture
 from ..plots import plot_alpha_hist
 from ..pretrained import pretrained_dir
 from ..speed import fast_inference
-from .common import is_shipped_pair, load_pair, load_subset, nonlinear_section
+from .common import build_mixture, is_shipped_pair, load_pair, load_subset
 
 
 @dataclass
@@ -92,23 +90,19 @@ def evaluation_targets(cfg: Config, *, checkpoints: list[str] | None = None, mix
     """The models to evaluate and the (standard, robust) pair that mixtures' transfer attacks start from:
     base checkpoints (default: both shipped models), or one mixture of the pair (``mixer``, ``alpha`` or
     ``nonlinear``)."""
-    if mixer and (alpha is not None or nonlinear or standard_scale != 1.0 or robust_scale != 1.0):
-        raise ValueError("--mixer evaluates an adaptive mixer with its own alpha(x) and logit scales: it does not go "
-                         "with --alpha, --nonlinear, --standard-scale or --robust-scale (evaluate those separately)")
     if mixer or alpha is not None or nonlinear:
         if checkpoints:
             raise ValueError("--checkpoint evaluates base models; it does not go with --mixer, --alpha or --nonlinear")
         std, rob = load_pair(cfg, standard=standard, robust=robust, device=device)
-        if nonlinear:
-            shipped = is_shipped_pair(cfg, standard=standard, robust=robust)
-            model = nonlinear_mixture(std, rob, nonlinear_section(cfg, shipped_pair=shipped), alpha=alpha).eval()
-            return [EvaluationTarget("nonlinear", model, "mixed", model.describe())], std, rob
+        model, kind = build_mixture(cfg, std, rob, mixer=mixer, alpha=alpha, nonlinear=nonlinear,
+                                    standard_scale=standard_scale, robust_scale=robust_scale,
+                                    shipped_pair=is_shipped_pair(cfg, standard=standard, robust=robust), device=device)
         if mixer:
-            model = load_adaptive(mixer, std, rob).to(device)
-            return [EvaluationTarget(Path(mixer).name, model, "adaptive", {"mixer": str(mixer), **model.describe()})], std, rob
-        model = MixedClassifier(std, rob, alpha=alpha, standard_scale=standard_scale, robust_scale=robust_scale).eval()
-        return [EvaluationTarget(fixed_mixture_name(alpha, standard_scale, robust_scale), model, "mixed",
-                                 model.describe())], std, rob
+            name, info = Path(mixer).name, {"mixer": str(mixer), **model.describe()}
+        else:
+            name = "nonlinear" if nonlinear else fixed_mixture_name(alpha, standard_scale, robust_scale)
+            info = model.describe()
+        return [EvaluationTarget(name, model, kind, info)], std, rob
     targets = []
     for ckpt in checkpoints or [str(pretrained_dir() / cfg.data.name / s) for s in ("standard", "adversarial")]:
         model, meta = load_model(ckpt, map_location=device)

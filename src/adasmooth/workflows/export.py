@@ -35,7 +35,7 @@ def export_composite(cfg: Config, model: nn.Module, out: Path, *, archs: dict[st
     written, for the terminal."""
     save_bundle(out / "model", model, standard_arch=archs["standard"], robust_arch=archs["robust"],
                 dataset=cfg.data.name, threat={"norm": cfg.threat.norm, "eps": cfg.threat.eps})
-    lines = [f"wrote {out / 'model'}.safetensors (+ .json); restore with adasmooth.load('{out / 'model'}')"]
+    lines = [f"wrote {out / 'model'}.safetensors (+ .json); restore with adasmooth.load_bundle('{out / 'model'}')"]
     if results:
         info = robustbench_model_info(json.loads(Path(results).read_text()), name=name, dataset=cfg.data.name,
                                       architecture=architecture or
