@@ -8,8 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import data as data_mod
 from .config import BaseModelSpec, Config
 from .io import CheckpointError
+from .models import build, load_weights
+from .models.external import load_robustbench
+from .pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +25,6 @@ def build_base(spec: BaseModelSpec, *, num_classes: int | None = None, input_sha
     ``random_weights=True`` skips the weights (dry construction, timing). A missing weights file is an
     error that says where the paper's file came from; a class count other than the data set's is an error.
     """
-    from .models import build, load_weights
-    from .models.external import load_robustbench
 
     if spec.robustbench:
         zoo = {k: v for k, v in spec.args.items() if k in ("dataset", "threat_model", "model_dir")}
@@ -52,8 +54,6 @@ def build_base(spec: BaseModelSpec, *, num_classes: int | None = None, input_sha
 def load_bases(cfg: Config, *, device: str | torch.device = "cpu", random_weights: bool = False
                ) -> tuple[nn.Module, nn.Module]:
     """``(standard, robust)`` as ``cfg.bases`` says; the shipped pair where a side is left null."""
-    from . import data as data_mod
-
     n_classes = data_mod.num_classes(cfg.data.name)
     sides = {}
     for role in ("standard", "robust"):
@@ -62,7 +62,6 @@ def load_bases(cfg: Config, *, device: str | torch.device = "cpu", random_weight
             sides[role] = build_base(spec, num_classes=n_classes, input_shape=data_mod.IMAGE_SHAPES[cfg.data.name],
                                      device=device, random_weights=random_weights, role=role)
     if len(sides) < 2:
-        from .pretrained import load_pretrained
 
         pair = load_pretrained(cfg.data.name, device=str(device))
         sides.setdefault("standard", pair.standard)

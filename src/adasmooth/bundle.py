@@ -10,6 +10,10 @@ import torch
 from torch import nn
 
 from .io import CheckpointError, load_tensors, save_tensors
+from .mixer import AdaptiveMixedClassifier, adaptive_from_state, mixer_state
+from .mixing import MixedClassifier
+from .models import build
+from .transforms import map_from_description
 
 BUNDLE_KIND = "adasmooth-bundle"
 
@@ -26,8 +30,6 @@ def save_bundle(stem: str | Path, model: nn.Module, *, standard_arch: dict, robu
     ``standard_arch`` / ``robust_arch`` say how to rebuild each base model with
     :func:`adasmooth.models.build` (the ``architecture`` and ``arch_args`` of its checkpoint sidecar).
     """
-    from .mixer import AdaptiveMixedClassifier, mixer_state
-    from .mixing import MixedClassifier
 
     if not isinstance(model, (MixedClassifier, AdaptiveMixedClassifier)):
         raise TypeError(f"save_bundle takes a MixedClassifier or AdaptiveMixedClassifier, got {type(model).__name__}")
@@ -45,11 +47,6 @@ def save_bundle(stem: str | Path, model: nn.Module, *, standard_arch: dict, robu
 
 def load_bundle(stem: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a composite saved by :func:`save_bundle` (eval mode). Reads safetensors only."""
-    from .mixer import adaptive_from_state
-    from .mixing import MixedClassifier
-    from .models import build
-    from .transforms import map_from_description
-
     tensors, meta = load_tensors(stem)
     if meta.get("kind") != BUNDLE_KIND:
         raise CheckpointError(f"{stem} is not an adasmooth bundle (kind={meta.get('kind')!r}); base checkpoints "

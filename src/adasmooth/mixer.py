@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .features import FeatureTap
+from .io import CheckpointError, load_tensors, save_tensors, state_dict_problem, state_fingerprint
 from .mixing import apply_maps, mix_log_probs, num_classes_of
 from .transforms import describe_map, map_from_description
 
@@ -46,7 +47,6 @@ class _PreActBlock(nn.Module):
 
 class _DownBlock(nn.Module):
     """A pre-activation block that halves the resolution and doubles the channels (learned downsampling)."""
-
     def __init__(self, ch: int):
         super().__init__()
         self.bn1, self.conv1 = nn.BatchNorm2d(ch), nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1, bias=False)
@@ -282,7 +282,6 @@ def adaptive_from_state(standard: nn.Module, robust: nn.Module, composite: dict,
 def save_adaptive(stem, model: AdaptiveMixedClassifier, **metadata) -> None:
     """Save the gate (a :class:`MixingNetwork`) and γ's BatchNorm, with fingerprints of both base models
     so that the mixer is never paired with other base models by mistake."""
-    from .io import save_tensors, state_fingerprint
 
     tensors, gate_config = mixer_state(model)
     meta = {
@@ -300,7 +299,6 @@ def load_adaptive(stem, standard: nn.Module, robust: nn.Module, *, verify: bool 
     """Rebuild an :class:`AdaptiveMixedClassifier` saved by :func:`save_adaptive` around ``standard`` and
     ``robust``; refuses base models whose weights differ from those the mixer was fit on, a sidecar that
     lacks what the rebuild needs, and a gate whose weights do not fit (``verify``: see ``io.load_tensors``)."""
-    from .io import CheckpointError, load_tensors, state_dict_problem, state_fingerprint
 
     tensors, meta = load_tensors(stem, verify=verify)
     if meta.get("kind") != "adaptive-mixer":

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from .transforms import MixedNUTSMap, describe_map
 from .validation import check_alpha
 
 
@@ -97,8 +98,6 @@ class MixedClassifier(nn.Module):
         return mix_log_probs(g, h, self.alpha, standard_scale=self.standard_scale, robust_scale=self.robust_scale)
 
     def describe(self) -> dict:
-        from .transforms import describe_map
-
         alpha = self.alpha if not torch.is_tensor(self.alpha) else "per-example"
         out = {"type": "MixedClassifier", "alpha": alpha, "standard_scale": self.standard_scale,
                "robust_scale": self.robust_scale}
@@ -114,7 +113,6 @@ class MixedClassifier(nn.Module):
 def nonlinear_mixture(standard: nn.Module, robust: nn.Module, nonlinear_cfg, *, alpha: float | None = None) -> MixedClassifier:
     """The MixedNUTS-style mixture of a calibrated ``nonlinear`` config section (see ``adasmooth calibrate``):
     the robust logits go through the calibrated map, then one α (the calibrated one unless given)."""
-    from .transforms import MixedNUTSMap
 
     nc = nonlinear_cfg
     if None in (nc.scale, nc.shift, nc.power, nc.alpha):

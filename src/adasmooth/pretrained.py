@@ -8,7 +8,8 @@ from pathlib import Path
 
 from torch import nn
 
-from .io import CheckpointError, load_model
+from .io import CheckpointError, load_model, load_tensors
+from .mixer import load_adaptive
 
 PRETRAINED_NAMES = ("fashion-mnist",)
 
@@ -57,8 +58,6 @@ def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> Pret
     composites = {}
     for key, stem in (("adaptive", "mixer"), ("adaptive_nonlinear", "mixer-nonlinear")):
         if (folder / f"{stem}.safetensors").is_file():
-            from .io import load_tensors
-            from .mixer import load_adaptive
 
             composites[key] = load_adaptive(folder / stem, standard, robust).to(device)
             meta[key] = load_tensors(folder / stem)[1]

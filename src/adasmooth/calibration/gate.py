@@ -26,7 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..attacks import gate_pgd
-from ..evaluation.accuracy import attack_batched
+from ..evaluation.accuracy import attack_batched, correct_mask
+from ..evaluation.attack_specs import GateAPGDAttack, TransferAttack
+from ..evaluation.autoattack import SUB_ATTACKS, run_autoattack
 from ..mixing import apply_maps, mix_log_probs
 from ..state import CalibrationJournal
 
@@ -55,8 +57,6 @@ def gate_apgd_robust_mask(model, x, y, *, eps, device="cpu", batch_size=250, see
                           n_target_classes=3) -> torch.Tensor:
     """Per-example robustness of an adaptive composite under the worst of the official APGD-CE and APGD-T
     on the gate-aware loss (the verification attack of :func:`calibrate_gate`)."""
-    from ..evaluation.accuracy import correct_mask
-    from ..evaluation.attack_specs import GateAPGDAttack
 
     robust = correct_mask(model, x, y, device=device, batch_size=batch_size)
     for attack in (GateAPGDAttack("ce", w, n_iter, seed=seed),
@@ -82,9 +82,6 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
     still robust. Square needs no gradient: it finds what a gate that masks gradients hides from the others.
     With ``stop_below``, stops as soon as the robust share falls below it (the verdict cannot recover).
     ``progress`` shows one bar step per attack."""
-    from ..evaluation.accuracy import correct_mask
-    from ..evaluation.attack_specs import GateAPGDAttack, TransferAttack
-    from ..evaluation.autoattack import SUB_ATTACKS, run_autoattack
 
     bad = [a for a in autoattack if a not in SUB_ATTACKS]
     if bad:
@@ -120,7 +117,6 @@ def robust_reference(robust, x, y, *, eps, device="cpu", batch_size=250, seed=0,
     """The robust model's accuracy under the official APGD-CE and APGD-T (3 targets), then the official
     AutoAttack sub-attacks in ``autoattack`` (Square with ``square_queries``): the attack family and budget
     that :func:`calibrate_gate` verifies the composite with, so that "robust kept" compares like with like."""
-    from ..evaluation.autoattack import SUB_ATTACKS, run_autoattack
 
     bad = [a for a in autoattack if a not in SUB_ATTACKS]
     if bad:

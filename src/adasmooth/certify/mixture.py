@@ -19,6 +19,8 @@ from scipy.stats import norm
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..mixer import AdaptiveMixedClassifier
+from ..mixing import MixedClassifier
 from .bounds import clopper_pearson_lower, mixture_bounds
 from .radii import check_alpha_for_certificate, smoothing_radius
 from .smoothing import ABSTAIN, Smooth
@@ -33,8 +35,6 @@ def certificate_alpha(model: nn.Module) -> tuple[float, str]:
     :class:`~adasmooth.AdaptiveMixedClassifier` picks α(x) in ``[α_lo, α_hi]`` per input; the radii hold
     for every α(x) >= α_lo, so it is certified with α_lo.
     """
-    from ..mixer import AdaptiveMixedClassifier
-    from ..mixing import MixedClassifier
 
     if isinstance(model, AdaptiveMixedClassifier):
         lo = model.alpha_range[0]
@@ -49,7 +49,6 @@ def certificate_alpha(model: nn.Module) -> tuple[float, str]:
 @dataclasses.dataclass
 class CertificationResult:
     """Per-image outcomes. Radii are ℓ2, 0 where nothing is certified."""
-
     labels: np.ndarray
     sigma: float
     n0: int

@@ -14,14 +14,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks import gate_pgd, pgd, ranked_target
+from ..attacks.gate_apgd import gate_apgd
 from .accuracy import attack_batched, correct_mask
+from .autoattack import run_autoattack
 
 logger = logging.getLogger(__name__)
 
 
 class Attack(Protocol):
     """An attack the harness can apply: ``name``, ``settings()``, and ``robust_mask``."""
-
     name: str
 
     def settings(self) -> dict: ...
@@ -40,7 +41,6 @@ class AttackOutcome:
 @dataclass
 class PGDAttack:
     """PGD with CE, or targeted DLR on the ``targets_top`` most likely wrong classes (one run each)."""
-
     steps: int = 20
     step_size: float | None = None
     loss: str = "ce"  # "ce", "dlr" or "dlr-targeted"
@@ -87,7 +87,6 @@ def _targeted(attack, model, x, yt, **kw):
 @dataclass
 class TransferAttack:
     """PGD crafted on ``source`` (e.g. one base model alone), scored on the evaluated model."""
-
     source: nn.Module
     source_name: str
     steps: int = 20
@@ -141,8 +140,6 @@ class GateAPGDAttack:
                 "n_target_classes": self.n_target_classes if self.loss == "dlr-targeted" else None}
 
     def robust_mask(self, model, x, y, *, eps, norm, device, batch_size, progress):
-        from ..attacks.gate_apgd import gate_apgd
-
         parts = []
         for i in tqdm(range(0, len(x), batch_size), desc=self.name, disable=not progress, leave=False):
             parts.append(gate_apgd(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, norm=norm,
@@ -155,7 +152,6 @@ class GateAPGDAttack:
 @dataclass
 class AutoAttackSpec:
     """The official AutoAttack (see :func:`adasmooth.evaluation.autoattack.run_autoattack`)."""
-
     @classmethod
     def named(cls, choice: str, *, seed: int = 0) -> AutoAttackSpec:
         """The spec behind a command-line choice: a version (``standard``, ``plus``, ``rand``) or ``apgd``,
@@ -179,8 +175,6 @@ class AutoAttackSpec:
                 "seed": self.seed, "options": self.options}
 
     def robust_mask(self, model, x, y, *, eps, norm, device, batch_size, progress):
-        from .autoattack import run_autoattack
-
         res = run_autoattack(model, x, y, eps=eps, norm=norm, version=self.version, attacks=self.attacks,
                              seed=self.seed, batch_size=batch_size, device=device, options=self.options)
         return AttackOutcome(robust=res.robust, x_adv=res.x_adv,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import AUTOATTACK_SUB_ATTACKS
+from .accuracy import correct_mask
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,6 @@ def run_autoattack(
     seconds = time.perf_counter() - t0
 
     # Score the returned images ourselves: an example is robust only if correct before and after.
-    from .accuracy import correct_mask
 
     clean_ok = correct_mask(model, x, y, batch_size=batch_size, device=device)
     adv_ok = correct_mask(model, x_adv, y, batch_size=batch_size, device=device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from .attack_specs import AutoAttackSpec, GateAPGDAttack, PGDAttack, TransferAttack
+from .surrogate import SurrogateAttack
 
 KINDS = ("base", "mixed", "adaptive")
 
@@ -66,7 +67,6 @@ def attack_plan(
     if surrogate and kind == "base":
         raise ValueError("surrogate attacks are for mixtures with logit maps, not base models")
     if surrogate:
-        from .surrogate import SurrogateAttack
 
         plan.append(SurrogateAttack(PGDAttack(steps=pgd_steps, step_size=pgd_step_size, restarts=pgd_restarts,
                                               seed=seed, name=f"pgd{pgd_steps}-ce")))

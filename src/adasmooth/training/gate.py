@@ -30,6 +30,7 @@ from ..attacks.adaptive import gate_bce, randomized_attack
 from ..attacks.apgd_training import AttackedCopies, apgd_training_attack, square_training_copies
 from ..config import MixerConfig
 from ..distributed import rank_and_world
+from ..evaluation.separation import gate_separation
 from ..io import CheckpointError, atomic_write_bytes, fault_point, state_fingerprint
 from ..mixer import AdaptiveMixedClassifier
 from ..seeding import epoch_seed, step_seed
@@ -211,8 +212,6 @@ def fit_mixer(
 
 def _log_separation(model, held_out, *, eps: float, step: int, seed: int, path: Path, board, device) -> None:
     """The gate's held-out AUROC (clean vs gate-aware APGD-CE final iterates) to the log and the metrics."""
-    from ..evaluation.separation import gate_separation
-
     was_training = model.training
     model.eval()
     with torch.random.fork_rng(devices=[]):  # the check must not move the training's random state
