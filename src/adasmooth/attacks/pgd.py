@@ -57,6 +57,26 @@ def pgd(
     -------
     >>> x_adv = pgd(model, x, y, eps=0.1, steps=20, generator=torch.Generator().manual_seed(0))
     """
+    _check_options(norm, loss, targets, steps, restarts)
+    x = x.detach()
+    n = x.shape[0]
+    view = (n,) + (1,) * (x.dim() - 1)
+    eps_t = _per_example(eps, n, x).view(view)
+    step_t = 2.5 * eps_t / max(steps, 1) if step_size is None else _per_example(step_size, n, x).view(view)
+    if objective is None:
+        objective = _model_objective(model, loss, y, targets)
+    best = x.clone()
+    found = torch.zeros(n, dtype=torch.bool, device=x.device)
+    for _ in range(restarts):
+        delta = _random_start(x, eps_t, norm, generator) if random_start else torch.zeros_like(x)
+        x_adv = _one_restart(objective, x, y, (x + delta).clamp(0, 1), best, found, eps_t, step_t, norm, steps)
+        best = torch.where((~found).view(view), x_adv, best)
+        if bool(found.all()):
+            break
+    return best.detach()
+
+
+def _check_options(norm: str, loss: str, targets, steps: int, restarts: int) -> None:
     if norm not in ("Linf", "L2"):
         raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
     if loss not in LOSSES:
@@ -65,56 +85,43 @@ def pgd(
         raise ValueError("loss='dlr-targeted' needs targets")
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got {steps}, {restarts}")
-    x = x.detach()
-    n = x.shape[0]
-    view = (n,) + (1,) * (x.dim() - 1)
-    eps_t = _per_example(eps, n, x).view(view)
-    if step_size is None:
-        step_t = 2.5 * eps_t / max(steps, 1)
-    else:
-        step_t = _per_example(step_size, n, x).view(view)
 
-    def objective_default(logits):
+
+def _model_objective(model, loss: str, y: torch.Tensor, targets):
+    """``x_adv -> (logits, per-example loss)`` for one of :data:`LOSSES` on ``model``'s output."""
+    def objective(x_adv):
+        logits = model(x_adv)
         if loss == "ce":
-            return cross_entropy(logits, y)
+            return logits, cross_entropy(logits, y)
         if loss == "dlr":
-            return dlr(logits, y)
-        return targeted_dlr(logits, y, targets)
+            return logits, dlr(logits, y)
+        return logits, targeted_dlr(logits, y, targets)
+    return objective
 
-    best = x.clone()
-    found = torch.zeros(n, dtype=torch.bool, device=x.device)
+
+def _one_restart(objective, x, y, x_adv, best, found, eps_t, step_t, norm: str, steps: int) -> torch.Tensor:
+    """``steps`` PGD steps from ``x_adv``; ``best`` takes each example's first misclassified iterate and
+    ``found`` marks it (both in place). Returns the last iterate (detached). No host-device synchronisation
+    inside the step loop: masks select with torch.where, gradients are checked for finiteness once."""
+    view = (len(x),) + (1,) * (x.dim() - 1)
     finite = torch.ones((), dtype=torch.bool, device=x.device)
-    # no host-device synchronisation inside the step loop: masks select with torch.where, and the finiteness
-    # of the gradients is checked once per restart
-    for _ in range(restarts):
-        delta = _random_start(x, eps_t, norm, generator) if random_start else torch.zeros_like(x)
-        x_adv = (x + delta).clamp(0, 1)
-        for step in range(steps + 1):
-            x_adv.requires_grad_(True)
-            if objective is None:
-                logits = model(x_adv)
-                value = objective_default(logits)
-            else:
-                logits, value = objective(x_adv)
-            wrong = logits.detach().argmax(1) != y
-            newly = wrong & ~found
-            best = torch.where(newly.view(view), x_adv.detach(), best)
-            found |= wrong
-            if step == steps:
-                break
-            (grad,) = torch.autograd.grad(value.sum(), x_adv)
-            finite &= torch.isfinite(grad).all()
-            with torch.no_grad():
-                x_adv = _step(x_adv.detach(), grad, step_t, norm)
-                x_adv = _project(x_adv, x, eps_t, norm)
-        if not bool(finite):
-            raise FloatingPointError(
-                "the attack loss has a non-finite input gradient; PGD cannot be trusted on this model "
-                "(check the model for log(0) or division by zero in its forward pass)")
-        best = torch.where((~found).view(view), x_adv.detach(), best)
-        if bool(found.all()):
+    for step in range(steps + 1):
+        x_adv.requires_grad_(True)
+        logits, value = objective(x_adv)
+        wrong = logits.detach().argmax(1) != y
+        best.copy_(torch.where((wrong & ~found).view(view), x_adv.detach(), best))
+        found |= wrong
+        if step == steps:
             break
-    return best.detach()
+        (grad,) = torch.autograd.grad(value.sum(), x_adv)
+        finite &= torch.isfinite(grad).all()
+        with torch.no_grad():
+            x_adv = _project(_step(x_adv.detach(), grad, step_t, norm), x, eps_t, norm)
+    if not bool(finite):
+        raise FloatingPointError(
+            "the attack loss has a non-finite input gradient; PGD cannot be trusted on this model "
+            "(check the model for log(0) or division by zero in its forward pass)")
+    return x_adv.detach()
 
 
 def _per_example(value, n: int, like: torch.Tensor) -> torch.Tensor:

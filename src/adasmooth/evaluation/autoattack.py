@@ -8,6 +8,7 @@ and the accuracy after each sub-attack into the result.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -15,6 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+from pyautoattack import AutoAttack
 from torch import nn
 
 from ..config import AUTOATTACK_SUB_ATTACKS
@@ -85,8 +87,39 @@ def run_autoattack(
     options : attribute overrides on the sub-attack objects, e.g. ``{"apgd.n_iter": 20,
         "apgd_targeted.n_target_classes": 3}``.
     """
-    from pyautoattack import AutoAttack
+    _check_version(version, attacks)
+    model.eval()
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    t0 = time.perf_counter()
+    with _collected_autoattack_log() as collector, torch.random.fork_rng(devices=devices), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adversary = AutoAttack(model, attacks=attacks if version == "custom" else None, device=device,
+                               eps=eps, norm=norm, seed=seed, version=version)
+        _apply_options(adversary, options or {})
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    # Score the returned images ourselves: an example is robust only if correct before and after.
+    clean_ok = correct_mask(model, x, y, batch_size=batch_size, device=device)
+    adv_ok = correct_mask(model, x_adv, y, batch_size=batch_size, device=device)
+    per_attack = {}
+    for rec in collector.records:
+        m = _AFTER.search(rec.getMessage())
+        if m:
+            per_attack[m.group(1).lower()] = float(m.group(2)) / 100
+    logged = [rec.getMessage() for rec in collector.records if rec.levelno >= logging.WARNING]
+    settings = {
+        "name": "autoattack", "version": version, "attacks": list(adversary.attacks_to_run), "eps": eps,
+        "norm": norm, "seed": seed, "options": dict(options or {}), "package": _package_version(),
+    }
+    return AutoAttackResult(
+        robust=clean_ok & adv_ok, x_adv=x_adv.detach().cpu(), clean_correct=clean_ok, settings=settings,
+        per_attack=per_attack, warnings=list(dict.fromkeys(logged + [str(w.message) for w in caught])),
+        seconds=seconds,
+    )
 
+
+def _check_version(version: str, attacks: list[str] | None) -> None:
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
     if version == "custom":
@@ -98,53 +131,31 @@ def run_autoattack(
     elif attacks is not None:
         raise ValueError(f"attacks=... only goes with version='custom' (got version={version!r})")
 
-    model.eval()
+
+def _apply_options(adversary, options: dict) -> None:
+    for key, value in options.items():
+        obj_name, _, attr = key.partition(".")
+        obj = getattr(adversary, obj_name, None)
+        if obj is None or not attr or not hasattr(obj, attr):
+            raise ValueError(f"unknown AutoAttack option {key!r}")
+        setattr(obj, attr, value)
+
+
+@contextlib.contextmanager
+def _collected_autoattack_log():
+    """AutoAttack's log messages, collected into the result; passed on only when our own logging asks."""
     aa_logger = logging.getLogger("auto-attack")
     collector = _Collector()
     old_level, old_propagate = aa_logger.level, aa_logger.propagate
     aa_logger.addHandler(collector)
     aa_logger.setLevel(logging.DEBUG)
-    # collect AutoAttack's messages into the result; pass them on only when our own logging asks for them
     aa_logger.propagate = logger.isEnabledFor(logging.DEBUG)
-    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
-    t0 = time.perf_counter()
     try:
-        with torch.random.fork_rng(devices=devices), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            adversary = AutoAttack(model, attacks=attacks if version == "custom" else None, device=device,
-                                   eps=eps, norm=norm, seed=seed, version=version)
-            for key, value in (options or {}).items():
-                obj_name, _, attr = key.partition(".")
-                obj = getattr(adversary, obj_name, None)
-                if obj is None or not attr or not hasattr(obj, attr):
-                    raise ValueError(f"unknown AutoAttack option {key!r}")
-                setattr(obj, attr, value)
-            x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+        yield collector
     finally:
         aa_logger.removeHandler(collector)
         aa_logger.setLevel(old_level)
         aa_logger.propagate = old_propagate
-    seconds = time.perf_counter() - t0
-
-    # Score the returned images ourselves: an example is robust only if correct before and after.
-
-    clean_ok = correct_mask(model, x, y, batch_size=batch_size, device=device)
-    adv_ok = correct_mask(model, x_adv, y, batch_size=batch_size, device=device)
-    per_attack = {}
-    for rec in collector.records:
-        m = _AFTER.search(rec.getMessage())
-        if m:
-            per_attack[m.group(1).lower()] = float(m.group(2)) / 100
-    caught_msgs = [str(w.message) for w in caught]
-    logged = [rec.getMessage() for rec in collector.records if rec.levelno >= logging.WARNING]
-    settings = {
-        "name": "autoattack", "version": version, "attacks": list(adversary.attacks_to_run), "eps": eps,
-        "norm": norm, "seed": seed, "options": dict(options or {}), "package": _package_version(),
-    }
-    return AutoAttackResult(
-        robust=clean_ok & adv_ok, x_adv=x_adv.detach().cpu(), clean_correct=clean_ok, settings=settings,
-        per_attack=per_attack, warnings=list(dict.fromkeys(logged + caught_msgs)), seconds=seconds,
-    )
 
 
 def _package_version() -> str:

@@ -9,10 +9,10 @@ seeded by ``seed`` and the epoch) make a resumed run equal an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -148,99 +148,137 @@ def train_base(
     _check_sigma(kind, sigma)
     name = checkpoint_name(kind, sigma)
     out_dir = Path(out_dir)
-    state_stem = out_dir / f"{name}-last"
     settings = _settings(cfg, kind) | ({"sigma": float(sigma)} if kind == "noise" else {})
-
     x_train, y_train = data_mod.load(cfg.data.name, "train", root=cfg.data.root)
-    n_classes = data_mod.num_classes(cfg.data.name)
-    arch_args = arch_args_for(cfg, kind, x_train.shape[1], n_classes)
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
-        torch.manual_seed(tcfg.seed)
-        model = build(cfg.model.architecture, **arch_args).to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay, nesterov=True
-    )
-    average = WeightAverage(model, decay=tcfg.ema_decay) if tcfg.ema_decay is not None else None
-    device_type = torch.device(device).type
-    # bf16 autocast: the attack sees float32 logits of the autocast network; the update's loss is float32
-    attack_model = Autocast(model, device_type) if tcfg.amp else model
-    autocast = functools.partial(torch.autocast, device_type=device_type, dtype=torch.bfloat16, enabled=tcfg.amp)
+    arch_args = arch_args_for(cfg, kind, x_train.shape[1], data_mod.num_classes(cfg.data.name))
+    run = _Run.start(cfg, kind, arch_args, out_dir / f"{name}-last", device=device, sigma=sigma)
     start_epoch, elapsed = 0, 0.0
-    saved = load_training_state(state_stem, settings, resume=resume, what=f"{kind} training")
+    saved = load_training_state(run.state_stem, settings, resume=resume, what=f"{kind} training")
     if saved is not None:
-        start_epoch, elapsed = _restore(saved, model, optimizer, device, average)
-        logger.info("resuming %s training at epoch %d from %s", kind, start_epoch, state_stem)
-
-    last_loss = float("nan")
-    steps_per_epoch = math.ceil(len(x_train) / tcfg.batch_size)
-    total_steps = steps_per_epoch * tcfg.epochs
+        start_epoch, elapsed = _restore(saved, run.model, run.optimizer, device, run.average)
+        logger.info("resuming %s training at epoch %d from %s", kind, start_epoch, run.state_stem)
     last_epoch = tcfg.epochs if max_epochs is None else min(tcfg.epochs, max_epochs)
     for epoch in range(start_epoch, last_epoch):
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(epoch_seed(tcfg.seed, epoch))
-        perm = torch.randperm(len(x_train), generator=gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{tcfg.epochs}", disable=not progress)
-        run_loss = run_acc = 0.0
-        for i in bar:
-            idx = perm[i * tcfg.batch_size : (i + 1) * tcfg.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if tcfg.augment:
-                xb = augment(xb, gen)
-            if tcfg.random_erasing:
-                xb = random_erase(xb, gen, p=tcfg.random_erasing)
-            xb, yb = xb.to(device), yb.to(device)
-            if kind == "adversarial":
-                model.eval()
-                xb = pgd(
-                    attack_model, xb, yb, eps=cfg.threat.eps, norm=cfg.threat.norm, steps=tcfg.attack_steps,
-                    step_size=tcfg.attack_step_size, generator=gen,
-                )
-            elif kind == "noise":
-                xb = xb + sigma * torch.randn(xb.shape, generator=gen).to(device)
-            elif kind == "trades":
-                model.eval()
-                x_adv = trades_adversarial(attack_model, xb, eps=cfg.threat.eps, steps=tcfg.attack_steps,
-                                           step_size=tcfg.attack_step_size, generator=gen)
-            model.train()
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch * steps_per_epoch + i, total_steps, tcfg.lr)
-            with autocast():
-                logits = model(xb).float()
-                adv_logits = model(x_adv).float() if kind == "trades" else None
-            if kind == "trades":
-                loss = trades_loss(logits, adv_logits, yb, beta=tcfg.trades_beta)
-            else:
-                loss = F.cross_entropy(logits, yb, label_smoothing=tcfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at epoch {epoch + 1} step {i + 1} (last finite loss {last_loss:.4g}); "
-                    f"the last good state, {state_stem}, is intact: lower the learning rate, then --resume")
-            last_loss = loss.item()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if average is not None:
-                average.update(model)
-            fault_point("train-step")
-            run_loss = 0.95 * run_loss + 0.05 * loss.item() if i else loss.item()
-            run_acc = 0.95 * run_acc + 0.05 * (logits.argmax(1) == yb).float().mean().item() if i else 0.0
-            if i % 20 == 0:
-                bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}")
+        loss = _train_epoch(run, x_train, y_train, epoch, desc=f"{name} epoch {epoch + 1}/{tcfg.epochs}",
+                            progress=progress)
         elapsed += time.perf_counter() - t0
-        model.eval()
-        _save_state(state_stem, model, optimizer, epoch + 1, elapsed, settings, arch_args, cfg, average)
-        logger.info("%s epoch %d done, loss %.4f, %.0f s so far", kind, epoch + 1, run_loss, elapsed)
-
-    model.eval()
-    if average is not None:
-        model = average.model
+        run.model.eval()
+        _save_state(run.state_stem, run.model, run.optimizer, epoch + 1, elapsed, settings, arch_args, cfg, run.average)
+        logger.info("%s epoch %d done, loss %.4f, %.0f s so far", kind, epoch + 1, loss, elapsed)
+    model = run.model.eval() if run.average is None else run.average.model
     if last_epoch < tcfg.epochs:
         return model, {"epochs_done": last_epoch}
     meta = _final_metadata(model, cfg, kind, settings, elapsed, device, progress, config_source, sigma)
-    if average is not None:
+    if run.average is not None:
         meta["weights"] = "ema"
     save_model(out_dir / name, model, architecture=cfg.model.architecture, arch_args=arch_args, **meta)
     return model, meta
+
+
+@dataclass
+class _Run:
+    """What one training run's steps share."""
+
+    cfg: Config
+    tcfg: TrainConfig
+    kind: str
+    sigma: float | None
+    model: nn.Module
+    attack_model: nn.Module  # the model the training attack sees (bf16 autocast when amp)
+    optimizer: torch.optim.Optimizer
+    average: WeightAverage | None
+    device: str | torch.device
+    state_stem: Path
+    last_loss: float = float("nan")
+
+    @classmethod
+    def start(cls, cfg: Config, kind: str, arch_args: dict, state_stem: Path, *, device, sigma) -> _Run:
+        tcfg = train_config_for(cfg, kind)
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+            torch.manual_seed(tcfg.seed)
+            model = build(cfg.model.architecture, **arch_args).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum,
+                                    weight_decay=tcfg.weight_decay, nesterov=True)
+        average = WeightAverage(model, decay=tcfg.ema_decay) if tcfg.ema_decay is not None else None
+        # bf16 autocast: the attack sees float32 logits of the autocast network; the update's loss is float32
+        attack_model = Autocast(model, torch.device(device).type) if tcfg.amp else model
+        return cls(cfg, tcfg, kind, sigma, model, attack_model, optimizer, average, device, state_stem)
+
+    def autocast(self):
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.tcfg.amp)
+
+
+def _train_epoch(run: _Run, x_train, y_train, epoch: int, *, desc: str, progress: bool) -> float:
+    """One epoch in the order drawn from the epoch's generator; returns the running loss."""
+    tcfg = run.tcfg
+    gen = torch.Generator().manual_seed(epoch_seed(tcfg.seed, epoch))
+    perm = torch.randperm(len(x_train), generator=gen)
+    steps_per_epoch = math.ceil(len(x_train) / tcfg.batch_size)
+    bar = tqdm(range(steps_per_epoch), desc=desc, disable=not progress)
+    run_loss = run_acc = 0.0
+    for i in bar:
+        idx = perm[i * tcfg.batch_size : (i + 1) * tcfg.batch_size]
+        yb = y_train[idx].to(run.device)
+        xb, x_adv = _training_inputs(run, x_train[idx], yb, gen)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr_at(epoch * steps_per_epoch + i, steps_per_epoch * tcfg.epochs, tcfg.lr)
+        loss, acc = _update(run, xb, x_adv, yb, where=f"epoch {epoch + 1} step {i + 1}")
+        run_loss = 0.95 * run_loss + 0.05 * loss if i else loss
+        run_acc = 0.95 * run_acc + 0.05 * acc if i else acc
+        if i % 20 == 0:
+            bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}")
+    return run_loss
+
+
+def _training_inputs(run: _Run, xb: torch.Tensor, yb: torch.Tensor, gen: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The batch as the kind trains on it (augmented; PGD-attacked or noised) and, for TRADES, its attacked
+    copy; every random draw from the epoch's generator, in this order."""
+    tcfg, threat = run.tcfg, run.cfg.threat
+    if tcfg.augment:
+        xb = augment(xb, gen)
+    if tcfg.random_erasing:
+        xb = random_erase(xb, gen, p=tcfg.random_erasing)
+    xb = xb.to(run.device)
+    x_adv = None
+    if run.kind == "adversarial":
+        run.model.eval()
+        xb = pgd(run.attack_model, xb, yb, eps=threat.eps, norm=threat.norm, steps=tcfg.attack_steps,
+                 step_size=tcfg.attack_step_size, generator=gen)
+    elif run.kind == "noise":
+        xb = xb + run.sigma * torch.randn(xb.shape, generator=gen).to(run.device)
+    elif run.kind == "trades":
+        run.model.eval()
+        x_adv = trades_adversarial(run.attack_model, xb, eps=threat.eps, steps=tcfg.attack_steps,
+                                   step_size=tcfg.attack_step_size, generator=gen)
+    return xb, x_adv
+
+
+def _update(run: _Run, xb, x_adv, yb, *, where: str) -> tuple[float, float]:
+    """One optimiser step (and the weight average's); returns the loss and the batch accuracy. A non-finite
+    loss stops the run, naming the step and the last finite loss."""
+    model = run.model
+    model.train()
+    with run.autocast():
+        logits = model(xb).float()
+        adv_logits = model(x_adv).float() if x_adv is not None else None
+    if run.kind == "trades":
+        loss = trades_loss(logits, adv_logits, yb, beta=run.tcfg.trades_beta)
+    else:
+        loss = F.cross_entropy(logits, yb, label_smoothing=run.tcfg.label_smoothing)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"loss became {loss.item()} at {where} (last finite loss {run.last_loss:.4g}); the last good state, "
+            f"{run.state_stem}, is intact: lower the learning rate, then --resume")
+    run.last_loss = loss.item()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    if run.average is not None:
+        run.average.update(model)
+    fault_point("train-step")
+    return run.last_loss, (logits.argmax(1) == yb).float().mean().item()
 
 
 def _settings(cfg: Config, kind: str) -> dict:
