@@ -14,7 +14,6 @@ without a gradient all-reduce). Only rank 0 writes checkpoints and metrics.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -85,13 +84,10 @@ def fit_mixer(
     ``cfg.checkpoint_every`` steps and at the end, and appends metrics to ``out_dir/metrics.jsonl``.
 
     ``attack(model, x, y, generator)`` makes the attacked copies (a tensor with one copy per image, or
-    :class:`~adasmooth.attacks.apgd_training.AttackedCopies`); default: ``cfg.attack_method``'s attack with
-    ``eps`` and ``cfg``'s distributions (``apgd``: the paper's official-APGD copies and ``attack_square_copies``
-    official-Square copies, each clean example then
-    weighing ``cfg.clean_weight``, by default the number of copies). ``max_steps`` stops early (the schedule still spans all
-    epochs). ``held_out`` (validation images and labels): every ``cfg.separation_every`` steps the gate's
-    AUROC between them and gate-aware APGD-CE final iterates is logged and written to the metrics.
-    Returns a summary dict.
+    :class:`~adasmooth.attacks.apgd_training.AttackedCopies`); default: :func:`default_training_attack`.
+    ``max_steps`` stops early (the schedule still spans all epochs). ``held_out`` (validation images and
+    labels): every ``cfg.separation_every`` steps the gate's AUROC between them and gate-aware APGD-CE final
+    iterates is logged and written to the metrics. Returns a summary dict.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,16 +96,68 @@ def fit_mixer(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    mixer_settings = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items()
-                      if k not in _NOT_WEIGHTS}
-    settings = {"mixer": mixer_settings, "eps": eps, "n_train": len(x),
-                "standard": state_fingerprint(model.standard), "robust": state_fingerprint(model.robust)}
+    settings = _resume_settings(model, cfg, eps, len(x))
     step, seconds_before, last = 0, 0.0, {}
     saved = load_training_state(stem, settings, resume=resume, what="mixer training")
     if saved is not None:  # the time and last metrics so far come back too: resuming a finished run keeps its record
         step, seconds_before, last = _restore(saved, model, opt, stem, device)
         logger.info("resuming mixer training at step %d", step)
-    if attack is None and cfg.attack_method == "apgd":
+    attack = attack or default_training_attack(cfg, eps)
+    rank, world = rank_and_world()
+    main = rank == 0
+    chunk = _attack_chunk(cfg, world)
+    metrics_path = out_dir / "metrics.jsonl"
+    if main:
+        _truncate_metrics(metrics_path, step)
+    board = _tensorboard(out_dir / "tensorboard", step) if cfg.tensorboard and main else None
+    end = total if max_steps is None else min(total, max_steps)
+    bar = tqdm(total=end, initial=step, desc="fit mixer", disable=not (progress and main))
+    t0 = time.perf_counter()
+    try:
+        while step < end:
+            epoch, i = divmod(step, steps_per_epoch)
+            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            model.eval()
+            with _autocast(cfg, device):
+                x_adv = _shared_attack(attack, model, xb, yb, seed=cfg.seed, step=step, chunk=chunk, rank=rank,
+                                       world=world)
+            for group in opt.param_groups:
+                group["lr"] = _lr(step, total, cfg.lr, cfg.warmup_fraction)
+            last = _gate_step(model, opt, params, cfg, xb, yb, x_adv, device=device, step=step + 1, last=last, stem=stem)
+            step += 1
+            fault_point("train-step")
+            if main:
+                _record(last, metrics_path, board)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.3f}", detect=f"{last['detect_acc']:.2f}")
+            if main and held_out is not None and cfg.separation_every and step % cfg.separation_every == 0:
+                _log_separation(model, held_out, eps=eps, step=step, seed=cfg.seed, path=metrics_path, board=board,
+                                device=device)
+            if (step % cfg.checkpoint_every == 0 or step == end) and main:
+                _save(stem, model, opt, step, settings, seconds=seconds_before + time.perf_counter() - t0, last=last)
+    finally:
+        bar.close()
+        if board is not None:
+            board.close()
+    model.eval()
+    return {"steps": step, "total_steps": total, "seconds": round(seconds_before + time.perf_counter() - t0, 1),
+            "last": last}
+
+
+def _resume_settings(model, cfg: MixerConfig, eps: float, n_train: int) -> dict:
+    """What must match for a resume to be valid: the recipe (not the knobs that change no weight), ε, the
+    training set's size and both base models' weights."""
+    mixer_settings = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items() if k not in _NOT_WEIGHTS}
+    return {"mixer": mixer_settings, "eps": eps, "n_train": n_train,
+            "standard": state_fingerprint(model.standard), "robust": state_fingerprint(model.robust)}
+
+
+def default_training_attack(cfg: MixerConfig, eps: float) -> Callable:
+    """``attack(model, x, y, generator)`` as ``cfg`` says: the paper's official-APGD copies (and
+    ``attack_square_copies`` official-Square copies), or with ``attack_method: pgd`` the older sign-PGD."""
+    if cfg.attack_method == "apgd":
         def attack(m, xb, yb, gen):
             copies = apgd_training_attack(
                 m, xb, yb, eps=eps, generator=gen, copies=cfg.attack_copies, iters_df=cfg.attack_iters_df,
@@ -120,94 +168,78 @@ def fit_mixer(
             return AttackedCopies.concatenate([copies, square_training_copies(
                 m, xb, yb, eps=eps, generator=gen, copies=cfg.attack_square_copies,
                 queries=cfg.attack_square_queries)])
-    elif attack is None:
-        def attack(m, xb, yb, gen):
-            return randomized_attack(
-                m, xb, yb, eps=eps, generator=gen, eps_range=(cfg.attack_eps_low, cfg.attack_eps_high),
-                iters_df=cfg.attack_iters_df, max_iters=cfg.attack_max_iters, w_max=cfg.attack_w_max,
-                n_targets=cfg.attack_n_targets, untargeted_share=cfg.attack_untargeted_share)
+        return attack
 
-    rank, world = rank_and_world()
-    main = rank == 0
+    def attack(m, xb, yb, gen):
+        return randomized_attack(
+            m, xb, yb, eps=eps, generator=gen, eps_range=(cfg.attack_eps_low, cfg.attack_eps_high),
+            iters_df=cfg.attack_iters_df, max_iters=cfg.attack_max_iters, w_max=cfg.attack_w_max,
+            n_targets=cfg.attack_n_targets, untargeted_share=cfg.attack_untargeted_share)
+    return attack
+
+
+def _attack_chunk(cfg: MixerConfig, world: int) -> int:
     if world > 1 and cfg.attack_chunk == 0:
         logger.warning("mixer.attack_chunk is 0: each of the %d ranks attacks batch_size/%d examples as one piece, "
                        "so the result differs from a one-process run; set attack_chunk to make them equal",
                        world, world)
-    chunk = cfg.attack_chunk or -(-cfg.batch_size // world)
-    metrics_path = out_dir / "metrics.jsonl"
-    if main:
-        _truncate_metrics(metrics_path, step)
-    board = _tensorboard(out_dir / "tensorboard", step) if cfg.tensorboard and main else None
-    autocast = functools.partial(torch.autocast, device_type=torch.device(device).type, dtype=torch.bfloat16,
-                                 enabled=cfg.amp)
-    end = total if max_steps is None else min(total, max_steps)
-    bar = tqdm(total=end, initial=step, desc="fit mixer", disable=not (progress and main))
-    t0 = time.perf_counter()
-    while step < end:
-        epoch, i = divmod(step, steps_per_epoch)
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
-        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        xb, yb = x[idx].to(device), y[idx].to(device)
-        model.eval()
-        with autocast():
-            x_adv = _shared_attack(attack, model, xb, yb, seed=cfg.seed, step=step, chunk=chunk, rank=rank, world=world)
-        model.train()
-        copies = x_adv if isinstance(x_adv, AttackedCopies) else None
-        x_adv, y_adv = (copies.x, copies.y.to(device)) if copies is not None else (x_adv, yb)
-        inputs = torch.cat([xb, x_adv.to(device, xb.dtype)])
-        labels = torch.cat([yb, y_adv])
-        is_adv = torch.cat([torch.zeros(len(yb)), torch.ones(len(y_adv))]).to(device)
-        weights = None
-        if copies is not None:  # several copies per clean image: clean examples weigh clean_weight each
-            clean_w = cfg.clean_weight if cfg.clean_weight is not None else len(y_adv) / len(yb)
-            weights = torch.cat([torch.full((len(yb),), float(clean_w)), torch.ones(len(y_adv))]).to(device)
-        with autocast():
-            g, h, gamma = model.components(inputs)
-            log_p = model.mix(g.float(), h.float(), gamma.float())
-            loss = mixer_loss(log_p, gamma.float(), labels, is_adv, c_bce=cfg.c_bce, c_ce=cfg.c_ce, c_prod=cfg.c_prod,
-                              weights=weights)
-        if not torch.isfinite(loss):
-            if board is not None:
-                board.close()
-            raise FloatingPointError(
-                f"mixer loss became {loss.item()} at step {step + 1} (last finite loss "
-                f"{last.get('loss', float('nan')):.4g}); training stopped. The last good checkpoint "
-                f"({stem}, step {_saved_step(stem)}) is intact: lower the learning rate or check the data, "
-                f"then continue with --resume")
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, total, cfg.lr, cfg.warmup_fraction)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        step += 1
-        fault_point("train-step")
-        with torch.no_grad():
-            detect = ((gamma > 0).float() == is_adv).float().mean()
-            alpha = model.alpha_from_gamma(gamma)
-        last = {"step": step, "loss": loss.item(), "detect_acc": float(detect), "grad_norm": float(grad_norm),
-                "alpha_clean": float(alpha[: len(yb)].mean()), "alpha_attacked": float(alpha[len(yb):].mean()),
-                "lr": opt.param_groups[0]["lr"]}
-        if main:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(last) + "\n")
-        if board is not None:
-            for key, value in last.items():
-                if key != "step":
-                    board.add_scalar(f"mixer/{key}", value, step)
-        bar.update(1)
-        bar.set_postfix(loss=f"{last['loss']:.3f}", detect=f"{last['detect_acc']:.2f}")
-        if main and held_out is not None and cfg.separation_every and step % cfg.separation_every == 0:
-            _log_separation(model, held_out, eps=eps, step=step, seed=cfg.seed, path=metrics_path, board=board,
-                            device=device)
-        if (step % cfg.checkpoint_every == 0 or step == end) and main:
-            _save(stem, model, opt, step, settings, seconds=seconds_before + time.perf_counter() - t0, last=last)
-    bar.close()
+    return cfg.attack_chunk or -(-cfg.batch_size // world)
+
+
+def _autocast(cfg: MixerConfig, device):
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.amp)
+
+
+def _training_batch(xb, yb, x_adv, cfg: MixerConfig, device):
+    """Clean and attacked inputs side by side, their labels, which are attacked, and the loss weights (with
+    several copies per clean image, a clean example weighs ``clean_weight``, by default the number of copies)."""
+    copies = x_adv if isinstance(x_adv, AttackedCopies) else None
+    x_adv, y_adv = (copies.x, copies.y.to(device)) if copies is not None else (x_adv, yb)
+    inputs = torch.cat([xb, x_adv.to(device, xb.dtype)])
+    labels = torch.cat([yb, y_adv])
+    is_adv = torch.cat([torch.zeros(len(yb)), torch.ones(len(y_adv))]).to(device)
+    weights = None
+    if copies is not None:
+        clean_w = cfg.clean_weight if cfg.clean_weight is not None else len(y_adv) / len(yb)
+        weights = torch.cat([torch.full((len(yb),), float(clean_w)), torch.ones(len(y_adv))]).to(device)
+    return inputs, labels, is_adv, weights
+
+
+def _gate_step(model, opt, params, cfg: MixerConfig, xb, yb, x_adv, *, device, step: int, last: dict, stem) -> dict:
+    """One optimiser step of the gate on the clean batch and its attacked copies; returns the step's metrics.
+    A non-finite loss stops the run, naming the step, the last finite loss and the intact checkpoint."""
+    model.train()
+    inputs, labels, is_adv, weights = _training_batch(xb, yb, x_adv, cfg, device)
+    with _autocast(cfg, device):
+        g, h, gamma = model.components(inputs)
+        log_p = model.mix(g.float(), h.float(), gamma.float())
+        loss = mixer_loss(log_p, gamma.float(), labels, is_adv, c_bce=cfg.c_bce, c_ce=cfg.c_ce, c_prod=cfg.c_prod,
+                          weights=weights)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"mixer loss became {loss.item()} at step {step} (last finite loss {last.get('loss', float('nan')):.4g}); "
+            f"training stopped. The last good checkpoint ({stem}, step {_saved_step(stem)}) is intact: lower the "
+            f"learning rate or check the data, then continue with --resume")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    with torch.no_grad():
+        detect = ((gamma > 0).float() == is_adv).float().mean()
+        alpha = model.alpha_from_gamma(gamma)
+    n = len(yb)
+    return {"step": step, "loss": loss.item(), "detect_acc": float(detect), "grad_norm": float(grad_norm),
+            "alpha_clean": float(alpha[:n].mean()), "alpha_attacked": float(alpha[n:].mean()),
+            "lr": opt.param_groups[0]["lr"]}
+
+
+def _record(last: dict, metrics_path: Path, board) -> None:
+    with open(metrics_path, "a") as fh:
+        fh.write(json.dumps(last) + "\n")
     if board is not None:
-        board.close()
-    model.eval()
-    return {"steps": step, "total_steps": total, "seconds": round(seconds_before + time.perf_counter() - t0, 1),
-            "last": last}
+        for key, value in last.items():
+            if key != "step":
+                board.add_scalar(f"mixer/{key}", value, last["step"])
 
 
 def _log_separation(model, held_out, *, eps: float, step: int, seed: int, path: Path, board, device) -> None:
