@@ -29,7 +29,7 @@ from adasmooth.attacks.apgd_training import apgd_composite_run
 from adasmooth.config import config_from_dict, resolve_config_path
 from adasmooth.data import load
 from adasmooth.workflows import load_pair
-from adasmooth.workflows.adaptive import build_adaptive
+from adasmooth.workflows.mixer_jobs import build_adaptive
 
 PAPER_ATTACK = {"attack_method": "apgd", "attack_copies": 10, "attack_iters_df": 75.0, "attack_max_iters": None}
 BATCHES = (128, 192, 256, 384, 512, 768, 1024, 1536, 2048)

@@ -133,12 +133,12 @@ def _calibration_case():
 
 
 def test_calibration_bisects_to_a_verified_setting_and_flags_a_fallback():
-    from adasmooth.calibration.gate import calibrate_gate
+    from adasmooth.calibration.gate import GateCalibrationSettings, calibrate_gate
     from adasmooth.evaluation import accuracy
 
     model, x, y = _calibration_case()
-    rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.0, steps=1,
-                         verify=lambda m, xs, ys: torch.ones(len(ys), dtype=torch.bool))
+    rep = calibrate_gate(model, x, y, GateCalibrationSettings(eps=0.0, steps=1),
+                         robust_reference=0.0, verify=lambda m, xs, ys: torch.ones(len(ys), dtype=torch.bool))
     cleans = sorted({r["clean"] for r in rep["grid"]})
     assert len(cleans) >= 3
     threshold = cleans[len(cleans) // 2]
@@ -148,14 +148,15 @@ def test_calibration_bisects_to_a_verified_setting_and_flags_a_fallback():
         calls.append(1)
         return torch.full((len(ys),), accuracy(m, xs, ys) <= threshold + 1e-9)
 
-    rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, keep_robust=1.0, steps=1, verify=verify)
+    rep = calibrate_gate(model, x, y, GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1),
+                         robust_reference=0.5, verify=verify)
     assert rep["target_met"] and not rep["fallback"]
     assert rep["chosen"]["clean"] == max(r["clean"] for r in rep["grid"] if r["clean"] <= threshold + 1e-9)
     assert len(calls) <= len(rep["grid"]).bit_length() + 1  # bisection, not a scan
     assert model.alpha_range == (rep["chosen"]["alpha_lo"], 1.0) and model.gamma_bias == rep["chosen"]["gamma_bias"]
 
-    rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, steps=1,
-                         verify=lambda m, xs, ys: torch.zeros(len(ys), dtype=torch.bool))
+    rep = calibrate_gate(model, x, y, GateCalibrationSettings(eps=0.0, steps=1),
+                         robust_reference=0.5, verify=lambda m, xs, ys: torch.zeros(len(ys), dtype=torch.bool))
     assert rep["fallback"] and not rep["target_met"] and rep["chosen"]["alpha_lo"] == 0.98  # the most robust grid point
 
 
@@ -180,7 +181,7 @@ def test_attack_plans_per_model_kind():
 
 
 def test_floor_calibration_bisects_over_alpha_floors_and_never_picks_a_failed_one():
-    from adasmooth.calibration.gate import calibrate_gate
+    from adasmooth.calibration.gate import GateCalibrationSettings, calibrate_gate
 
     model, x, y = _calibration_case()
     floors = []
@@ -189,15 +190,16 @@ def test_floor_calibration_bisects_over_alpha_floors_and_never_picks_a_failed_on
         floors.append(m.alpha_range[0])
         return torch.full((len(ys),), m.alpha_range[0] >= 0.7)
 
-    rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, keep_robust=1.0, steps=1, verify=verify,
-                         strategy="floor")
+    rep = calibrate_gate(model, x, y, GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1, strategy="floor"),
+                         robust_reference=0.5, verify=verify)
     assert rep["target_met"] and not rep["fallback"] and rep["chosen"]["alpha_lo"] == 0.7
     assert len(floors) <= 4 and len(set(floors)) == len(floors)  # a bisection over 8 floors
     assert all(r["passed"] == (r["alpha_lo"] >= 0.7) for r in rep["checked"]) and rep["chosen"]["passed"]
     same_floor = [r for r in rep["grid"] if r["alpha_lo"] == 0.7]
     assert rep["chosen"]["clean"] == max(r["clean"] for r in same_floor)  # the floor's most clean-accurate setting
     with pytest.raises(ValueError, match="strategy"):
-        calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, steps=1, verify=verify, strategy="greedy")
+        calibrate_gate(model, x, y, GateCalibrationSettings(eps=0.0, steps=1, strategy="greedy"),
+                       robust_reference=0.5, verify=verify)
 
 
 def test_candidates_tied_on_clean_accuracy_are_ranked_by_robustness_not_grid_order():

@@ -27,7 +27,7 @@ def files(tmp_path_factory, tiny_fmnist):
         save_model(root / name, SmallResNet(**ARCH), architecture="small_resnet", arch_args=ARCH, kind="standard")
     from adasmooth.config import config_from_dict
     from adasmooth.io import load_model
-    from adasmooth.workflows.adaptive import build_adaptive
+    from adasmooth.workflows.mixer_jobs import build_adaptive
 
     std, rob = load_model(root / "std")[0], load_model(root / "rob")[0]
     cfg = config_from_dict({"mixer": {"width": 4, "blocks": 0, "stages": 1}})

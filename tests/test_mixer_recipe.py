@@ -214,7 +214,7 @@ def _calibration_case():
 
 
 def test_scan_calibration_never_picks_a_candidate_that_failed_and_records_every_check():
-    from adasmooth.calibration.gate import calibrate_gate
+    from adasmooth.calibration.gate import GateCalibrationSettings, calibrate_gate
 
     model, x, y = _calibration_case()
 
@@ -222,8 +222,8 @@ def test_scan_calibration_never_picks_a_candidate_that_failed_and_records_every_
         ok = m.gamma_bias == 0.8 and m.alpha_range[1] == 1.0
         return torch.full((len(ys),), ok)
 
-    rep = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, keep_robust=1.0, steps=1, verify=verify,
-                         strategy="scan", gamma_scales=(1.0, 2.0), alpha_his=(0.95, 1.0), max_checks=1000)
+    rep = calibrate_gate(model, x, y, GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1, strategy="scan", gamma_scales=(1.0, 2.0), alpha_his=(0.95, 1.0), max_checks=1000),
+                         robust_reference=0.5, verify=verify)
     chosen = rep["chosen"]
     assert chosen["passed"] and chosen["gamma_bias"] == 0.8 and chosen["alpha_hi"] == 1.0 and not rep["fallback"]
     assert all(not r["passed"] for r in rep["checked"][:-1]) and rep["checked"][-1] == chosen
@@ -232,13 +232,13 @@ def test_scan_calibration_never_picks_a_candidate_that_failed_and_records_every_
     assert chosen["clean"] == max(r["clean"] for r in passing)
     assert {r["gamma_scale"] for r in rep["grid"]} == {1.0, 2.0} and model.gamma_scale == chosen["gamma_scale"]
     assert (model.gamma_bias, model.alpha_range) == (0.8, (chosen["alpha_lo"], 1.0))
-    nothing = calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, steps=1, strategy="scan",
-                             verify=lambda m, xs, ys: torch.zeros(len(ys), dtype=torch.bool))
+    nothing = calibrate_gate(model, x, y, GateCalibrationSettings(eps=0.0, steps=1, strategy="scan"),
+                             robust_reference=0.5, verify=lambda m, xs, ys: torch.zeros(len(ys), dtype=torch.bool))
     assert nothing["fallback"] and not nothing["target_met"]
 
 
 def test_a_calibration_killed_part_way_resumes_from_its_journal_without_attacking_again(tmp_path):
-    from adasmooth.calibration.gate import calibrate_gate
+    from adasmooth.calibration.gate import GateCalibrationSettings, calibrate_gate
     from adasmooth.state import CalibrationJournal
 
     model, x, y = _calibration_case()
@@ -249,8 +249,8 @@ def test_a_calibration_killed_part_way_resumes_from_its_journal_without_attackin
         return torch.full((len(ys),), m.gamma_bias == 0.8)
 
     def run(journal, verify=verify):
-        return calibrate_gate(model, x, y, eps=0.0, robust_reference=0.5, keep_robust=1.0, steps=1, verify=verify,
-                              strategy="scan", max_checks=1000, journal=journal)
+        return calibrate_gate(model, x, y, GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1, strategy="scan", max_checks=1000),
+                              robust_reference=0.5, verify=verify, journal=journal)
 
     uninterrupted = run(None)
     n_checks = len(calls)
@@ -355,7 +355,7 @@ def test_fit_mixer_with_square_copies_trains_on_both_kinds_and_resumes_to_the_sa
         seen.append(len(out.y))
         return out
 
-    import adasmooth.training.gate as training_gate
+    import adasmooth.training.gate_fitting as training_gate
     training_gate.square_training_copies, saved = spy, training_gate.square_training_copies
     try:
         full = _small_composite()
@@ -371,7 +371,7 @@ def test_fit_mixer_with_square_copies_trains_on_both_kinds_and_resumes_to_the_sa
 
 def test_init_from_starts_the_gate_from_a_saved_mixer_and_refuses_another_architecture(tmp_path):
     from adasmooth.mixer import MixingNetwork, save_adaptive
-    from adasmooth.workflows.adaptive import init_gate_from
+    from adasmooth.workflows.mixer_jobs import init_gate_from
 
     saved = _small_composite(seed=0)
     with torch.no_grad():

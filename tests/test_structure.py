@@ -1,4 +1,5 @@
-"""The package's shape: no import cycle among adasmooth's modules (imports inside functions included)."""
+"""The package's shape: no import cycle among adasmooth's modules (imports inside functions included),
+small functions and modules, imports at the top, one module per name."""
 
 import ast
 from pathlib import Path
@@ -68,3 +69,29 @@ def test_cycle_finder_finds_a_planted_cycle():
 def test_no_import_cycle_among_modules():
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+def _functions():
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path, node
+
+
+def test_functions_and_modules_stay_small():
+    long = [f"{p.relative_to(SRC)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for p, n in _functions() if n.end_lineno - n.lineno + 1 > 80]
+    assert not long, f"functions over 80 lines: {long}"
+    big = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if len(p.read_text().splitlines()) > 400]
+    assert not big, f"modules over 400 lines: {big}"
+    for package in (p.parent for p in SRC.rglob("__init__.py") if p.parent != SRC):  # the subpackages
+        modules = [p for p in package.glob("*.py") if p.name != "__init__.py"]
+        assert len(modules) <= 12, f"{package.relative_to(SRC.parent)} has {len(modules)} modules"
+
+
+def test_imports_of_the_package_sit_at_the_top_and_module_names_are_unique():
+    inner = [f"{p.relative_to(SRC)}:{sub.lineno}" for p, n in _functions() for sub in ast.walk(n)
+             if isinstance(sub, ast.ImportFrom) and sub.level > 0]
+    assert len(inner) <= 5, f"in-function imports of the package's own modules: {inner}"
+    names = [p.stem for p in SRC.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []

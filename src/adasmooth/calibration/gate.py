@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -140,145 +141,172 @@ def rank_candidates(rows: list[dict], need: float) -> list[dict]:
     return sorted((r for r in rows if r["robust_proxy"] >= need), key=lambda r: (-r["clean"], -r["robust_proxy"]))
 
 
-def calibrate_gate(
-    model,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    robust_reference: float,
-    keep_robust: float = 0.97,
-    biases=(0.0, 0.4, 0.8, 1.2, 1.6, 2.0, 2.5),
-    alpha_los=(0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98),  # the top ones for sharp maps (adaptive + nonlinear)
-    alpha_hi: float = 1.0,
-    steps: int = 20,
-    device="cpu",
-    batch_size: int = 250,
-    seed: int = 0,
-    verify_iters: int = 50,
-    verify=None,
-    strategy: str = "bisect",
-    gamma_scales=None,
-    alpha_his=None,
-    max_checks: int = 12,
-    autoattack=(),
-    square_queries: int = 5000,
-    progress: bool = False,
-    journal: CalibrationJournal | None = None,
-) -> dict:
-    """Choose ``gamma_bias`` and ``alpha_range`` for the most clean accuracy whose robust accuracy keeps
-    ``keep_robust`` of ``robust_reference``; sets them on ``model`` and returns a report.
+@dataclass(frozen=True)
+class GateCalibrationSettings:
+    """What a gate calibration searches and how it checks (see :func:`calibrate_gate`)."""
 
-    Every grid point (``gamma_scales`` × ``biases`` × ``alpha_los`` × ``alpha_his``; the scale defaults to
-    the model's, α_hi to ``alpha_hi``) is scored by a cheap proxy (images crafted once, by gate-aware
-    PGD-``steps`` at the model's current settings). Candidates that pass the proxy, sorted by clean
-    accuracy, are then verified by fresh attacks on each candidate itself: ``verify(model, x, y)`` returns
-    a per-example robust mask. ``strategy="scan"`` checks candidates in order until one holds (at most
-    ``max_checks``), ``"floor"`` bisects over the floors α_lo (each floor's most clean-accurate
-    candidate), both by default against :func:`gate_attack_set_robust_mask` (with the model's standard
-    model for transfer and the official ``autoattack`` sub-attacks after it, Square with ``square_queries``);
-    ``"bisect"`` bisects against the worst of gate-aware APGD-CE and APGD-T
-    (``verify_iters`` iterations, 3 targets, w = 0.5). The chosen point's verified number is reported;
-    where nothing verifies, the most robust grid point is checked, used and flagged. ``progress`` shows
-    the proxy attack and each check (candidate, attack, examples) as progress bars. With ``journal``,
-    checks already recorded there are not attacked again, and each new one is recorded as it finishes.
+    eps: float
+    keep_robust: float = 0.97  # keep this share of the robust model's accuracy
+    biases: tuple[float, ...] = (0.0, 0.4, 0.8, 1.2, 1.6, 2.0, 2.5)
+    alpha_los: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)  # the top ones for sharp maps
+    alpha_his: tuple[float, ...] = (1.0,)
+    gamma_scales: tuple[float, ...] = ()  # (): the model's own scale
+    steps: int = 20  # gate-aware PGD steps of the proxy attack
+    verify_iters: int = 50  # APGD iterations of each check
+    strategy: str = "bisect"  # "floor", "scan" or "bisect"
+    max_checks: int = 12  # scan only
+    autoattack: tuple[str, ...] = ()  # official sub-attacks added to every floor/scan check
+    square_queries: int = 5000
+    batch_size: int = 250
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.strategy not in ("bisect", "scan", "floor"):
+            raise ValueError(f"strategy must be bisect, scan or floor, got {self.strategy!r}")
+
+    @classmethod
+    def from_config(cls, cfg, *, verify_iters: int = 50, gamma_scales=(1.0, 2.0, 3.0), alpha_his=(0.95, 1.0)):
+        """The settings ``fit-mixer`` and ``calibrate-mixer`` use with ``cfg`` (a :class:`~adasmooth.config.Config`)."""
+        mc = cfg.mixer
+        return cls(eps=cfg.threat.eps, keep_robust=cfg.sweep.keep_robust, gamma_scales=tuple(gamma_scales),
+                   alpha_his=tuple(alpha_his), verify_iters=verify_iters, strategy=mc.calibration_strategy,
+                   autoattack=tuple(mc.calibration_autoattack), square_queries=mc.calibration_square_queries,
+                   seed=mc.seed)
+
+    def verify_attack(self) -> dict:
+        """How the checks attack, for the record."""
+        if self.strategy == "bisect":
+            return {"name": "gate-apgd-ce + gate-apgd-t3", "w": 0.5, "n_iter": self.verify_iters, "seed": self.seed}
+        return {"name": "gate-apgd-ce (w 0, 0.5, 1) + gate-apgd-t3 (w 0.5) + transfer from standard"
+                        + "".join(f" + {a} (official)" for a in self.autoattack),
+                "n_iter": self.verify_iters, "seed": self.seed,
+                **({"square_queries": self.square_queries} if "square" in self.autoattack else {})}
+
+
+def calibrate_gate(model, x: torch.Tensor, y: torch.Tensor, settings: GateCalibrationSettings, *,
+                   robust_reference: float, verify=None, journal: CalibrationJournal | None = None,
+                   device="cpu", progress: bool = False) -> dict:
+    """Choose ``gamma_bias`` and ``alpha_range`` for the most clean accuracy whose robust accuracy keeps
+    ``settings.keep_robust`` of ``robust_reference``; sets them on ``model`` and returns a report.
+
+    Every grid point (γ scales × biases × α_lo × α_hi) is scored by a cheap proxy (images crafted once, by
+    gate-aware PGD at the model's current settings). Candidates that pass the proxy, sorted by clean accuracy,
+    are then verified by fresh attacks on each candidate itself: ``verify(model, x, y)`` returns a per-example
+    robust mask. ``scan`` checks candidates in order until one holds, ``floor`` bisects over the floors α_lo
+    (each floor's most clean-accurate candidate), both by default against :func:`gate_attack_set_robust_mask`;
+    ``bisect`` bisects against the worst of gate-aware APGD-CE and APGD-T. The chosen point's verified number
+    is reported; where nothing verifies, the most robust grid point is checked, used and flagged. With
+    ``journal``, checks already recorded there are not attacked again, and each new one is recorded.
     """
-    if strategy not in ("bisect", "scan", "floor"):
-        raise ValueError(f"strategy must be bisect, scan or floor, got {strategy!r}")
     model.eval()
-    custom_verify = verify is not None
-    need = keep_robust * robust_reference
-    if verify is None and strategy in ("scan", "floor"):
-        def verify(m, xs, ys, stop_below=need):  # a failing candidate's number is where its check stopped
-            return gate_attack_set_robust_mask(m, xs, ys, eps=eps, standard=m.standard, device=device,
-                                               batch_size=batch_size, seed=seed, n_iter=verify_iters,
-                                               autoattack=autoattack, square_queries=square_queries,
-                                               stop_below=stop_below, progress=progress,
-                                               desc=f"calibration check {len(checked_rows) + 1}")
-    elif verify is None:
+    need = settings.keep_robust * robust_reference
+    check = _Checker(model, x, y, need, verify or _default_verify(settings, device, progress), journal)
+    rows = _proxy_grid(model, x, y, settings, device=device, progress=progress)
+    search = {"scan": _scan, "floor": _floor_bisect, "bisect": _bisect}[settings.strategy]
+    best = search(check, rank_candidates(rows, need), settings)
+    fallback = best is None
+    if fallback:  # nothing verified: the most robust setting in the grid
+        logger.warning("calibration: no candidate kept %.1f%% robust accuracy under the verification attacks; "
+                       "falling back to the most robust grid point", 100 * need)
+        full = {"stop_below": None} if check.stops_early else {}  # its true number
+        best = check(max(rows, key=lambda r: (r["alpha_lo"], r["alpha_hi"], r["gamma_bias"])), **full)
+    _apply(model, best)
+    return {"chosen": best, "target_met": best["robust_verified"] >= need, "fallback": fallback,
+            "robust_reference": robust_reference, "keep_robust": settings.keep_robust,
+            "robust_verified": best["robust_verified"], "checked": check.rows, "n": len(y), "eps": settings.eps,
+            "proxy_attack": {"name": "gate-pgd", "w": 0.5, "steps": settings.steps, "seed": settings.seed},
+            "strategy": settings.strategy, "verify_attack": "custom" if verify is not None else settings.verify_attack(),
+            "grid": rows}
+
+
+def _default_verify(settings: GateCalibrationSettings, device, progress: bool):
+    s = settings
+    if s.strategy == "bisect":
         def verify(m, xs, ys):
-            return gate_apgd_robust_mask(m, xs, ys, eps=eps, device=device, batch_size=batch_size, seed=seed,
-                                         n_iter=verify_iters)
-    gen = torch.Generator().manual_seed(seed)
-    x_adv = attack_batched(gate_pgd, model, x, y, eps=eps, w=0.5, steps=steps, generator=gen, device=device,
-                           batch_size=batch_size, desc="calibration attack", progress=progress)
-    clean = _cached(model, x, device, batch_size)
-    adv = _cached(model, x_adv, device, batch_size)
+            return gate_apgd_robust_mask(m, xs, ys, eps=s.eps, device=device, batch_size=s.batch_size, seed=s.seed,
+                                         n_iter=s.verify_iters)
+        return verify
+
+    def verify(m, xs, ys, stop_below=None, desc=""):  # a failing candidate's number is where its check stopped
+        return gate_attack_set_robust_mask(m, xs, ys, eps=s.eps, standard=m.standard, device=device,
+                                           batch_size=s.batch_size, seed=s.seed, n_iter=s.verify_iters,
+                                           autoattack=s.autoattack, square_queries=s.square_queries,
+                                           stop_below=stop_below, progress=progress, desc=desc)
+    verify.stops_early = True
+    return verify
+
+
+def _proxy_grid(model, x, y, s: GateCalibrationSettings, *, device, progress: bool) -> list[dict]:
+    """Clean and proxy-robust accuracy of every grid point, from images crafted once by gate-aware PGD."""
+    gen = torch.Generator().manual_seed(s.seed)
+    x_adv = attack_batched(gate_pgd, model, x, y, eps=s.eps, w=0.5, steps=s.steps, generator=gen, device=device,
+                           batch_size=s.batch_size, desc="calibration attack", progress=progress)
+    clean = _cached(model, x, device, s.batch_size)
+    adv = _cached(model, x_adv, device, s.batch_size)
     rows = []
-    scales = tuple(gamma_scales) if gamma_scales else (model.gamma_scale,)
-    for k, b, lo, hi in itertools.product(scales, biases, alpha_los, tuple(alpha_his or (alpha_hi,))):
+    for k, b, lo, hi in itertools.product(s.gamma_scales or (model.gamma_scale,), s.biases, s.alpha_los, s.alpha_his):
         if lo > hi:
             continue
         c = _accuracy(model, *clean, y, b, lo, hi, scale=k)
         r = min(c, _accuracy(model, *adv, y, b, lo, hi, scale=k))
         rows.append({"gamma_scale": k, "gamma_bias": b, "alpha_lo": lo, "alpha_hi": hi, "clean": c, "robust_proxy": r})
-    candidates = rank_candidates(rows, need)
-    checked_rows = []
+    return rows
 
-    def apply(row) -> None:
-        model.gamma_scale = float(row["gamma_scale"])
-        model.gamma_bias = float(row["gamma_bias"])
-        model.alpha_range = (float(row["alpha_lo"]), float(row["alpha_hi"]))
 
-    def check(row, **full) -> dict:
-        apply(row)
+def _apply(model, row) -> None:
+    model.gamma_scale = float(row["gamma_scale"])
+    model.gamma_bias = float(row["gamma_bias"])
+    model.alpha_range = (float(row["alpha_lo"]), float(row["alpha_hi"]))
+
+
+class _Checker:
+    """Verify a candidate on the model itself (journalled), recording every check."""
+
+    def __init__(self, model, x, y, need: float, verify, journal):
+        self.model, self.x, self.y, self.need = model, x, y, need
+        self.verify, self.journal, self.rows = verify, journal, []
+        self.stops_early = getattr(verify, "stops_early", False)
+
+    def __call__(self, row, **full) -> dict:
+        _apply(self.model, row)
         name = "check " + json.dumps({**{k: row[k] for k in ("gamma_scale", "gamma_bias", "alpha_lo", "alpha_hi")},
                                       **full}, sort_keys=True)
-        robust = journal.get(name) if journal is not None else None
+        robust = self.journal.get(name) if self.journal is not None else None
         if robust is None:
-            robust = float(verify(model, x, y, **full).float().mean())
-            if journal is not None:
-                journal.put(name, robust)
-        checked_rows.append({**row, "robust_verified": robust, "passed": robust >= need})
+            extra = {"stop_below": self.need, "desc": f"calibration check {len(self.rows) + 1}"} if self.stops_early else {}
+            robust = float(self.verify(self.model, self.x, self.y, **{**extra, **full}).float().mean())
+            if self.journal is not None:
+                self.journal.put(name, robust)
+        self.rows.append({**row, "robust_verified": robust, "passed": robust >= self.need})
         logger.info("calibration: k=%g b=%g alpha=[%g, %g] clean %.3f verified robust %.3f", row["gamma_scale"],
                     row["gamma_bias"], row["alpha_lo"], row["alpha_hi"], row["clean"], robust)
-        return checked_rows[-1]
+        return self.rows[-1]
 
-    best = None
-    if strategy == "scan":  # most clean-accurate first; the first that holds is the answer
-        for row in candidates[:max_checks]:
-            if check(row)["passed"]:
-                best = checked_rows[-1]
-                break
-    elif strategy == "floor":  # per α floor its most clean-accurate candidate; bisect over the floors
-        per_floor = {}
-        for row in candidates:  # ranked: the first row of each floor is its best
-            per_floor.setdefault(row["alpha_lo"], row)
-        ladder = [per_floor[f] for f in sorted(per_floor)]  # lowest floor (most clean-accurate) first
-        lo_i, hi_i = 0, len(ladder) - 1
-        while lo_i <= hi_i:
-            mid = (lo_i + hi_i) // 2
-            row = check(ladder[mid])
-            if row["passed"]:
-                best, hi_i = row, mid - 1
-            else:
-                lo_i = mid + 1
-    else:
-        lo_i, hi_i = 0, len(candidates) - 1  # candidates[0] is the most clean-accurate
-        while lo_i <= hi_i:
-            mid = (lo_i + hi_i) // 2
-            row = check(candidates[mid])
-            if row["robust_verified"] >= need:
-                best, hi_i = row, mid - 1
-            else:
-                lo_i = mid + 1
-    fallback = best is None
-    if fallback:  # nothing verified: the most robust setting in the grid
-        logger.warning("calibration: no candidate kept %.1f%% robust accuracy under the verification attacks; "
-                       "falling back to the most robust grid point", 100 * need)
-        full = {"stop_below": None} if strategy != "bisect" and not custom_verify else {}  # its true number
-        best = check(max(rows, key=lambda r: (r["alpha_lo"], r["alpha_hi"], r["gamma_bias"])), **full)
-    apply(best)
-    return {"chosen": best, "target_met": best["robust_verified"] >= need, "fallback": fallback,
-            "robust_reference": robust_reference, "keep_robust": keep_robust,
-            "robust_verified": best["robust_verified"], "checked": checked_rows, "n": len(y), "eps": eps,
-            "proxy_attack": {"name": "gate-pgd", "w": 0.5, "steps": steps, "seed": seed},
-            "strategy": strategy,
-            "verify_attack": ("custom" if custom_verify else
-                              {"name": "gate-apgd-ce + gate-apgd-t3", "w": 0.5, "n_iter": verify_iters, "seed": seed}
-                              if strategy == "bisect" else
-                              {"name": "gate-apgd-ce (w 0, 0.5, 1) + gate-apgd-t3 (w 0.5) + transfer from standard"
-                                       + "".join(f" + {a} (official)" for a in autoattack),
-                               "n_iter": verify_iters, "seed": seed,
-                               **({"square_queries": square_queries} if "square" in autoattack else {})}),
-            "grid": rows}
+
+def _scan(check, candidates, s) -> dict | None:
+    """Most clean-accurate first; the first that holds is the answer."""
+    for row in candidates[: s.max_checks]:
+        if check(row)["passed"]:
+            return check.rows[-1]
+    return None
+
+
+def _floor_bisect(check, candidates, s) -> dict | None:
+    """Per α floor its most clean-accurate candidate; bisect over the floors (robustness rises with them)."""
+    per_floor = {}
+    for row in candidates:  # ranked: the first row of each floor is its best
+        per_floor.setdefault(row["alpha_lo"], row)
+    return _bisect(check, [per_floor[f] for f in sorted(per_floor)], s)
+
+
+def _bisect(check, ladder, s) -> dict | None:
+    """Bisect a ladder ordered from most clean-accurate to most robust for the first that passes."""
+    best, lo_i, hi_i = None, 0, len(ladder) - 1
+    while lo_i <= hi_i:
+        mid = (lo_i + hi_i) // 2
+        row = check(ladder[mid])
+        if row["passed"]:
+            best, hi_i = row, mid - 1
+        else:
+            lo_i = mid + 1
+    return best

@@ -19,7 +19,7 @@ import torch
 from pyautoattack import AutoAttack
 from torch import nn
 
-from ..config import AUTOATTACK_SUB_ATTACKS
+from ..config_checks import AUTOATTACK_SUB_ATTACKS
 from .accuracy import correct_mask
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ and an output folder and returns a result that formats itself for the terminal (
 | base models | :func:`train` |
 """
 
-from .adaptive import build_adaptive, fit_and_calibrate, recalibrate
 from .analysis import read_reports, run_compare, run_margins, run_sweep
 from .calibrate import calibrate_map, calibrate_mixer_and_save, write_config
 from .certify import run_certify
@@ -29,6 +28,7 @@ from .common import (
 from .demo import ALL_ROWS, DEFAULT_ROWS, run_demo
 from .evaluate import EvaluationTarget, evaluate, evaluation_targets
 from .export import base_architectures, export_composite
+from .mixer_jobs import build_adaptive, fit_and_calibrate, recalibrate
 from .train import train
 
 __all__ = ["ALL_ROWS", "DEFAULT_ROWS", "EvaluationTarget", "base_architectures", "build_adaptive", "build_mixture",

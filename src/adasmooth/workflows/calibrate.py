@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from ..calibration.gate import calibrate_gate, robust_reference
+from ..calibration.gate import GateCalibrationSettings, calibrate_gate, robust_reference
 from ..calibration.output_map import MapCalibration, calibrate_logit_map, minimum_margin_inputs
 from ..config import Config
 from ..distributed import is_main
@@ -133,11 +133,10 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
                                autoattack=cfg.mixer.calibration_autoattack,
                                square_queries=cfg.mixer.calibration_square_queries)
         journal.put("robust_reference", ref)
-    cal = calibrate_gate(model, xv, yv, eps=cfg.threat.eps, robust_reference=ref, keep_robust=cfg.sweep.keep_robust,
-                         device=device, seed=seed, verify_iters=verify_iters, strategy=cfg.mixer.calibration_strategy,
-                         autoattack=cfg.mixer.calibration_autoattack,
-                         square_queries=cfg.mixer.calibration_square_queries,
-                         gamma_scales=GAMMA_SCALES, alpha_his=ALPHA_HIS, progress=is_main(), journal=journal)
+    settings = GateCalibrationSettings.from_config(cfg, verify_iters=verify_iters, gamma_scales=GAMMA_SCALES,
+                                                   alpha_his=ALPHA_HIS)
+    cal = calibrate_gate(model, xv, yv, settings, robust_reference=ref, device=device, progress=is_main(),
+                         journal=journal)
     cal["robust_reference_attack"] = {
         "name": "apgd-ce + apgd-t3" + "".join(f" + {a} (official)" for a in cfg.mixer.calibration_autoattack),
         "n_iter": verify_iters, "seed": seed,
