@@ -4,7 +4,7 @@ from adasmooth.config import Config, ConfigError, config_from_dict, load_config
 
 
 def test_shipped_config_loads_and_matches_defaults():
-    cfg = load_config("configs/fmnist.yaml")
+    cfg = load_config("fmnist")  # the packaged file, from any working directory
     assert cfg.threat.eps == 0.1 and cfg.threat.norm == "Linf"
     assert cfg == Config()  # the YAML documents the defaults; drift between them is a bug
 

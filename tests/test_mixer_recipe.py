@@ -174,7 +174,15 @@ def test_gate_separation_scores_final_iterates_of_every_example():
     model.alpha_range = (0.5, 1.0)
     x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
     sep = gate_separation(model, x, y, eps=0.1, weights=(0.0, 2.0), n_iter=3)
-    assert set(sep.auroc) == {0.0, 2.0} and all(0.0 <= v <= 1.0 for v in sep.auroc.values())
+    assert set(sep.auroc) == {0.0, 2.0}
+    # every example counts: the AUROC is the share of (attacked, clean) pairs the gate orders right
+    a_clean, a_att = sep.alpha_clean, sep.alpha_attacked[0.0]
+    pairs = (a_att[:, None] > a_clean[None, :]).float() + 0.5 * (a_att[:, None] == a_clean[None, :]).float()
+    assert sep.auroc[0.0] == pytest.approx(float(pairs.mean()))
+    with torch.no_grad():  # a gate that ignores its input cannot separate: exactly one half, whatever w
+        model.gate.fc.weight.zero_()
+    flat = gate_separation(model, x, y, eps=0.1, weights=(0.0, 2.0), n_iter=3)
+    assert flat.auroc == {0.0: 0.5, 2.0: 0.5}
     assert sep.alpha_attacked[2.0].shape == (6,) and ((sep.alpha_clean >= 0.5) & (sep.alpha_clean <= 1.0)).all()
     d = sep.to_dict()
     assert set(d["auroc"]) == {"w=0", "w=2"} and d["settings"]["n"] == 6

@@ -58,7 +58,6 @@ def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> Pret
     composites = {}
     for key, stem in (("adaptive", "mixer"), ("adaptive_nonlinear", "mixer-nonlinear")):
         if (folder / f"{stem}.safetensors").is_file():
-
             composites[key] = load_adaptive(folder / stem, standard, robust).to(device)
             meta[key] = load_tensors(folder / stem)[1]
     adaptive, adaptive_nonlinear = composites.get("adaptive"), composites.get("adaptive_nonlinear")
