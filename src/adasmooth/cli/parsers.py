@@ -162,7 +162,7 @@ def _mixer(sub, p):
 
 
 def _calibrate(sub, p):
-    n = sub.add_parser("calibrate", parents=[p["run"]],
+    n = sub.add_parser("calibrate-map", aliases=["calibrate"], parents=[p["run"]],
                        help="choose a MixedNUTS map of the robust logits and its alpha on validation")
     n.add_argument("--n", type=int, default=None, help="validation points (default: nonlinear.n_calibrate)")
     n.add_argument("--out", default=None, help="results folder (default: results/calibrate-<time>)")
