@@ -189,3 +189,18 @@ def test_compare_command_refuses_mixed_plans_unless_asked_and_prints_the_interva
     assert "mixer vs a0.8: robust only for mixer" in printed
     saved = json.loads((tmp_path / "b" / "compare.json").read_text())
     assert saved["bootstrap"]["replicates"] == 300 and saved["plan_differences"]
+
+
+def test_gradient_free_gap_is_autoattack_after_apgd_t_minus_after_square():
+    from adasmooth.evaluation.report import RobustnessReport
+
+    reports = _like_for_like()
+    after = {"apgd-ce": 0.724, "apgd-t": 0.717, "fab-t": 0.703, "square": 0.691}
+    reports["mixer"]["attacks"] = [PGD, TRANSFER, {**AA, "after_each_subattack": after}, GATE]
+    res = compare_reports(reports, standard="standard", robust="robust", n_bootstrap=0)
+    gaps = {m["name"]: m["gradient_free_gap"] for m in res["models"]}
+    assert gaps["mixer"] == pytest.approx(0.026) and gaps["robust"] is None
+    rep = RobustnessReport(model={}, dataset="d", split="test", n=1, eps=0.1, norm="Linf", clean_accuracy=1.0,
+                           robust_accuracy=0.5, attacks=[{"accuracy": 0.7, **a} for a in reports["mixer"]["attacks"]],
+                           sanity={}, seconds=0.0)
+    assert rep.to_dict()["gradient_free_gap"] == pytest.approx(0.026) and "gradient-free gap 2.6 pts" in rep.summary()

@@ -409,3 +409,19 @@ def test_square_copies_and_training_subset_settings_are_checked():
                              ({"train_examples": 0}, "train_examples")):
         with pytest.raises(ConfigError, match=message):
             config_from_dict({"mixer": section})
+
+
+def test_gate_separation_on_square_iterates_scores_every_example():
+    from adasmooth.evaluation.separation import gate_separation
+
+    model = _small_composite().eval()
+    model.alpha_range = (0.5, 1.0)
+    x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    sep = gate_separation(model, x, y, eps=0.1, weights=(0.0,), n_iter=2, square_queries=20)
+    assert sep.alpha_square.shape == (6,)
+    pairs = (sep.alpha_square[:, None] > sep.alpha_clean[None, :]).float() \
+        + 0.5 * (sep.alpha_square[:, None] == sep.alpha_clean[None, :]).float()
+    assert sep.auroc_square == pytest.approx(float(pairs.mean()))
+    assert sep.to_dict()["square"]["queries"] == 20
+    again = gate_separation(model, x, y, eps=0.1, weights=(0.0,), n_iter=2, square_queries=20)
+    assert torch.equal(again.alpha_square, sep.alpha_square)  # seeded

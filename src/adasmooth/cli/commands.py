@@ -42,7 +42,8 @@ def evaluate(args) -> int:
         robust=args.robust, device=args.device)
     res = wf.evaluate(cfg, targets, wf.output_dir(args.out, "evaluate"), standard=std, robust=rob, n=args.n,
                       split=args.split, autoattack=args.autoattack, chunk_size=args.chunk_size, device=args.device,
-                      bf16=args.bf16, compile=args.compile, channels_last=args.channels_last)
+                      bf16=args.bf16, compile=args.compile, channels_last=args.channels_last,
+                      separation_square_queries=args.separation_square_queries)
     if is_main():
         print(res.format())
     return 0

@@ -93,6 +93,9 @@ def _evaluate(sub, p):
     e.add_argument("--chunk-size", type=int, default=None,
                    help="examples per independent chunk (default: evaluate.batch_size); finished chunks are kept "
                         "in <out>/.chunks-<model> so a rerun resumes, and torchrun ranks share the chunks")
+    e.add_argument("--separation-square-queries", type=int, default=1000,
+                   help="a mixer's gate is also scored on the official Square attack's final iterates with this many "
+                        "queries (0: skip; default 1000)")
     e.add_argument("--out", default=None, help="results folder (default: results/evaluate-<time>)")
     e.set_defaults(func=commands.evaluate)
 

@@ -46,6 +46,7 @@ class ComparedModel:
     clean_above_fixed_curve: float | None = None  # clean minus the curve's clean at the same robust accuracy
     clean_above_interval: tuple[float, float] | None = None  # paired bootstrap 95% interval of the margin
     nearest_fixed: dict | None = None  # discordant robust flags against the fixed point nearest in robust accuracy
+    gradient_free_gap: float | None = None  # AutoAttack after APGD-T minus after Square
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -182,7 +183,7 @@ def compare_reports(reports: dict[str, dict], *, standard: str | None = None, ro
             robust=float(flags[name].mean()), kind=kind, alpha={"robust": 1.0, "standard": 0.0}.get(kind, alpha),
             standard_scale=model.get("standard_scale") if kind == "fixed" else None,
             robust_scale=model.get("robust_scale") if kind == "fixed" else None,
-            attacks=[a["name"] for a in r.get("attacks", [])]))
+            attacks=[a["name"] for a in r.get("attacks", [])], gradient_free_gap=_gradient_free_gap(r)))
     by = {m.name: m for m in models}
     on_curve = [m.name for m in models if m.kind in ("fixed", "robust", "standard")]
     curve = pareto_points([(by[n].clean, by[n].robust) for n in on_curve])
@@ -204,6 +205,14 @@ def compare_reports(reports: dict[str, dict], *, standard: str | None = None, ro
             "split": first_of(reports, "split"), "dataset": first_of(reports, "dataset"),
             "models": [m.to_dict() for m in models], "fixed_curve": curve,
             "plan_differences": differences, "like_for_like": not differences, "bootstrap": boot}
+
+
+def _gradient_free_gap(report: dict) -> float | None:
+    for row in report.get("attacks", []):
+        after = row.get("after_each_subattack") or {}
+        if "apgd-t" in after and "square" in after:
+            return float(after["apgd-t"] - after["square"])
+    return None
 
 
 def first_of(reports: dict[str, dict], key: str):

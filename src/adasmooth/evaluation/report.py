@@ -34,7 +34,16 @@ class RobustnessReport:
     environment: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "gradient_free_gap": self.gradient_free_gap()}
+
+    def gradient_free_gap(self) -> float | None:
+        """AutoAttack's accuracy after APGD-T minus after Square: what only the gradient-free search finds (a
+        gate or map that masks gradients shows here). None unless a run recorded both."""
+        for row in self.attacks:
+            after = row.get("after_each_subattack") or {}
+            if "apgd-t" in after and "square" in after:
+                return float(after["apgd-t"] - after["square"])
+        return None
 
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, self.to_dict())
@@ -43,6 +52,9 @@ class RobustnessReport:
         parts = [f"clean {100 * self.clean_accuracy:.2f}%"]
         parts += [f"{a['name']} {100 * a['accuracy']:.2f}%" for a in self.attacks]
         parts.append(f"worst case {100 * self.robust_accuracy:.2f}% ({self.norm} eps={self.eps:g}, n={self.n})")
+        gap = self.gradient_free_gap()
+        if gap is not None:
+            parts.append(f"gradient-free gap {100 * gap:.1f} pts")
         return ", ".join(parts)
 
 

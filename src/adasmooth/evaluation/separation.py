@@ -5,6 +5,8 @@ Every example counts, whether or not the attack broke the model: a gate that onl
 examples an attack failed on (or on AutoAttack's output, which is the clean image wherever it failed) says
 nothing. The attack is the official APGD-CE on ``(1-w)·CE + w·BCE(γ, 1)`` from a random start, run to
 its highest-loss iterate; w > 1 makes the attacker fight the gate even at the cost of the classifier's loss.
+With ``square_queries`` the official Square attack (a search on the composite's margin, no gradient) is
+scored too, on its final iterates: a gate that only gradient attacks fail to walk around shows here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..attacks.apgd_training import square_training_copies
 from ..attacks.gate_apgd import apgd_composite_run
 
 DEFAULT_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
@@ -41,19 +44,26 @@ class Separation:
     alpha_attacked: dict[float, torch.Tensor]
     auroc: dict[float, float]
     settings: dict = field(default_factory=dict)
+    alpha_square: torch.Tensor | None = None  # α on the official Square attack's final iterates
+    auroc_square: float | None = None
 
     def to_dict(self) -> dict:
         q = torch.tensor([0.1, 0.5, 0.9])
-        return {"auroc": {f"w={w:g}": v for w, v in self.auroc.items()}, "settings": self.settings,
-                "alpha_clean_quantiles_10_50_90": self.alpha_clean.quantile(q).tolist(),
-                "alpha_attacked_quantiles_10_50_90": {f"w={w:g}": a.quantile(q).tolist()
-                                                      for w, a in self.alpha_attacked.items()}}
+        out = {"auroc": {f"w={w:g}": v for w, v in self.auroc.items()}, "settings": self.settings,
+               "alpha_clean_quantiles_10_50_90": self.alpha_clean.quantile(q).tolist(),
+               "alpha_attacked_quantiles_10_50_90": {f"w={w:g}": a.quantile(q).tolist()
+                                                     for w, a in self.alpha_attacked.items()}}
+        if self.alpha_square is not None:
+            out["square"] = {"auroc": self.auroc_square, "queries": self.settings.get("square_queries"),
+                             "alpha_quantiles_10_50_90": self.alpha_square.quantile(q).tolist()}
+        return out
 
 
 def gate_separation(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, weights=DEFAULT_WEIGHTS,
                     n_iter: int = 40, norm: str = "Linf", seed: int = 0, batch_size: int = 250,
-                    device: str | torch.device = "cpu") -> Separation:
-    """α(x) on ``x`` and on gate-aware APGD-CE final iterates for each w in ``weights``, and the AUROCs."""
+                    device: str | torch.device = "cpu", square_queries: int = 0) -> Separation:
+    """α(x) on ``x`` and on gate-aware APGD-CE final iterates for each w in ``weights``, and the AUROCs;
+    with ``square_queries`` > 0 also on the official Square attack's final iterates (that many queries)."""
     composite.eval()
 
     def alphas(images):
@@ -69,6 +79,15 @@ def gate_separation(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
                            for i in range(0, len(x), batch_size)])
         attacked[float(w)] = alphas(x_adv)
         scores[float(w)] = auroc(attacked[float(w)], a_clean)
-    return Separation(a_clean, attacked, scores, {"attack": "apgd-ce on (1-w)·CE + w·BCE(gamma, 1), highest-loss "
-                                                  "iterate of every example", "n_iter": n_iter, "eps": eps,
-                                                  "norm": norm, "n": len(y), "seed": seed})
+    settings = {"attack": "apgd-ce on (1-w)·CE + w·BCE(gamma, 1), highest-loss iterate of every example",
+                "n_iter": n_iter, "eps": eps, "norm": norm, "n": len(y), "seed": seed}
+    sep = Separation(a_clean, attacked, scores, settings)
+    if square_queries:
+        gen = torch.Generator().manual_seed(seed)
+        x_sq = torch.cat([square_training_copies(composite, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
+                                                 eps=eps, generator=gen, queries=square_queries, norm=norm).x.cpu()
+                          for i in range(0, len(x), batch_size)])
+        sep.alpha_square = alphas(x_sq)
+        sep.auroc_square = auroc(sep.alpha_square, a_clean)
+        settings["square_queries"] = int(square_queries)
+    return sep

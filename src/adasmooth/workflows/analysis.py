@@ -85,6 +85,10 @@ class CompareRun:
             if near:
                 lines.append(f"{m['name']} vs {near['name']}: robust only for {m['name']} {near['robust_only_model']}, "
                              f"only for {near['name']} {near['robust_only_fixed']} (sign test p = {near['sign_test_p']:.3f})")
+        gaps = [f"{m['name']} {100 * m['gradient_free_gap']:.1f}" for m in res["models"]
+                if m.get("gradient_free_gap") is not None]
+        if gaps:
+            lines.append("gradient-free gap (AutoAttack after APGD-T minus after Square, pts): " + ", ".join(gaps))
         if res.get("plan_differences"):
             lines.append("NOT like for like (--allow-different-plans): " + "; ".join(res["plan_differences"]))
         lines.append(f"results in {self.out}/")

@@ -72,6 +72,11 @@ class EvaluateResult:
             lines.append(f"{m.name}: clean {100 * m.clean_full:.2f}%, worst case {100 * rep.robust_accuracy:.2f}% "
                          f"(clean on the subset {100 * rep.clean_accuracy:.2f}%)")
             lines += [f"  {a['name']:<28s} {100 * a['accuracy']:6.2f}%  ({a['seconds']:.0f} s)" for a in rep.attacks]
+            if rep.gradient_free_gap() is not None:
+                lines.append(f"  gradient-free gap (AutoAttack after APGD-T minus after Square): "
+                             f"{100 * rep.gradient_free_gap():.1f} pts")
+            if m.alpha is not None and "square" in m.alpha:
+                lines.append(f"  gate AUROC on Square's final iterates: {m.alpha['square']['auroc']:.3f}")
         lines.append(f"results in {self.out}/")
         return "\n".join(lines)
 
@@ -115,7 +120,8 @@ def evaluation_targets(cfg: Config, *, checkpoints: list[str] | None = None, mix
 def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, *,
                     cfg: Config, split: str, device: str, chunk_size: int | None = None,
                     cache_dir: Path | None = None, alpha_png: Path | None = None, plain: nn.Module | None = None,
-                    keep_adversarials: bool = False, progress: bool = True) -> tuple[ModelEvaluation, dict | None]:
+                    keep_adversarials: bool = False, progress: bool = True,
+                    square_queries: int = 0) -> tuple[ModelEvaluation, dict | None]:
     """One model: clean accuracy on the whole split, ``attacks`` on ``idx`` (per-example worst case);
     for an adaptive model also how its gate separates clean inputs from attacks aimed at it (``alpha_png``). Returns the evaluation
     and, with ``keep_adversarials``, the adversarial images of each attack (else None)."""
@@ -130,16 +136,21 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
         cache_dir=cache_dir, keep_adversarials=keep_adversarials, progress=progress, label=target.name)
     alpha = None
     if adaptive and alpha_png is not None and is_main():
-        alpha = alpha_report(plain or target.model, x[idx], y[idx], alpha_png, cfg=cfg, device=device)
+        alpha = alpha_report(plain or target.model, x[idx], y[idx], alpha_png, cfg=cfg, device=device,
+                             square_queries=square_queries)
     return ModelEvaluation(target.name, clean_full, rep, alpha, correct.int().tolist()), kept
 
 
-def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Config, device: str) -> dict:
+def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Config, device: str,
+                 square_queries: int = 0) -> dict:
     """Does the gate separate? α(x) on the clean subset and on the final iterates of gate-aware APGD for
-    w in {0, 0.5, 1, 2} (every example, whether or not it was broken), the AUROCs, and the plot."""
+    w in {0, 0.5, 1, 2} (every example, whether or not it was broken), with ``square_queries`` also of the
+    official Square attack, the AUROCs, and the plot."""
     sep = gate_separation(model, x, y, eps=cfg.threat.eps, norm=cfg.threat.norm, seed=cfg.evaluate.seed,
-                          batch_size=cfg.evaluate.batch_size, device=device)
+                          batch_size=cfg.evaluate.batch_size, device=device, square_queries=square_queries)
     shown = {f"w={w:g}, AUROC {sep.auroc[w]:.2f}": sep.alpha_attacked[w] for w in (0.5, 2.0) if w in sep.alpha_attacked}
+    if sep.alpha_square is not None:
+        shown[f"Square, AUROC {sep.auroc_square:.2f}"] = sep.alpha_square
     plot_alpha_hist(sep.alpha_clean, shown, png, title=f"α(x), n={len(x)}: clean vs gate-aware APGD final iterates "
                                                        f"({cfg.threat.norm} eps={cfg.threat.eps:g})")
     return {**sep.to_dict(), "clean_mean": float(sep.alpha_clean.mean()), "plot": str(png)}
@@ -148,9 +159,14 @@ def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Con
 def evaluate(cfg: Config, targets: list[EvaluationTarget], out: Path, *, standard: nn.Module | None = None,
              robust: nn.Module | None = None, n: int | None = None, split: str = "test",
              autoattack: str | None = None, chunk_size: int | None = None, device: str = "cpu", bf16: bool = False,
-             compile: bool = False, channels_last: bool = False) -> EvaluateResult:
+             compile: bool = False, channels_last: bool = False, separation_square_queries: int = 1000
+             ) -> EvaluateResult:
     """Evaluate every target on ``n`` seeded points of ``split`` (default ``cfg.evaluate.n``), writing
-    ``out/<name>.json`` as each finishes (rank 0); finished chunks are cached in ``out/.chunks-<name>``."""
+    ``out/<name>.json`` as each finishes (rank 0); finished chunks are cached in ``out/.chunks-<name>``. An
+    adaptive model's gate is also scored on the official Square attack's final iterates
+    (``separation_square_queries`` queries; 0 skips it)."""
+    if separation_square_queries < 0:
+        raise ValueError(f"--separation-square-queries must be >= 0, got {separation_square_queries}")
     _, world, device = init_distributed(device)
     ev = cfg.evaluate
     x, y, idx, _, _ = load_subset(cfg, split, n if n is not None else ev.n, ev.seed)
@@ -168,7 +184,8 @@ def evaluate(cfg: Config, targets: list[EvaluationTarget], out: Path, *, standar
                               surrogate=has_logit_maps(plain), seed=ev.seed)
         evaluation, _ = evaluate_target(target, attacks, x, y, idx, cfg=cfg, split=split, device=device,
                                         chunk_size=chunk_size, cache_dir=out / f".chunks-{target.name}",
-                                        alpha_png=out / f"{target.name}-alpha.png", plain=plain, progress=is_main())
+                                        alpha_png=out / f"{target.name}-alpha.png", plain=plain, progress=is_main(),
+                                        square_queries=separation_square_queries)
         if is_main():
             write_json(out / f"{target.name}.json", evaluation.to_dict(len(y)))
         result.models.append(evaluation)
