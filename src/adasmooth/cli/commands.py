@@ -148,5 +148,29 @@ def export(args) -> int:
     return 0
 
 
-__all__ = ["calibrate", "calibrate_mixer", "certify", "compare", "demo", "evaluate", "export", "fit_mixer",
-           "margins", "sweep", "train_base"]
+def reproduce(args) -> int:
+    if args.list:
+        print(wf.list_rows())
+        return 0
+    if args.row is None:
+        raise ValueError("name a row (adasmooth reproduce --list shows them), or pass --list")
+    plan = wf.reproduce_plan(args.row, root=args.root, data_root=args.data_root, out=args.out, device=args.device,
+                             standard=args.standard, robust=args.robust)
+    print(plan.format() if args.dry_run else wf.run_reproduce(plan))
+    return 0
+
+
+__all__ = [
+    "calibrate",
+    "calibrate_mixer",
+    "certify",
+    "compare",
+    "demo",
+    "evaluate",
+    "export",
+    "fit_mixer",
+    "margins",
+    "reproduce",
+    "sweep",
+    "train_base",
+]

@@ -174,6 +174,20 @@ def _calibrate(sub, p):
     n.set_defaults(func=commands.calibrate)
 
 
+def _reproduce(sub, p):
+    r = sub.add_parser("reproduce", help="list the published rows this package reproduces, plan or run one")
+    r.add_argument("row", nargs="?", default=None, help="a row from --list")
+    r.add_argument("--list", action="store_true", help="print every reproducible row with its published numbers")
+    r.add_argument("--dry-run", action="store_true", help="print the row's plan and what is missing; run nothing")
+    r.add_argument("--root", default=".", help="folder holding the paper's release layout (Base/..., CompModel/...)")
+    r.add_argument("--data-root", default=None, help="folder holding the data set's folder (default: --root)")
+    r.add_argument("--standard", default=None, help="the accurate base's weights, in place of the release's file")
+    r.add_argument("--robust", default=None, help="the robust base's weights, in place of the release's file")
+    r.add_argument("--out", default="runs/reproduce", help="folder for the run (default: runs/reproduce)")
+    r.add_argument("--device", default="cuda", help="device of the run's commands (default: cuda)")
+    r.set_defaults(func=commands.reproduce)
+
+
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adasmooth", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (and show tracebacks)")
@@ -182,6 +196,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                              "(for files you changed on purpose)")
     sub = parser.add_subparsers(dest="command", required=True)
     parents = _parents()
-    for add in (_train_base, _certify, _export, _evaluate, _analysis, _demo, _mixer, _calibrate):
+    for add in (_train_base, _certify, _export, _evaluate, _analysis, _demo, _mixer, _calibrate, _reproduce):
         add(sub, parents)
     return parser

@@ -11,6 +11,7 @@ and an output folder and returns a result that formats itself for the terminal (
 | certification | :func:`run_certify` |
 | export | :func:`export_composite` |
 | base models | :func:`train` |
+| published rows | :func:`list_rows`, :func:`reproduce_plan`, :func:`run_reproduce` |
 """
 
 from .analysis import read_reports, run_compare, run_margins, run_sweep
@@ -29,11 +30,38 @@ from .demo import ALL_ROWS, DEFAULT_ROWS, run_demo
 from .evaluate import EvaluationTarget, evaluate, evaluation_targets
 from .export import base_architectures, export_composite
 from .mixer_jobs import build_adaptive, fit_and_calibrate, recalibrate
+from .reproduce import list_rows, reproduce_plan, run_reproduce
 from .train import train
 
-__all__ = ["ALL_ROWS", "DEFAULT_ROWS", "EvaluationTarget", "base_architectures", "build_adaptive", "build_mixture",
+__all__ = [
+           "ALL_ROWS",
+           "DEFAULT_ROWS",
+           "EvaluationTarget",
+           "base_architectures",
+           "build_adaptive",
+           "build_mixture",
            "calibrate_map",
-           "calibrate_mixer_and_save", "evaluate", "evaluation_targets", "export_composite", "figure_of_merit",
-           "fit_and_calibrate", "is_shipped_pair", "load_pair", "nonlinear_section", "output_dir", "read_reports",
-           "recalibrate", "run_certify", "run_compare", "run_demo", "run_margins", "run_sweep", "train",
-           "with_data_root", "write_config"]
+           "calibrate_mixer_and_save",
+           "evaluate",
+           "evaluation_targets",
+           "export_composite",
+           "figure_of_merit",
+           "fit_and_calibrate",
+           "is_shipped_pair",
+           "list_rows",
+           "load_pair",
+           "nonlinear_section",
+           "output_dir",
+           "read_reports",
+           "recalibrate",
+           "reproduce_plan",
+           "run_certify",
+           "run_compare",
+           "run_demo",
+           "run_margins",
+           "run_reproduce",
+           "run_sweep",
+           "train",
+           "with_data_root",
+           "write_config",
+]

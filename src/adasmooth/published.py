@@ -1,0 +1,131 @@
+"""The published rows this package can reproduce: what each reports, what it needs, and the plan that
+re-makes it with ``adasmooth`` commands (a config with the user's files, then fit, calibrate, evaluate).
+
+Published numbers are ℓ∞ at ε = 8/255 on the whole CIFAR test set under standard AutoAttack, as the papers
+report them: adaptive smoothing (Bai, Anderson, Kim, Sojoudi, arXiv 2301.12554) and MixedNUTS (Bai, Zhou,
+Patel, Sojoudi, arXiv 2402.02263). Robust bases are named by their RobustBench ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import packaged_config_path
+
+DATA_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    key: str
+    title: str
+    dataset: str  # the packaged config of the same name holds the paper's settings
+    method: str  # "adaptive" (train + calibrate a mixing network) or "nonlinear" (MixedNUTS, training-free)
+    clean: float  # published, %
+    autoattack: float  # published, %
+    robust_base: str  # RobustBench id of the robust base
+    files: dict[str, str] = field(default_factory=dict)  # role -> file name as the paper's release names it
+    gpu_hours: str = ""  # a rough estimate of the plan's cost on one recent GPU
+    unavailable: tuple[str, ...] = ()  # what this version cannot yet do for the row
+
+
+_BIT = "the BiT checkpoint in Google's key layout must be converted to timm's (no converter in this version)"
+_GATE = "the released mixing network cannot be loaded yet: the plan trains a new one"
+ROWS = {row.key: row for row in (
+    PublishedRow("as-cifar100-edm", "Adaptive smoothing, CIFAR-100: BiT-M ResNet-152x2 + WRN-70-16 (EDM data)",
+                 "cifar100", "adaptive", 85.21, 38.72, "Wang2023Better_WRN-70-16 (75.22 / 42.67)",
+                 {"standard": "Base/cifar100_bit_rn152.tar", "robust": "Base/cifar100_linf_edm_wrn70-16.pt",
+                  "released mixer": "CompModel/cifar-100_edm_best.pt"},
+                 "about 5 for AutoAttack on 10,000 points and 35 for 3 epochs of the paper's training attack (estimates: "
+                 "attack steps over the 900 images/s per step benchmarks/paper_composite.py measured on an H200)",
+                 (_BIT, _GATE)),
+    PublishedRow("as-cifar100-trades", "Adaptive smoothing, CIFAR-100: BiT-M ResNet-152x2 + WRN-70-16 (TRADES, "
+                 "extra data)", "cifar100", "adaptive", 80.18, 35.15, "Gowal2020Uncovering_extra",
+                 {"standard": "Base/cifar100_bit_rn152.tar", "robust": "Base/cifar100_linf_trades_wrn70-16.pt",
+                  "released mixer": "CompModel/cifar-100_trades_best.pt"},
+                 "as as-cifar100-edm", (_BIT, _GATE)),
+    PublishedRow("as-cifar10-edm", "Adaptive smoothing, CIFAR-10: an accurate base + WRN-70-16 (EDM data)",
+                 "cifar10", "adaptive", 95.23, 68.06, "Wang2023Better_WRN-70-16 (93.25 / 70.69)",
+                 {"standard": "your accurate CIFAR-10 classifier (safetensors or .pt)",
+                  "robust": "Base/cifar10_linf_edm_wrn70-16.pt"},
+                 "as as-cifar100-edm"),
+    PublishedRow("mixednuts-cifar100", "MixedNUTS, CIFAR-100: nonlinear map of the robust logits, fixed α",
+                 "cifar100", "nonlinear", 83.08, 41.80, "Wang2023Better_WRN-70-16",
+                 {"standard": "Base/cifar100_bit_rn152.tar", "robust": "Base/cifar100_linf_edm_wrn70-16.pt"},
+                 "about 5 for AutoAttack on 10,000 points; the map's calibration on 1,000 points is minutes",
+                 (_BIT,)),
+    PublishedRow("mixednuts-cifar10", "MixedNUTS, CIFAR-10: nonlinear map of the robust logits, fixed α",
+                 "cifar10", "nonlinear", 95.19, 69.71, "the robust base of MixedNUTS's CIFAR-10 row",
+                 {"standard": "your accurate CIFAR-10 classifier (safetensors or .pt)",
+                  "robust": "your robust CIFAR-10 classifier (safetensors or .pt)"},
+                 "about 5 for AutoAttack on 10,000 points"),
+)}
+
+
+@dataclass
+class Step:
+    name: str
+    command: list[str]
+    needs: list[Path]
+    note: str = ""
+
+    def missing(self) -> list[Path]:
+        return [p for p in self.needs if not p.exists()]
+
+
+def row(key: str) -> PublishedRow:
+    if key not in ROWS:
+        raise ValueError(f"no reproducible row named {key!r}; `adasmooth reproduce --list` shows them: "
+                         f"{', '.join(ROWS)}")
+    return ROWS[key]
+
+
+def plan(r: PublishedRow, *, root: Path, data_root: Path, out: Path, device: str = "cuda",
+         standard: Path | None = None, robust: Path | None = None) -> list[Step]:
+    """The steps that re-make row ``r`` from the user's files: ``root`` holds the paper's release layout
+    (``Base/...``), ``standard`` / ``robust`` name other files, ``data_root`` the data set's folder."""
+    std = standard or _release_file(root, r.files["standard"], "--standard")
+    rob = robust or _release_file(root, r.files["robust"], "--robust")
+    cfg = out / "config.yaml"
+    data = data_root / DATA_FOLDERS[r.dataset]
+    write = Step("write the run's config: the packaged one with your data and weights",
+                 ["(written by adasmooth reproduce)", str(cfg)], [data, std, rob])
+    dev = ["--device", device]
+    if r.method == "adaptive":
+        steps = [Step("train and calibrate the mixing network (resumable)",
+                      ["adasmooth", "fit-mixer", "--config", str(cfg), "--out", str(out / "mixer"), "--resume", *dev],
+                      [cfg]),
+                 Step("evaluate it on the whole test set",
+                      ["adasmooth", "evaluate", "--config", str(cfg), "--mixer", str(out / "mixer" / "mixer"),
+                       "--n-examples", "10000", "--autoattack", "standard", "--chunk-size", "500",
+                       "--out", str(out / "eval"), *dev], [out / "mixer" / "mixer.safetensors"])]
+    else:
+        steps = [Step("calibrate the map of the robust logits on validation",
+                      ["adasmooth", "calibrate-map", "--config", str(cfg), "--out", str(out / "map"),
+                       "--write-config", str(out / "config-map.yaml"), *dev], [cfg]),
+                 Step("evaluate the nonlinear mixture on the whole test set",
+                      ["adasmooth", "evaluate", "--config", str(out / "config-map.yaml"), "--nonlinear",
+                       "--n-examples", "10000", "--autoattack", "standard", "--chunk-size", "500",
+                       "--out", str(out / "eval"), *dev], [out / "config-map.yaml"])]
+    return [write, *steps]
+
+
+def _release_file(root: Path, name: str, option: str) -> Path:
+    """A file of the paper's release under ``root``; where the release has none, a placeholder that names the
+    option to give (it never exists, so the plan reports it missing)."""
+    return Path(f"(give {option} FILE)") if name.startswith("your ") else root / name
+
+
+def run_config(r: PublishedRow, *, data_root: Path, standard: Path, robust: Path) -> dict:
+    """The packaged config of the row's data set with the user's data folder and base weights set."""
+    raw = yaml.safe_load(packaged_config_path(r.dataset).read_text())
+    raw.setdefault("data", {})["root"] = str(data_root)
+    raw["bases"]["standard"]["weights"] = str(standard)
+    raw["bases"]["robust"]["weights"] = str(robust)
+    return raw
+
+
+__all__ = ["ROWS", "PublishedRow", "Step", "plan", "row", "run_config"]
