@@ -253,6 +253,7 @@ def test_calibration_checks_add_square_which_sees_through_masked_gradients():
         gate_attack_set_robust_mask(model, x, y, autoattack=("sqaure",), **common)
 
 
+@pytest.mark.slow  # the official APGD, FAB-T and Square on a small model
 def test_robust_reference_runs_the_same_official_sub_attacks_as_the_checks():
     from adasmooth.calibration.gate import robust_reference
 

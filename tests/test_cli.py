@@ -82,6 +82,7 @@ def test_demo_rows_default_to_the_adaptive_model_and_its_bases(tmp_path, monkeyp
 
 
 @needs_fmnist
+@pytest.mark.slow  # evaluate, sweep and margins end to end on the shipped pair: minutes
 def test_evaluate_sweep_and_margins_commands(tmp_path, capsys):
     assert main(["evaluate", "--n", "50", "--out", str(tmp_path / "ev")]) == 0
     printed = capsys.readouterr().out
@@ -106,6 +107,7 @@ def test_evaluate_sweep_and_margins_commands(tmp_path, capsys):
     assert mg["attacked_correct"]["median"] > mg["attacked_wrong"]["median"]
 
 
+@pytest.mark.slow  # training, calibration with Square checks, and a recalibration: minutes
 def test_fit_mixer_command_trains_calibrates_and_saves(tmp_path, tiny_fmnist, capsys):
     import torch
 

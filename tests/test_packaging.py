@@ -59,6 +59,7 @@ def test_installed_wheel_loads_the_shipped_pair_from_another_folder(installed):
 
 
 @needs_fmnist
+@pytest.mark.slow  # a subprocess evaluating from an installed wheel
 def test_installed_wheel_runs_evaluate_with_its_default_config_from_another_folder(installed):
     proc = _run(installed, ["-m", "adasmooth", "evaluate", "--n", "8", "--out", "ev"])
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -22,6 +22,7 @@ def _assert_recorded_accuracy(model, meta, x, y):
 
 
 @needs_fmnist
+@pytest.mark.slow  # PGD-20 on 1,000 test points of both shipped models
 def test_shipped_models_reach_their_recorded_accuracy():
     pair = load_pretrained("fashion-mnist")
     assert not pair.standard.training and not pair.robust.training
