@@ -121,7 +121,7 @@ def build_torchvision(name: str, **kwargs) -> nn.Module:
     try:
         import torchvision
     except ImportError:
-        raise ImportError("torchvision architectures need torchvision: pip install torchvision") from None
+        raise ImportError("torchvision architectures need the torchvision extra: pip install 'adasmooth[torchvision]'") from None
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
