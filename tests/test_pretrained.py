@@ -57,6 +57,19 @@ def test_the_width_16_base_reaches_its_record_and_the_pair_base_is_stronger():
     assert accuracy(shipped, x_adv["w32"], y[:1000]) > accuracy(model, x_adv["w16"], y[:1000]) + 0.015
 
 
+@needs_fmnist
+@pytest.mark.slow
+def test_the_wide_standard_base_reaches_95_percent_as_recorded():
+    from adasmooth.io import load_model
+    from adasmooth.pretrained import pretrained_dir
+
+    model, meta = load_model(pretrained_dir() / "fashion-mnist" / "standard-wide", expect_num_classes=10)
+    x, y = load("fashion-mnist", "test")
+    measured = accuracy(model, x, y)
+    assert measured >= 0.95 and measured == pytest.approx(meta["accuracies"]["test_clean"], abs=0.002)
+    assert meta["arch_args"]["blocks"] == [2, 2, 2] and meta["weights"] == "ema"
+
+
 def test_unknown_name_and_missing_folder(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no pretrained models"):
         load_pretrained("imagenet")
