@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .features import FeatureTap
+from .gates import GATE_TYPES, MixingNetwork, PaperMixingNetwork, _pool_to, gate_from_config  # noqa: F401 (re-exported)
 from .io import CheckpointError, load_tensors, save_tensors, state_dict_problem, state_fingerprint
 from .mixing import apply_maps, mix_log_probs, num_classes_of
 from .transforms import describe_map, map_from_description
@@ -32,109 +32,6 @@ class Gate(Protocol):
     """
 
     def __call__(self, standard_features: list[torch.Tensor], robust_features: list[torch.Tensor]) -> torch.Tensor: ...
-
-
-class _PreActBlock(nn.Module):
-    def __init__(self, ch: int):
-        super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(ch), nn.Conv2d(ch, ch, 3, padding=1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(ch), nn.Conv2d(ch, ch, 3, padding=1, bias=False)
-
-    def forward(self, x):
-        out = self.conv1(F.relu(self.bn1(x)))
-        return x + self.conv2(F.relu(self.bn2(out)))
-
-
-class _DownBlock(nn.Module):
-    """A pre-activation block that halves the resolution and doubles the channels (learned downsampling)."""
-    def __init__(self, ch: int):
-        super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(ch), nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(2 * ch), nn.Conv2d(2 * ch, 2 * ch, 3, padding=1, bias=False)
-        self.shortcut = nn.Conv2d(ch, 2 * ch, 1, stride=2, bias=False)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(x))
-        return self.shortcut(out) + self.conv2(F.relu(self.bn2(self.conv1(out))))
-
-
-class MixingNetwork(nn.Module):
-    """The paper's mixer: per depth, concatenate both models' features and project them with a 1x1
-    convolution; bring every depth to the spatial size of the deepest one; run a pre-activation ResNet
-    head (``blocks`` blocks, then ``stages`` learned stride-2 stages that double the channels); pool to one
-    scalar γ_raw per example.
-
-    Parameters
-    ----------
-    depth_channels : channels per depth, each the sum over both models (see :meth:`from_models`).
-    width : channels of the head (doubled by each stage).
-    blocks : pre-activation blocks before the stages.
-    stages : learned stride-2 stages (the paper's gate for two ResNet-18s has three).
-    """
-
-    def __init__(self, depth_channels: Sequence[int], *, width: int = 32, blocks: int = 2, stages: int = 0):
-        super().__init__()
-        if not depth_channels:
-            raise ValueError("MixingNetwork needs at least one feature depth")
-        if width < 1 or blocks < 0 or stages < 0:
-            raise ValueError(f"the gate needs width >= 1, blocks >= 0 and stages >= 0, got {width}, {blocks}, {stages}")
-        self.depth_channels = tuple(int(c) for c in depth_channels)
-        self.project = nn.ModuleList(nn.Conv2d(c, width, 1, bias=False) for c in self.depth_channels)
-        self.head = nn.Sequential(*[_PreActBlock(width) for _ in range(blocks)],
-                                  *[_DownBlock(width * 2**i) for i in range(stages)])
-        self.blocks, self.stages = blocks, stages
-        self.bn = nn.BatchNorm2d(width * 2**stages)
-        self.fc = nn.Linear(width * 2**stages, 1)
-
-    def config(self) -> dict:
-        """What :meth:`from_config` needs to rebuild this gate (weights aside)."""
-        return {"type": "MixingNetwork", "depth_channels": list(self.depth_channels),
-                "width": self.project[0].out_channels, "blocks": self.blocks, "stages": self.stages}
-
-    @classmethod
-    def from_config(cls, config: dict) -> MixingNetwork:
-        if config.get("type") != "MixingNetwork":
-            raise ValueError(f"not a MixingNetwork gate config: type={config.get('type')!r}")
-        return cls(config["depth_channels"], width=config["width"], blocks=config["blocks"],
-                   stages=config.get("stages", 0))
-
-    @classmethod
-    def from_models(cls, standard: nn.Module, robust: nn.Module, *, standard_layers: Sequence[str],
-                    robust_layers: Sequence[str], input_shape: Sequence[int], **kwargs) -> MixingNetwork:
-        """Infer the channel widths from a dry run of both models on zeros of ``input_shape`` (C, H, W)."""
-        if len(standard_layers) != len(robust_layers):
-            raise ValueError("tap the same number of depths in both models")
-        feats = []
-        for model, layers in ((standard, standard_layers), (robust, robust_layers)):
-            with FeatureTap(model, layers) as tap, torch.no_grad():
-                was_training = model.training
-                model.eval()
-                p = next(model.parameters(), None)
-                model(torch.zeros(2, *input_shape, device=p.device if p is not None else "cpu"))
-                model.train(was_training)
-                feats.append([f.shape for f in tap.features()])
-        return cls([fs[1] + fr[1] for fs, fr in zip(*feats)], **kwargs)
-
-    def forward(self, standard_features: list[torch.Tensor], robust_features: list[torch.Tensor]) -> torch.Tensor:
-        if len(standard_features) != len(self.project) or len(robust_features) != len(self.project):
-            raise ValueError(f"expected {len(self.project)} feature depths from each model")
-        target = min(min(f.shape[-2:]) for f in standard_features + robust_features)
-        out = 0
-        for proj, fs, fr in zip(self.project, standard_features, robust_features):
-            out = out + proj(torch.cat([_pool_to(fs, target), _pool_to(fr, target)], dim=1))
-        out = F.relu(self.bn(self.head(out)))
-        return self.fc(out.mean(dim=(2, 3))).squeeze(1)
-
-
-def _pool_to(f: torch.Tensor, size: int) -> torch.Tensor:
-    """Average-pool ``f`` to ``size`` x ``size``. Where the sides are multiples of ``size`` this is a plain
-    ``avg_pool2d`` (the same values and gradients as the adaptive pooling, several times faster on CPU)."""
-    h, w = f.shape[-2:]
-    if h == size and w == size:
-        return f
-    if h % size == 0 and w % size == 0 and h // size == w // size:
-        return F.avg_pool2d(f, h // size)
-    return F.adaptive_avg_pool2d(f, size)
 
 
 class AdaptiveMixedClassifier(nn.Module):
@@ -251,8 +148,8 @@ class AdaptiveMixedClassifier(nn.Module):
 def mixer_state(model: AdaptiveMixedClassifier) -> tuple[dict[str, torch.Tensor], dict]:
     """The trained part of an adaptive composite: the gate's and γ's BatchNorm tensors (``gate.*``,
     ``gamma_bn.*``) and the gate's config. Mixer files and bundles both store these."""
-    if not isinstance(model.gate, MixingNetwork):
-        raise TypeError("only MixingNetwork gates are saved; save a custom gate's state_dict yourself")
+    if type(model.gate).__name__ not in GATE_TYPES or not hasattr(model.gate, "config"):
+        raise TypeError(f"only {' and '.join(GATE_TYPES)} gates are saved; save a custom gate's state_dict yourself")
     tensors = {f"gate.{k}": v for k, v in model.gate.state_dict().items()}
     tensors.update({f"gamma_bn.{k}": v for k, v in model.gamma_bn.state_dict().items()})
     return tensors, model.gate.config()
@@ -266,7 +163,7 @@ def adaptive_from_state(standard: nn.Module, robust: nn.Module, composite: dict,
                         tensors: dict[str, torch.Tensor]) -> AdaptiveMixedClassifier:
     """Rebuild an adaptive composite around ``standard`` and ``robust`` from its description
     (:meth:`AdaptiveMixedClassifier.describe`), its gate config and the tensors of :func:`mixer_state`."""
-    gate = MixingNetwork.from_config(gate_config)
+    gate = gate_from_config(gate_config)
     gate.load_state_dict(_with_prefix(tensors, "gate."))
     c = composite
     model = AdaptiveMixedClassifier(
@@ -280,7 +177,7 @@ def adaptive_from_state(standard: nn.Module, robust: nn.Module, composite: dict,
 
 
 def save_adaptive(stem, model: AdaptiveMixedClassifier, **metadata) -> None:
-    """Save the gate (a :class:`MixingNetwork`) and γ's BatchNorm, with fingerprints of both base models
+    """Save the gate (one of ``GATE_TYPES``) and γ's BatchNorm, with fingerprints of both base models
     so that the mixer is never paired with other base models by mistake."""
 
     tensors, gate_config = mixer_state(model)

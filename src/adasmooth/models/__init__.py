@@ -10,12 +10,14 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .bit import BiTResNetV2, bit_from_tensorflow, bit_to_timm
 from .external import build_timm, build_torchvision, load_weights, read_state_dict, unwrap, wrap_inputs
 from .resize import InputResize
 from .small_resnet import Normalize, SmallResNet
 from .wide_resnet import WideResNet
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "bit_resnetv2": BiTResNetV2,
     "small_resnet": SmallResNet,
     "wide_resnet": WideResNet,
 }
@@ -25,7 +27,7 @@ EXTERNAL = {"torchvision": build_torchvision, "timm": build_timm}
 def build(name: str, **arch_args) -> nn.Module:
     """Build an architecture by name with keyword arguments.
 
-    ``name`` is a registered architecture (``small_resnet``, ``wide_resnet``) or ``torchvision:<name>`` /
+    ``name`` is a registered architecture (``small_resnet``, ``wide_resnet``, ``bit_resnetv2``) or ``torchvision:<name>`` /
     ``timm:<name>`` (optional extras, imported here). ``mean``/``std`` (normalisation inside the model, for
     architectures that lack it) and ``input_size`` (resize the input, :class:`InputResize`) wrap any of them.
     """
@@ -48,5 +50,5 @@ def build(name: str, **arch_args) -> nn.Module:
     return wrap_inputs(model, **wrap) if wrap else model
 
 
-__all__ = ["ARCHITECTURES", "InputResize", "Normalize", "SmallResNet", "WideResNet", "build", "load_weights",
+__all__ = ["ARCHITECTURES", "BiTResNetV2", "InputResize", "Normalize", "SmallResNet", "WideResNet", "bit_from_tensorflow", "bit_to_timm", "build", "load_weights",
            "read_state_dict", "unwrap", "wrap_inputs"]

@@ -8,8 +8,11 @@ import logging
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+
+from .bit import bit_from_tensorflow, is_tensorflow_bit
 
 from .resize import InputResize
 from .small_resnet import Normalize
@@ -18,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 COMMON_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "ema")
+NORMALISATION_BUFFERS = ("mean", "std")
 
 
 class StateDictError(RuntimeError):
@@ -44,7 +48,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file. ``.safetensors`` is read directly; anything else with
+    """Tensors of a weights file. ``.safetensors`` and ``.npz`` (no pickles) are read directly; anything else with
     ``torch.load(weights_only=True)``, which refuses pickled objects other than tensors and plain containers.
     A training checkpoint's ``state_dict``/``model``/``ema`` entry is taken when the file holds one."""
     path = Path(path)
@@ -54,6 +58,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    if path.suffix == ".npz":  # numpy archives (Google's TensorFlow BiT releases); pickles are refused
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {k: torch.from_numpy(np.array(arrays[k])) for k in arrays.files}
+        except ValueError as exc:
+            raise StateDictError(f"{path} is not a numpy archive of plain arrays: {exc}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -79,7 +89,13 @@ def _is_state_dict(d: dict) -> bool:
 
 def match_keys(expected: set[str], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip common wrapper prefixes (``module.`` from DataParallel, ``_orig_mod.`` from torch.compile, ...)
-    shared by every key, for as long as that brings the keys closer to ``expected``."""
+    shared by every key, for as long as that brings the keys closer to ``expected``. A checkpoint of a
+    ``Sequential`` around the network (``module.0.*`` beside other entries, as the robust bases of the
+    adaptive-smoothing release are saved) gives its first entry where that fits."""
+    for prefix in ("module.0.", "0."):
+        inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if inner and len(expected & set(inner)) > len(expected & set(state)):
+            state = inner
     while True:
         hits = len(expected & set(state))
         if hits == len(expected):
@@ -101,7 +117,14 @@ def load_weights(model: nn.Module, path: str | Path, *, source: str | None = Non
     """
     net = unwrap(model)
     own = net.state_dict()
-    state = match_keys(set(own), read_state_dict(path))
+    state = read_state_dict(path)
+    if is_tensorflow_bit(state):
+        state = bit_from_tensorflow(state)
+    state = match_keys(set(own), state)
+    for name in NORMALISATION_BUFFERS:  # checkpoints of models that normalise with plain tensors lack these
+        if name in own and name not in state and name not in dict(net.named_parameters()):
+            logger.info("%s has no %r: keeping the configured normalisation", path, name)
+            state[name] = own[name]
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
