@@ -170,6 +170,7 @@ class NonlinearConfig:
     power: float | None = None
     alpha: float | None = None
     seed: int = 0
+    standard_map: str = "identity"  # or "hard-one-hot": the standard model's vote as one-hot (MixedNUTS' tuned rows)
 
 
 @dataclass(frozen=True)

@@ -107,5 +107,8 @@ def check_values(cfg, source: str) -> None:
     if m.calibration_strategy not in ("floor", "scan", "bisect"):
         raise ConfigError(f"{source}: 'mixer.calibration_strategy' must be floor, scan or bisect, got "
                           f"{m.calibration_strategy!r}")
+    if cfg.nonlinear.standard_map not in ("identity", "hard-one-hot"):
+        raise ConfigError(f"{source}: 'nonlinear.standard_map' must be identity or hard-one-hot, got "
+                          f"{cfg.nonlinear.standard_map!r}")
     if cfg.demo.autoattack_version not in ("standard", "plus", "rand"):
         raise ConfigError(f"{source}: 'demo.autoattack_version' must be standard, plus or rand")

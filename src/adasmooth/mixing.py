@@ -12,8 +12,10 @@ import math
 import torch
 from torch import nn
 
-from .transforms import MixedNUTSMap, describe_map
+from .transforms import HardOneHot, MixedNUTSMap, describe_map
 from .validation import check_alpha
+
+HARD_VOTE_VALUE = 100.0  # logit of the standard model's one-hot vote: softmax gives one-hot in float32
 
 
 def mix_log_probs(
@@ -112,14 +114,18 @@ class MixedClassifier(nn.Module):
 
 def nonlinear_mixture(standard: nn.Module, robust: nn.Module, nonlinear_cfg, *, alpha: float | None = None) -> MixedClassifier:
     """The MixedNUTS-style mixture of a calibrated ``nonlinear`` config section (see ``adasmooth calibrate``):
-    the robust logits go through the calibrated map, then one α (the calibrated one unless given)."""
+    the robust logits go through the calibrated map, then one α (the calibrated one unless given). With
+    ``standard_map: hard-one-hot`` the standard model votes one-hot, as MixedNUTS' tuned rows do (a softmax
+    of ``HARD_VOTE_VALUE``·one-hot equals one-hot in float32; attacks take its smooth surrogate's gradient)."""
 
     nc = nonlinear_cfg
     if None in (nc.scale, nc.shift, nc.power, nc.alpha):
         raise ValueError("the config's nonlinear section is not calibrated (scale, shift, power, alpha are null); "
                          "run `adasmooth calibrate --write-config FILE` and pass --config FILE")
     rmap = MixedNUTSMap(scale=nc.scale, shift=nc.shift, power=nc.power, k=nc.k)
-    return MixedClassifier(standard, robust, alpha=nc.alpha if alpha is None else alpha, robust_map=rmap)
+    smap = HardOneHot(value=HARD_VOTE_VALUE) if getattr(nc, "standard_map", "identity") == "hard-one-hot" else None
+    return MixedClassifier(standard, robust, alpha=nc.alpha if alpha is None else alpha, robust_map=rmap,
+                           standard_map=smap)
 
 
 def apply_maps(g: torch.Tensor, h: torch.Tensor, standard_map: nn.Module | None,

@@ -30,39 +30,73 @@ class PublishedRow:
     files: dict[str, str] = field(default_factory=dict)  # role -> file name as the paper's release names it
     gpu_hours: str = ""  # a rough estimate of the plan's cost on one recent GPU
     unavailable: tuple[str, ...] = ()  # what this version cannot yet do for the row
+    released_settings: str = ""  # key of released.RELEASED_SETTINGS: the release's evaluation settings
 
 
-_BIT = "the BiT checkpoint in Google's key layout must be converted to timm's (no converter in this version)"
-_GATE = "the released mixing network cannot be loaded yet: the plan trains a new one"
 ROWS = {row.key: row for row in (
     PublishedRow("as-cifar100-edm", "Adaptive smoothing, CIFAR-100: BiT-M ResNet-152x2 + WRN-70-16 (EDM data)",
                  "cifar100", "adaptive", 85.21, 38.72, "Wang2023Better_WRN-70-16 (75.22 / 42.67)",
                  {"standard": "Base/cifar100_bit_rn152.tar", "robust": "Base/cifar100_linf_edm_wrn70-16.pt",
-                  "released mixer": "CompModel/cifar-100_edm_best.pt"},
-                 "about 5 for AutoAttack on 10,000 points and 35 for 3 epochs of the paper's training attack (estimates: "
-                 "attack steps over the 900 images/s per step benchmarks/paper_composite.py measured on an H200)",
-                 (_BIT, _GATE)),
+                  "released mixer": "CompModel/cifar100_edm_best.pt"},
+                 "about 5 for AutoAttack on 10,000 points; with --train, about 35 more for 3 epochs of the paper's "
+                 "training attack (estimates: attack steps over the 900 images/s per step "
+                 "benchmarks/paper_composite.py measured on an H200)", released_settings="cifar100-edm"),
     PublishedRow("as-cifar100-trades", "Adaptive smoothing, CIFAR-100: BiT-M ResNet-152x2 + WRN-70-16 (TRADES, "
                  "extra data)", "cifar100", "adaptive", 80.18, 35.15, "Gowal2020Uncovering_extra",
                  {"standard": "Base/cifar100_bit_rn152.tar", "robust": "Base/cifar100_linf_trades_wrn70-16.pt",
-                  "released mixer": "CompModel/cifar-100_trades_best.pt"},
-                 "as as-cifar100-edm", (_BIT, _GATE)),
-    PublishedRow("as-cifar10-edm", "Adaptive smoothing, CIFAR-10: an accurate base + WRN-70-16 (EDM data)",
+                  "released mixer": "CompModel/cifar100_trades_best.pt"},
+                 "as as-cifar100-edm", released_settings="cifar100-trades"),
+    PublishedRow("as-cifar10-edm", "Adaptive smoothing, CIFAR-10: BiT-M ResNet-152x2 + WRN-70-16 (EDM data)",
                  "cifar10", "adaptive", 95.23, 68.06, "Wang2023Better_WRN-70-16 (93.25 / 70.69)",
-                 {"standard": "your accurate CIFAR-10 classifier (safetensors or .pt)",
-                  "robust": "Base/cifar10_linf_edm_wrn70-16.pt"},
-                 "as as-cifar100-edm"),
+                 {"standard": "Base/cifar10_bit_rn152.tar", "robust": "Base/cifar10_linf_edm_wrn70-16.pt",
+                  "released mixer": "CompModel/cifar10_edm_best.pt"},
+                 "as as-cifar100-edm", released_settings="cifar10-edm"),
     PublishedRow("mixednuts-cifar100", "MixedNUTS, CIFAR-100: nonlinear map of the robust logits, fixed α",
                  "cifar100", "nonlinear", 83.08, 41.80, "Wang2023Better_WRN-70-16",
                  {"standard": "Base/cifar100_bit_rn152.tar", "robust": "Base/cifar100_linf_edm_wrn70-16.pt"},
-                 "about 5 for AutoAttack on 10,000 points; the map's calibration on 1,000 points is minutes",
-                 (_BIT,)),
+                 "about 5 for AutoAttack on 10,000 points; the map's calibration on 1,000 points is minutes"),
     PublishedRow("mixednuts-cifar10", "MixedNUTS, CIFAR-10: nonlinear map of the robust logits, fixed α",
                  "cifar10", "nonlinear", 95.19, 69.71, "the robust base of MixedNUTS's CIFAR-10 row",
                  {"standard": "your accurate CIFAR-10 classifier (safetensors or .pt)",
                   "robust": "your robust CIFAR-10 classifier (safetensors or .pt)"},
                  "about 5 for AutoAttack on 10,000 points"),
 )}
+
+
+# MixedNUTS' tuned maps (its configs/optimal_spca.yaml, "gelu" at the default β): the robust logits go through
+# s·sign(u)·|u|^p, u = GELU(LN(z) + c) over all logits; the standard model votes one-hot; one α.
+MIXEDNUTS_SETTINGS = {
+    ("cifar10", "Peng2023Robust"): {"beta": 98.5, "s": 5.0, "c": -1.1, "p": 4.0, "alpha": 0.9987500602493457},
+    ("cifar100", "Wang2023Better_WRN-70-16"): {"beta": 98.5, "s": 0.6115753843212784, "c": -2.142857142857143,
+                                               "p": 3.571428571428571, "alpha": 0.9860300534207915},
+}
+MIXEDNUTS_LN_K = 250  # MixedNUTS' default top-k of the layer norm: every logit on CIFAR
+
+
+def read_mixednuts_settings(path: str | Path | None, dataset: str, robust_id: str, *, beta: float | None = None) -> dict:
+    """One tuned map of a MixedNUTS ``optimal_spca.yaml`` (``path``; None: the values above), as
+    ``{beta, s, c, p, alpha}``: the ``gelu`` entry at ``beta`` (default: the file's ``default_beta``)."""
+    if path is None:
+        if (dataset, robust_id) not in MIXEDNUTS_SETTINGS or beta not in (None, MIXEDNUTS_SETTINGS[(dataset, robust_id)]["beta"]):
+            raise ValueError(f"no packaged MixedNUTS map for {dataset} / {robust_id}" + (f" at beta {beta}" if beta else "")
+                             + f"; packaged: {sorted(MIXEDNUTS_SETTINGS)}; give their optimal_spca.yaml")
+        return dict(MIXEDNUTS_SETTINGS[(dataset, robust_id)])
+    table = yaml.safe_load(Path(path).read_text())
+    try:
+        gelu = table[dataset][robust_id]["gelu"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{path} has no gelu map for {dataset} / {robust_id}") from None
+    beta = gelu.get("default_beta") if beta is None else beta
+    entry = gelu.get(beta) if beta is not None else None
+    if not isinstance(entry, dict) or not all(k in entry for k in ("s", "c", "p", "alpha")):
+        raise ValueError(f"{path}: {dataset} / {robust_id} has no complete gelu map at beta {beta}")
+    return {"beta": float(beta), **{k: float(entry[k]) for k in ("s", "c", "p", "alpha")}}
+
+
+def nonlinear_section(settings: dict) -> dict:
+    """The config's ``nonlinear`` section that builds MixedNUTS' tuned mixture from ``settings``."""
+    return {"scale": settings["s"], "shift": settings["c"], "power": settings["p"], "alpha": settings["alpha"],
+            "k": MIXEDNUTS_LN_K, "standard_map": "hard-one-hot"}
 
 
 @dataclass
@@ -128,4 +162,5 @@ def run_config(r: PublishedRow, *, data_root: Path, standard: Path, robust: Path
     return raw
 
 
-__all__ = ["ROWS", "PublishedRow", "Step", "plan", "row", "run_config"]
+__all__ = ["MIXEDNUTS_SETTINGS", "ROWS", "PublishedRow", "Step", "nonlinear_section", "plan", "read_mixednuts_settings",
+           "row", "run_config"]

@@ -148,6 +148,25 @@ def export(args) -> int:
     return 0
 
 
+def convert_bit(args) -> int:
+    print(wf.convert_bit_checkpoint(args.source, args.out, layout=args.layout).format())
+    return 0
+
+
+def import_mixer(args) -> int:
+    cfg, _ = load_cfg(args)
+    print(wf.import_released_mixer(cfg, args.source, args.out, settings=args.settings, in_planes=tuple(args.in_planes),
+                                   standard=args.standard, robust=args.robust, device=args.device).format())
+    return 0
+
+
+def import_map(args) -> int:
+    cfg, _ = load_cfg(args)
+    print(wf.import_mixednuts_map(cfg, args.write_config, dataset=args.dataset, robust_id=args.robust_id,
+                                  source=args.source, beta=args.beta).format())
+    return 0
+
+
 def reproduce(args) -> int:
     if args.list:
         print(wf.list_rows())
@@ -165,10 +184,13 @@ __all__ = [
     "calibrate_mixer",
     "certify",
     "compare",
+    "convert_bit",
     "demo",
     "evaluate",
     "export",
     "fit_mixer",
+    "import_map",
+    "import_mixer",
     "margins",
     "reproduce",
     "sweep",

@@ -188,6 +188,36 @@ def _reproduce(sub, p):
     r.set_defaults(func=commands.reproduce)
 
 
+def _released(sub, p):
+    b = sub.add_parser("convert-bit", help="rename a BiT checkpoint (Google's .tar/.pt or TensorFlow .npz) to timm's "
+                                          "layout (or Google's), as safetensors")
+    b.add_argument("source", help="the BiT weights file")
+    b.add_argument("out", help="output stem (writes <out>.safetensors and <out>.json)")
+    b.add_argument("--layout", choices=("timm", "bit"), default="timm",
+                   help="timm: for timm:resnetv2_*_bit (default); bit: Google's, for the bit_resnetv2 architecture")
+    b.set_defaults(func=commands.convert_bit)
+    m = sub.add_parser("import-mixer", parents=[p["run"], p["pair"]],
+                       help="load a released mixing network (the paper's CompModel/*.pt) around the config's bases, "
+                            "strictly, and save it as an adasmooth mixer")
+    m.add_argument("source", help="the released file: a trainer checkpoint or a whole composite's state dict")
+    m.add_argument("--settings", default=None,
+                   help="the release's evaluation settings: cifar100-edm, cifar100-trades or cifar10-edm "
+                        "(default: those the file carries; trainer checkpoints carry none)")
+    m.add_argument("--in-planes", type=int, nargs=2, default=(512, 256), metavar=("STANDARD", "ROBUST"),
+                   help="channels of the first tapped depth of each base (default: 512 256, BiT-152x2 + WRN-70-16)")
+    m.add_argument("--out", required=True, help="mixer stem to write (e.g. runs/released/mixer)")
+    m.set_defaults(func=commands.import_mixer)
+    n = sub.add_parser("import-map", parents=[p["run"]],
+                       help="write a config whose nonlinear section is MixedNUTS' tuned map for a robust base")
+    n.add_argument("source", nargs="?", default=None,
+                   help="MixedNUTS' configs/optimal_spca.yaml (default: the packaged published values)")
+    n.add_argument("--dataset", required=True, help="cifar10, cifar100, ... as the file names it")
+    n.add_argument("--robust-id", required=True, help="the robust base's RobustBench id, e.g. Wang2023Better_WRN-70-16")
+    n.add_argument("--beta", type=float, default=None, help="the map's beta (default: the file's default_beta)")
+    n.add_argument("--write-config", required=True, help="YAML to write (the --config with the map set)")
+    n.set_defaults(func=commands.import_map)
+
+
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adasmooth", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (and show tracebacks)")
@@ -196,6 +226,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                              "(for files you changed on purpose)")
     sub = parser.add_subparsers(dest="command", required=True)
     parents = _parents()
-    for add in (_train_base, _certify, _export, _evaluate, _analysis, _demo, _mixer, _calibrate, _reproduce):
+    for add in (_train_base, _certify, _export, _evaluate, _analysis, _demo, _mixer, _calibrate, _reproduce, _released):
         add(sub, parents)
     return parser

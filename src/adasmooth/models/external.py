@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from .bit import bit_from_tensorflow, is_tensorflow_bit
-
 from .resize import InputResize
 from .small_resnet import Normalize
 

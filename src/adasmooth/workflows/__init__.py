@@ -12,9 +12,11 @@ and an output folder and returns a result that formats itself for the terminal (
 | export | :func:`export_composite` |
 | base models | :func:`train` |
 | published rows | :func:`list_rows`, :func:`reproduce_plan`, :func:`run_reproduce` |
+| released checkpoints | :func:`convert_bit_checkpoint`, :func:`import_released_mixer`, :func:`import_mixednuts_map` |
 """
 
 from .analysis import read_reports, run_compare, run_margins, run_sweep
+from .artifacts import convert_bit_checkpoint, import_mixednuts_map, import_released_mixer
 from .calibrate import calibrate_map, calibrate_mixer_and_save, write_config
 from .certify import run_certify
 from .common import (
@@ -42,11 +44,14 @@ __all__ = [
            "build_mixture",
            "calibrate_map",
            "calibrate_mixer_and_save",
+           "convert_bit_checkpoint",
            "evaluate",
            "evaluation_targets",
            "export_composite",
            "figure_of_merit",
            "fit_and_calibrate",
+           "import_mixednuts_map",
+           "import_released_mixer",
            "is_shipped_pair",
            "list_rows",
            "load_pair",
