@@ -31,6 +31,7 @@ class PublishedRow:
     gpu_hours: str = ""  # a rough estimate of the plan's cost on one recent GPU
     unavailable: tuple[str, ...] = ()  # what this version cannot yet do for the row
     released_settings: str = ""  # key of released.RELEASED_SETTINGS: the release's evaluation settings
+    robust_id: str = ""  # the robust base's RobustBench id, which keys MixedNUTS' published maps
 
 
 ROWS = {row.key: row for row in (
@@ -51,15 +52,17 @@ ROWS = {row.key: row for row in (
                  {"standard": "Base/cifar10_bit_rn152.tar", "robust": "Base/cifar10_linf_edm_wrn70-16.pt",
                   "released mixer": "CompModel/cifar10_edm_best.pt"},
                  "as as-cifar100-edm", released_settings="cifar10-edm"),
-    PublishedRow("mixednuts-cifar100", "MixedNUTS, CIFAR-100: nonlinear map of the robust logits, fixed α",
-                 "cifar100", "nonlinear", 83.08, 41.80, "Wang2023Better_WRN-70-16",
-                 {"standard": "Base/cifar100_bit_rn152.tar", "robust": "Base/cifar100_linf_edm_wrn70-16.pt"},
-                 "about 5 for AutoAttack on 10,000 points; the map's calibration on 1,000 points is minutes"),
-    PublishedRow("mixednuts-cifar10", "MixedNUTS, CIFAR-10: nonlinear map of the robust logits, fixed α",
-                 "cifar10", "nonlinear", 95.19, 69.71, "the robust base of MixedNUTS's CIFAR-10 row",
-                 {"standard": "your accurate CIFAR-10 classifier (safetensors or .pt)",
-                  "robust": "your robust CIFAR-10 classifier (safetensors or .pt)"},
-                 "about 5 for AutoAttack on 10,000 points"),
+    PublishedRow("mixednuts-cifar100", "MixedNUTS, CIFAR-100: BiT-M ResNet-152x2 votes one-hot, WRN-70-16's "
+                 "logits through the published map, fixed α", "cifar100", "nonlinear", 83.08, 41.80,
+                 "Wang2023Better_WRN-70-16",
+                 {"standard": "cifar100/cifar100_std_rn152.pt", "robust": "Base/cifar100_linf_edm_wrn70-16.pt"},
+                 "about 5 for AutoAttack on 10,000 points", robust_id="Wang2023Better_WRN-70-16"),
+    PublishedRow("mixednuts-cifar10", "MixedNUTS, CIFAR-10: BiT-M ResNet-152x2 votes one-hot, Peng2023Robust's "
+                 "logits through the published map, fixed α", "cifar10", "nonlinear", 95.19, 69.71, "Peng2023Robust",
+                 {"standard": "cifar10/cifar10_std_rn152.pt",
+                  "robust": "your copy of RobustBench's Peng2023Robust (a RaWideResNet-70-16; set bases.robust to "
+                            "robustbench: Peng2023Robust with the robustbench extra)"},
+                 "about 5 for AutoAttack on 10,000 points", robust_id="Peng2023Robust"),
 )}
 
 
@@ -118,33 +121,33 @@ def row(key: str) -> PublishedRow:
 
 
 def plan(r: PublishedRow, *, root: Path, data_root: Path, out: Path, device: str = "cuda",
-         standard: Path | None = None, robust: Path | None = None) -> list[Step]:
-    """The steps that re-make row ``r`` from the user's files: ``root`` holds the paper's release layout
-    (``Base/...``), ``standard`` / ``robust`` name other files, ``data_root`` the data set's folder."""
+         standard: Path | None = None, robust: Path | None = None, train: bool = False) -> list[Step]:
+    """The steps that re-make row ``r`` from the user's files: ``root`` holds the release layout (``Base/...``,
+    ``CompModel/...``), ``standard`` / ``robust`` name other files, ``data_root`` the data set's folder.
+    Adaptive rows evaluate the released mixing network as it is, or train a new one (``train``)."""
     std = standard or _release_file(root, r.files["standard"], "--standard")
     rob = robust or _release_file(root, r.files["robust"], "--robust")
     cfg = out / "config.yaml"
     data = data_root / DATA_FOLDERS[r.dataset]
-    write = Step("write the run's config: the packaged one with your data and weights",
+    what = " and MixedNUTS' published map (nonlinear section)" if r.method == "nonlinear" else ""
+    write = Step(f"write the run's config: the packaged one with your data and weights{what}",
                  ["(written by adasmooth reproduce)", str(cfg)], [data, std, rob])
     dev = ["--device", device]
-    if r.method == "adaptive":
-        steps = [Step("train and calibrate the mixing network (resumable)",
-                      ["adasmooth", "fit-mixer", "--config", str(cfg), "--out", str(out / "mixer"), "--resume", *dev],
-                      [cfg]),
-                 Step("evaluate it on the whole test set",
-                      ["adasmooth", "evaluate", "--config", str(cfg), "--mixer", str(out / "mixer" / "mixer"),
-                       "--n-examples", "10000", "--autoattack", "standard", "--chunk-size", "500",
-                       "--out", str(out / "eval"), *dev], [out / "mixer" / "mixer.safetensors"])]
+    evaluate = ["adasmooth", "evaluate", "--config", str(cfg), "--n-examples", "10000", "--autoattack", "standard",
+                "--chunk-size", "500", "--out", str(out / "eval"), *dev]
+    mixer = out / "mixer" / "mixer"
+    if r.method == "nonlinear":
+        return [write, Step("evaluate the nonlinear mixture on the whole test set", [*evaluate, "--nonlinear"], [cfg])]
+    if train or "released mixer" not in r.files:
+        first = Step("train and calibrate a new mixing network (resumable)",
+                     ["adasmooth", "fit-mixer", "--config", str(cfg), "--out", str(mixer.parent), "--resume", *dev], [cfg])
     else:
-        steps = [Step("calibrate the map of the robust logits on validation",
-                      ["adasmooth", "calibrate-map", "--config", str(cfg), "--out", str(out / "map"),
-                       "--write-config", str(out / "config-map.yaml"), *dev], [cfg]),
-                 Step("evaluate the nonlinear mixture on the whole test set",
-                      ["adasmooth", "evaluate", "--config", str(out / "config-map.yaml"), "--nonlinear",
-                       "--n-examples", "10000", "--autoattack", "standard", "--chunk-size", "500",
-                       "--out", str(out / "eval"), *dev], [out / "config-map.yaml"])]
-    return [write, *steps]
+        released = root / r.files["released mixer"]
+        first = Step("load the released mixing network strictly, with the release's evaluation settings",
+                     ["adasmooth", "import-mixer", str(released), "--config", str(cfg), "--settings",
+                      r.released_settings, "--out", str(mixer), *dev], [released, cfg])
+    return [write, first, Step("evaluate it on the whole test set", [*evaluate, "--mixer", str(mixer)],
+                               [mixer.with_suffix(".safetensors")])]
 
 
 def _release_file(root: Path, name: str, option: str) -> Path:
@@ -154,11 +157,15 @@ def _release_file(root: Path, name: str, option: str) -> Path:
 
 
 def run_config(r: PublishedRow, *, data_root: Path, standard: Path, robust: Path) -> dict:
-    """The packaged config of the row's data set with the user's data folder and base weights set."""
+    """The packaged config of the row's data set with the user's data folder and base weights set (and, for
+    MixedNUTS rows, its published map in the nonlinear section)."""
     raw = yaml.safe_load(packaged_config_path(r.dataset).read_text())
     raw.setdefault("data", {})["root"] = str(data_root)
     raw["bases"]["standard"]["weights"] = str(standard)
     raw["bases"]["robust"]["weights"] = str(robust)
+    if r.method == "nonlinear":
+        raw["nonlinear"] = {**(raw.get("nonlinear") or {}),
+                            **nonlinear_section(read_mixednuts_settings(None, r.dataset, r.robust_id))}
     return raw
 
 

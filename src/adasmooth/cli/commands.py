@@ -174,7 +174,7 @@ def reproduce(args) -> int:
     if args.row is None:
         raise ValueError("name a row (adasmooth reproduce --list shows them), or pass --list")
     plan = wf.reproduce_plan(args.row, root=args.root, data_root=args.data_root, out=args.out, device=args.device,
-                             standard=args.standard, robust=args.robust)
+                             standard=args.standard, robust=args.robust, train=args.train)
     print(plan.format() if args.dry_run else wf.run_reproduce(plan))
     return 0
 

@@ -183,6 +183,8 @@ def _reproduce(sub, p):
     r.add_argument("--data-root", default=None, help="folder holding the data set's folder (default: --root)")
     r.add_argument("--standard", default=None, help="the accurate base's weights, in place of the release's file")
     r.add_argument("--robust", default=None, help="the robust base's weights, in place of the release's file")
+    r.add_argument("--train", action="store_true",
+                   help="adaptive rows: train a new mixing network instead of evaluating the released one")
     r.add_argument("--out", default="runs/reproduce", help="folder for the run (default: runs/reproduce)")
     r.add_argument("--device", default="cuda", help="device of the run's commands (default: cuda)")
     r.set_defaults(func=commands.reproduce)

@@ -30,7 +30,8 @@ class ReproducePlan:
     out: Path
 
     def missing(self) -> list[Path]:
-        return sorted({p for s in self.steps[:1] for p in s.missing()})
+        """Files the plan needs that no step of it makes."""
+        return sorted({p for s in self.steps for p in s.missing() if not p.is_relative_to(self.out)})
 
     def format(self) -> str:
         r = self.row
@@ -40,7 +41,8 @@ class ReproducePlan:
         for i, step in enumerate(self.steps, 1):
             lines.append(f"{i}. {step.name}\n   {' '.join(step.command)}")
             for p in step.needs:
-                state = "found" if p.exists() else ("made by an earlier step" if i > 1 else "MISSING")
+                state = "found" if p.exists() else ("made by an earlier step" if p.is_relative_to(self.out)
+                                                     else "MISSING")
                 lines.append(f"   needs {p}: {state}")
         for note in r.unavailable:
             lines.append(f"not available in this version: {note}")
@@ -52,11 +54,11 @@ class ReproducePlan:
 
 def reproduce_plan(key: str, *, root: str | Path = ".", data_root: str | Path | None = None,
                    out: str | Path = "runs/reproduce", device: str = "cuda", standard: str | None = None,
-                   robust: str | None = None) -> ReproducePlan:
+                   robust: str | None = None, train: bool = False) -> ReproducePlan:
     r = row(key)
     out = Path(out) / r.key
     steps = plan(r, root=Path(root), data_root=Path(data_root or root), out=out, device=device,
-                 standard=Path(standard) if standard else None, robust=Path(robust) if robust else None)
+                 standard=Path(standard) if standard else None, robust=Path(robust) if robust else None, train=train)
     return ReproducePlan(r, steps, out)
 
 
