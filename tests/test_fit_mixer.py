@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from conftest import assert_same_state
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from adasmooth.config import MixerConfig
 from adasmooth.io import CheckpointError
@@ -136,3 +137,41 @@ def test_held_out_separation_is_logged_and_leaves_training_unchanged(tmp_path):
     assert checks[-1]["held_out_auroc"] == {f"{w:g}": v for w, v in again.auroc.items()}
     for (k, a), b in zip(plain.gate.state_dict().items(), watched.gate.state_dict().values()):
         assert torch.equal(a, b), k  # the check moves neither the weights nor the random state
+
+
+def test_accumulated_steps_average_the_mini_batch_gradients(tmp_path):
+    """accumulate 2 x batch 16: one optimiser step sees 32 examples, two attacks (seeded by mini-batch), and
+    the mean of the two mini-batches' gradients, each taken with its own batch statistics."""
+    cfg = dataclasses.replace(CFG, batch_size=16, accumulate=2, epochs=1, grad_clip=1e9)
+    model = _composite(3)
+    before = _composite(3)
+    x, y = _data(96)
+    calls, grads = [], []
+
+    def recording_attack(m, xb, yb, gen):
+        calls.append(len(xb))
+        return _marker_attack(m, xb, yb, gen)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_hook = register_optimizer_step_pre_hook(
+        lambda opt, *a: grads.append([p.grad.clone() for p in params]))
+    try:
+        summary = fit_mixer(model, x, y, cfg, tmp_path, eps=0.1, attack=recording_attack, progress=False, max_steps=1)
+    finally:
+        opt_hook.remove()
+    assert summary["total_steps"] == 3 and summary["steps"] == 1 and calls == [16, 16]
+    # by hand: the first 32 examples of epoch 0's order, in two mini-batches, each loss halved
+    from adasmooth.seeding import epoch_seed
+
+    perm = torch.randperm(96, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, 0)))
+    before.train()
+    for part in (perm[:16], perm[16:32]):
+        xb, yb = x[part], y[part]
+        inputs = torch.cat([xb, _marker_attack(before, xb, yb, None)])
+        labels, is_adv = torch.cat([yb, yb]), torch.cat([torch.zeros(16), torch.ones(16)])
+        g, h, gamma = before.components(inputs)
+        loss = mixer_loss(before.mix(g, h, gamma), gamma, labels, is_adv, c_bce=cfg.c_bce, c_ce=cfg.c_ce,
+                          c_prod=cfg.c_prod)
+        (0.5 * loss).backward()
+    want = [p.grad for p in before.parameters() if p.requires_grad]
+    assert len(grads) == 1 and all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(grads[0], want))

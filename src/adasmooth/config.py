@@ -116,6 +116,7 @@ class MixerConfig:
     robust_scale: float = 2.0  # s_h; the val sweep of the fixed mixture favours a sharper robust softmax
     epochs: int = 1  # paper: a few epochs on GPUs; one is what a 2-core CPU affords for Fashion-MNIST
     batch_size: int = 128
+    accumulate: int = 1  # mini-batches of batch_size per optimiser step (paper: 4, with 160 per mini-batch)
     lr: float = 1e-3  # paper: 5e-5 to 1e-4 for a few epochs on CIFAR; a fresh small mixer wants more
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05

@@ -27,6 +27,7 @@ RANGES: dict[str, str] = {
     "mixer.width": "int>=1", "mixer.blocks": "int>=0", "mixer.stages": "int>=0", "mixer.gamma_scale": ">0",
     "mixer.gamma_clamp": ">0", "mixer.bn_momentum": "(0,1]", "mixer.standard_scale": ">0",
     "mixer.robust_scale": ">0", "mixer.epochs": "int>=1", "mixer.batch_size": "int>=1", "mixer.lr": ">0",
+    "mixer.accumulate": "int>=1",
     "mixer.weight_decay": ">=0", "mixer.warmup_fraction": "[0,1)", "mixer.grad_clip": ">0", "mixer.c_bce": ">=0",
     "mixer.c_ce": ">=0", "mixer.c_prod": ">=0", "mixer.attack_copies": "int>=1", "mixer.attack_max_iters": "int>=1",
     "mixer.attack_iters_df": ">0", "mixer.attack_eps_low": ">0", "mixer.attack_eps_high": ">0",

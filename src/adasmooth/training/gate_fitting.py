@@ -59,6 +59,7 @@ def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
 
 _NOT_WEIGHTS = ("tensorboard", "separation_every", "separation_n", "calibration_strategy", "calibration_autoattack",
                 "calibration_square_queries")  # settings that do not change the weights
+_ADDED_LATER = {"accumulate": 1}  # left out at these values, so that runs saved before the key existed resume
 
 
 def _trainable(model: AdaptiveMixedClassifier) -> list[torch.nn.Parameter]:
@@ -94,7 +95,7 @@ def fit_mixer(
     stem = out_dir / "mixer-last"
     params = _trainable(model)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(x) / (cfg.batch_size * cfg.accumulate))
     total = steps_per_epoch * cfg.epochs
     settings = _resume_settings(model, cfg, eps, len(x))
     step, seconds_before, last = 0, 0.0, {}
@@ -117,15 +118,19 @@ def fit_mixer(
         while step < end:
             epoch, i = divmod(step, steps_per_epoch)
             perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            model.eval()
-            with _autocast(cfg, device):
-                x_adv = _shared_attack(attack, model, xb, yb, seed=cfg.seed, step=step, chunk=chunk, rank=rank,
-                                       world=world)
             for group in opt.param_groups:
                 group["lr"] = _lr(step, total, cfg.lr, cfg.warmup_fraction)
-            last = _gate_step(model, opt, params, cfg, xb, yb, x_adv, device=device, step=step + 1, last=last, stem=stem)
+            opt.zero_grad(set_to_none=True)
+            parts = []
+            for micro, idx, share in _mini_batches(perm, i, cfg):
+                xb, yb = x[idx].to(device), y[idx].to(device)
+                model.eval()
+                with _autocast(cfg, device):  # attack seeds: the step itself when there is no accumulation
+                    x_adv = _shared_attack(attack, model, xb, yb, seed=cfg.seed, step=step * cfg.accumulate + micro,
+                                           chunk=chunk, rank=rank, world=world)
+                parts.append(_gate_backward(model, cfg, xb, yb, x_adv, device=device, step=step + 1, last=last,
+                                            stem=stem, share=share))
+            last = _optimiser_step(opt, params, cfg, parts, step=step + 1)
             step += 1
             fault_point("train-step")
             if main:
@@ -149,7 +154,8 @@ def fit_mixer(
 def _resume_settings(model, cfg: MixerConfig, eps: float, n_train: int) -> dict:
     """What must match for a resume to be valid: the recipe (not the knobs that change no weight), ε, the
     training set's size and both base models' weights."""
-    mixer_settings = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items() if k not in _NOT_WEIGHTS}
+    mixer_settings = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items()
+                      if k not in _NOT_WEIGHTS and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
     return {"mixer": mixer_settings, "eps": eps, "n_train": n_train,
             "standard": state_fingerprint(model.standard), "robust": state_fingerprint(model.robust)}
 
@@ -205,9 +211,22 @@ def _training_batch(xb, yb, x_adv, cfg: MixerConfig, device):
     return inputs, labels, is_adv, weights
 
 
-def _gate_step(model, opt, params, cfg: MixerConfig, xb, yb, x_adv, *, device, step: int, last: dict, stem) -> dict:
-    """One optimiser step of the gate on the clean batch and its attacked copies; returns the step's metrics.
-    A non-finite loss stops the run, naming the step, the last finite loss and the intact checkpoint."""
+def _mini_batches(perm: torch.Tensor, i: int, cfg: MixerConfig):
+    """``(index, example indices, share of the step's examples)`` of the mini-batches of optimiser step ``i`` of
+    an epoch in order ``perm``: ``cfg.accumulate`` of ``cfg.batch_size`` examples (fewer at the epoch's end)."""
+    start = i * cfg.batch_size * cfg.accumulate
+    step_examples = perm[start : start + cfg.batch_size * cfg.accumulate]
+    for micro in range(cfg.accumulate):
+        idx = step_examples[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
+        if len(idx):
+            yield micro, idx, (1.0 if len(idx) == len(step_examples) else len(idx) / len(step_examples))
+
+
+def _gate_backward(model, cfg: MixerConfig, xb, yb, x_adv, *, device, step: int, last: dict, stem,
+                   share: float = 1.0) -> dict:
+    """The loss of one mini-batch (its clean images and their attacked copies), back-propagated with weight
+    ``share`` (its part of the optimiser step's examples); returns its metrics. A non-finite loss stops the run,
+    naming the step, the last finite loss and the intact checkpoint."""
     model.train()
     inputs, labels, is_adv, weights = _training_batch(xb, yb, x_adv, cfg, device)
     with _autocast(cfg, device):
@@ -220,17 +239,26 @@ def _gate_step(model, opt, params, cfg: MixerConfig, xb, yb, x_adv, *, device, s
             f"mixer loss became {loss.item()} at step {step} (last finite loss {last.get('loss', float('nan')):.4g}); "
             f"training stopped. The last good checkpoint ({stem}, step {_saved_step(stem)}) is intact: lower the "
             f"learning rate or check the data, then continue with --resume")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    opt.step()
+    (loss * share if share != 1.0 else loss).backward()
     with torch.no_grad():
         detect = ((gamma > 0).float() == is_adv).float().mean()
         alpha = model.alpha_from_gamma(gamma)
     n = len(yb)
-    return {"step": step, "loss": loss.item(), "detect_acc": float(detect), "grad_norm": float(grad_norm),
-            "alpha_clean": float(alpha[:n].mean()), "alpha_attacked": float(alpha[n:].mean()),
-            "lr": opt.param_groups[0]["lr"]}
+    return {"share": share, "loss": loss.item(), "detect_acc": float(detect), "alpha_clean": float(alpha[:n].mean()),
+            "alpha_attacked": float(alpha[n:].mean())}
+
+
+def _optimiser_step(opt, params, cfg: MixerConfig, parts: list[dict], *, step: int) -> dict:
+    """Clip the accumulated gradient, step, and return the step's metrics (mini-batch metrics weighted by share)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    if len(parts) == 1:
+        merged = {k: v for k, v in parts[0].items() if k != "share"}
+    else:
+        total = sum(p["share"] for p in parts)
+        merged = {k: sum(p["share"] * p[k] for p in parts) / total for k in parts[0] if k != "share"}
+    return {"step": step, **{k: merged[k] for k in ("loss", "detect_acc")}, "grad_norm": float(grad_norm),
+            **{k: merged[k] for k in ("alpha_clean", "alpha_attacked")}, "lr": opt.param_groups[0]["lr"]}
 
 
 def _record(last: dict, metrics_path: Path, board) -> None:
