@@ -143,6 +143,10 @@ class MixerConfig:
     checkpoint_every: int = 100  # optimiser steps
     init_from: str | None = None  # a saved mixer (stem) whose gate starts the training (fine-tuning); null: fresh
     train_examples: int | None = None  # a seeded subset of the training split of this size; null: all of it
+    # "train+val": all training images, as the paper's trainer does; allowed only with alpha_range and
+    # eval_gamma_bias given, since calibration would otherwise choose on images the gate was trained on
+    train_split: str = "train"
+    gate: str = "adasmooth"  # "adasmooth": MixingNetwork (width, blocks, stages); "paper": the released architecture
     separation_every: int = 100  # > 0: every so many steps, log the gate's AUROC on held-out validation points
     calibration_strategy: str = "floor"  # floor: bisect over α_lo; scan: candidates by clean accuracy (see calibrate_gate)
     # official AutoAttack sub-attacks added to every calibration check (floor, scan), after the gate-aware ones:

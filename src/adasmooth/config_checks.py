@@ -105,6 +105,13 @@ def check_values(cfg, source: str) -> None:
     if bad:
         raise ConfigError(f"{source}: 'mixer.calibration_autoattack' takes AutoAttack sub-attacks "
                           f"({', '.join(AUTOATTACK_SUB_ATTACKS)}), got {bad}")
+    if m.train_split not in ("train", "train+val"):
+        raise ConfigError(f"{source}: 'mixer.train_split' must be train or train+val, got {m.train_split!r}")
+    if m.train_split == "train+val" and not m.alpha_range:
+        raise ConfigError(f"{source}: 'mixer.train_split: train+val' trains on the validation images that calibration "
+                          "would choose on: give mixer.alpha_range and eval_gamma_bias (used as given), or train on train")
+    if m.gate not in ("adasmooth", "paper"):
+        raise ConfigError(f"{source}: 'mixer.gate' must be adasmooth or paper, got {m.gate!r}")
     if m.calibration_strategy not in ("floor", "scan", "bisect"):
         raise ConfigError(f"{source}: 'mixer.calibration_strategy' must be floor, scan or bisect, got "
                           f"{m.calibration_strategy!r}")

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import data as data_mod
 from ..attacks import pgd
-from ..config import Config, TrainConfig
+from ..config import Config, ModelConfig, TrainConfig
 from ..evaluation.accuracy import accuracy, attack_batched
 from ..io import fault_point, save_model
 from ..models import build
@@ -45,9 +45,27 @@ def train_config_for(cfg: Config, kind: str) -> TrainConfig:
             "trades": cfg.train_trades}[kind]
 
 
+def base_side(kind: str) -> str:
+    """Which side of the config's ``bases`` a kind trains: the standard model, or the robust one."""
+    return "standard" if kind == "standard" else "robust"
+
+
+def model_config_for(cfg: Config, kind: str) -> tuple[ModelConfig, bool]:
+    """The architecture ``kind`` trains: the ``bases`` side's where it names one (the paper's architectures),
+    else ``model``; and whether it came from ``bases``."""
+    spec = getattr(cfg.bases, base_side(kind))
+    if spec.architecture is not None:
+        return ModelConfig(architecture=spec.architecture, args=dict(spec.args)), True
+    return cfg.model, False
+
+
 def arch_args_for(cfg: Config, kind: str, in_channels: int, num_classes: int) -> dict:
     """The architecture's keyword arguments for ``kind``: the config's, with ``width`` scaled by the
-    kind's ``width_multiplier`` and ``blocks`` replaced by the kind's own where it names them."""
+    kind's ``width_multiplier`` and ``blocks`` replaced by the kind's own where it names them. An architecture
+    from ``bases`` takes its own arguments as written (``num_classes`` added where they lack it)."""
+    model_cfg, from_bases = model_config_for(cfg, kind)
+    if from_bases:
+        return {"num_classes": num_classes, **model_cfg.args}
     tcfg = train_config_for(cfg, kind)
     mult = tcfg.width_multiplier
     if not mult > 0:
@@ -147,11 +165,12 @@ def train_base(
     tcfg = train_config_for(cfg, kind)
     _check_sigma(kind, sigma)
     name = checkpoint_name(kind, sigma)
+    model_cfg = model_config_for(cfg, kind)[0]
     out_dir = Path(out_dir)
     settings = _settings(cfg, kind) | ({"sigma": float(sigma)} if kind == "noise" else {})
     x_train, y_train = data_mod.load(cfg.data.name, "train", root=cfg.data.root)
     arch_args = arch_args_for(cfg, kind, x_train.shape[1], data_mod.num_classes(cfg.data.name))
-    run = _Run.start(cfg, kind, arch_args, out_dir / f"{name}-last", device=device, sigma=sigma)
+    run = _Run.start(cfg, kind, model_cfg.architecture, arch_args, out_dir / f"{name}-last", device=device, sigma=sigma)
     start_epoch, elapsed = 0, 0.0
     saved = load_training_state(run.state_stem, settings, resume=resume, what=f"{kind} training")
     if saved is not None:
@@ -164,7 +183,8 @@ def train_base(
                             progress=progress)
         elapsed += time.perf_counter() - t0
         run.model.eval()
-        _save_state(run.state_stem, run.model, run.optimizer, epoch + 1, elapsed, settings, arch_args, cfg, run.average)
+        _save_state(run.state_stem, run.model, run.optimizer, epoch + 1, elapsed, settings, arch_args,
+                    model_cfg.architecture, run.average)
         logger.info("%s epoch %d done, loss %.4f, %.0f s so far", kind, epoch + 1, loss, elapsed)
     model = run.model.eval() if run.average is None else run.average.model
     if last_epoch < tcfg.epochs:
@@ -172,7 +192,7 @@ def train_base(
     meta = _final_metadata(model, cfg, kind, settings, elapsed, device, progress, config_source, sigma)
     if run.average is not None:
         meta["weights"] = "ema"
-    save_model(out_dir / name, model, architecture=cfg.model.architecture, arch_args=arch_args, **meta)
+    save_model(out_dir / name, model, architecture=model_cfg.architecture, arch_args=arch_args, **meta)
     return model, meta
 
 
@@ -193,11 +213,12 @@ class _Run:
     last_loss: float = float("nan")
 
     @classmethod
-    def start(cls, cfg: Config, kind: str, arch_args: dict, state_stem: Path, *, device, sigma) -> _Run:
+    def start(cls, cfg: Config, kind: str, architecture: str, arch_args: dict, state_stem: Path, *, device,
+              sigma) -> _Run:
         tcfg = train_config_for(cfg, kind)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
             torch.manual_seed(tcfg.seed)
-            model = build(cfg.model.architecture, **arch_args).to(device)
+            model = build(architecture, **arch_args).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum,
                                     weight_decay=tcfg.weight_decay, nesterov=True)
         average = WeightAverage(model, decay=tcfg.ema_decay) if tcfg.ema_decay is not None else None
@@ -292,13 +313,13 @@ def _settings(cfg: Config, kind: str) -> dict:
     return {
         "kind": kind,
         "data": dataclasses.asdict(cfg.data) | {"root": None},
-        "model": dataclasses.asdict(cfg.model),
+        "model": dataclasses.asdict(model_config_for(cfg, kind)[0]),
         "threat": dataclasses.asdict(cfg.threat),
         "train": train,
     }
 
 
-def _save_state(stem, model, optimizer, epoch, elapsed, settings, arch_args, cfg, average=None) -> None:
+def _save_state(stem, model, optimizer, epoch, elapsed, settings, arch_args, architecture, average=None) -> None:
     parts = {"model": model.state_dict()}
     if average is not None:
         parts["ema"] = average.state_dict()
@@ -306,7 +327,7 @@ def _save_state(stem, model, optimizer, epoch, elapsed, settings, arch_args, cfg
     parts["optim"] = {f"momentum.{i}": optimizer.state[p]["momentum_buffer"] for i, p in enumerate(params)
                       if optimizer.state.get(p, {}).get("momentum_buffer") is not None}
     save_training_state(stem, parts, {
-        "architecture": cfg.model.architecture, "arch_args": arch_args,
+        "architecture": architecture, "arch_args": arch_args,
         "epoch": epoch, "seconds": elapsed, "settings": settings,
         "ema_updates": average.updates if average is not None else None,
     })

@@ -59,7 +59,7 @@ def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
 
 _NOT_WEIGHTS = ("tensorboard", "separation_every", "separation_n", "calibration_strategy", "calibration_autoattack",
                 "calibration_square_queries")  # settings that do not change the weights
-_ADDED_LATER = {"accumulate": 1}  # left out at these values, so that runs saved before the key existed resume
+_ADDED_LATER = {"accumulate": 1, "train_split": "train", "gate": "adasmooth"}  # left out at these values, so that runs saved before the key existed resume
 
 
 def _trainable(model: AdaptiveMixedClassifier) -> list[torch.nn.Parameter]:

@@ -13,8 +13,9 @@ from .. import data as data_mod
 from ..config import Config
 from ..distributed import init_distributed, is_main
 from ..evaluation.separation import gate_separation
+from ..features import FeatureTap
 from ..io import load_tensors, write_json
-from ..mixer import AdaptiveMixedClassifier, MixingNetwork, load_adaptive
+from ..mixer import AdaptiveMixedClassifier, MixingNetwork, PaperMixingNetwork, load_adaptive
 from ..mixing import nonlinear_mixture
 from ..models.cost import format_gate_cost, gate_cost
 from ..pretrained import pretrained_dir
@@ -32,14 +33,31 @@ def build_adaptive(cfg: Config, standard: nn.Module, robust: nn.Module, *, input
     mc = cfg.mixer
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(mc.seed)
-        gate = MixingNetwork.from_models(standard, robust, standard_layers=mc.standard_layers,
-                                         robust_layers=mc.robust_layers, input_shape=input_shape, width=mc.width,
-                                         blocks=mc.blocks, stages=mc.stages).to(device)
+        if mc.gate == "paper":
+            gate = PaperMixingNetwork(_first_tap_channels(standard, robust, mc, input_shape), version=4).to(device)
+        else:
+            gate = MixingNetwork.from_models(standard, robust, standard_layers=mc.standard_layers,
+                                             robust_layers=mc.robust_layers, input_shape=input_shape, width=mc.width,
+                                             blocks=mc.blocks, stages=mc.stages).to(device)
     return AdaptiveMixedClassifier(standard, robust, gate, standard_layers=mc.standard_layers,
                                    robust_layers=mc.robust_layers, gamma_scale=mc.gamma_scale,
                                    gamma_bias=mc.gamma_bias, standard_scale=mc.standard_scale,
                                    robust_scale=mc.robust_scale, gamma_clamp=mc.gamma_clamp,
                                    bn_momentum=mc.bn_momentum).to(device)
+
+
+def _first_tap_channels(standard: nn.Module, robust: nn.Module, mc, input_shape) -> tuple[int, int]:
+    """Channels of each base model's first tapped depth (what the paper's gate is sized by)."""
+    if len(mc.standard_layers) != 2:
+        raise ValueError(f"mixer.gate: paper reads two tapped depths of each base model, the config names "
+                         f"{len(mc.standard_layers)}")
+    channels = []
+    for model, layer in ((standard, mc.standard_layers[0]), (robust, mc.robust_layers[0])):
+        with FeatureTap(model, [layer]) as tap, torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, *input_shape, device=p.device))
+            channels.append(int(tap.features()[0].shape[1]))
+    return channels[0], channels[1]
 
 
 def init_gate_from(model: AdaptiveMixedClassifier, stem: str | Path) -> None:
@@ -62,6 +80,9 @@ def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: 
     ``out/mixer``. Returns what happened, for the terminal."""
     _, _, device = init_distributed(device)
     x, y = data_mod.load(cfg.data.name, "train", root=cfg.data.root)
+    if cfg.mixer.train_split == "train+val":  # the paper's trainer: every training image (α range fixed by config)
+        xv, yv = data_mod.load(cfg.data.name, "val", root=cfg.data.root)
+        x, y = torch.cat([x, xv]), torch.cat([y, yv])
     if cfg.mixer.train_examples is not None and cfg.mixer.train_examples < len(y):
         idx = seeded_subset(len(y), cfg.mixer.train_examples, cfg.mixer.seed)
         x, y = x[idx], y[idx]
@@ -71,7 +92,8 @@ def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: 
     cost = format_gate_cost(gate_cost(model, tuple(x.shape[1:]), device=device))
     if is_main():
         logger.info("%s", cost)
-    held_out = load_subset(cfg, "val", cfg.mixer.separation_n, cfg.mixer.seed)[3:] if cfg.mixer.separation_every else None
+    held_out = (load_subset(cfg, "val", cfg.mixer.separation_n, cfg.mixer.seed)[3:]
+                if cfg.mixer.separation_every and cfg.mixer.train_split == "train" else None)
     summary = fit_mixer(model, x, y, cfg.mixer, out, eps=cfg.threat.eps, resume=resume, device=device,
                         max_steps=max_steps, progress=is_main(), held_out=held_out)
     if not is_main():
@@ -81,8 +103,10 @@ def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: 
     saved = calibrate_mixer_and_save(model, cfg, robust, out / "mixer", metadata={"training": summary,
                                      "config": config_source}, n_calibrate=n_calibrate,
                                      verify_iters=verify_iters, device=device)
-    return f"{cost}\ntrained {summary['steps']} steps in {summary['seconds']:.0f} s\n{saved}\n" + held_out_separation(
-        model, cfg, out / "separation.json", n=n_calibrate, device=device)
+    done = f"{cost}\ntrained {summary['steps']} steps in {summary['seconds']:.0f} s\n{saved}\n"
+    if cfg.mixer.train_split != "train":
+        return done + "gate separation not measured: the validation images were in the training set"
+    return done + held_out_separation(model, cfg, out / "separation.json", n=n_calibrate, device=device)
 
 
 def held_out_separation(model: AdaptiveMixedClassifier, cfg: Config, path: Path, *, n: int, device: str) -> str:
