@@ -77,6 +77,17 @@ def load(
     return x[idx].contiguous(), y[idx].contiguous()
 
 
+def fetch(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Download ``name`` into ``root`` with torchvision when its folder is missing (CIFAR only; the embedded
+    Fashion-MNIST comes from the Debian package). Only ever called when the user asks (``--download``)."""
+    if name not in _CIFAR_DIRS:
+        raise ValueError(f"--download fetches cifar10 / cifar100; {name} comes from its package or folder")
+    folder = _resolve_root(name, root)
+    if not (folder / _CIFAR_DIRS[name]).is_dir():
+        _download_cifar(name, folder)
+    return folder / _CIFAR_DIRS[name]
+
+
 def split_indices(n: int, *, val_size: int = VAL_SIZE, seed: int = VAL_SEED) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic disjoint (val, train) index tensors over ``n`` training examples."""
     if not 0 < val_size < n:

@@ -14,7 +14,10 @@ def load_cfg(args) -> tuple[Config, str]:
     with ``--data-root`` applied, and where it came from."""
     resolved = resolve_config_path(args.config)
     source = str(args.config if args.config is not None else f"{resolved.name} (packaged)")
-    return wf.with_data_root(load_config(resolved), getattr(args, "data_root", None)), source
+    cfg = wf.with_data_root(load_config(resolved), getattr(args, "data_root", None))
+    if getattr(args, "download", False):
+        wf.download_data(cfg)
+    return cfg, source
 
 
 def _pair(args, cfg):

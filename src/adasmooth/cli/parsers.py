@@ -14,6 +14,9 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     run.add_argument("--config", default=None, help=CONFIG_HELP)
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     run.add_argument("--data-root", default=None, help="folder of the data set's files (default: the config's)")
+    run.add_argument("--download", action="store_true",
+                     help="CIFAR: fetch the data set into --data-root with torchvision if it is missing (never "
+                          "done unless asked; needs the torchvision extra)")
     pair = argparse.ArgumentParser(add_help=False)  # commands that work on a (standard, robust) pair
     pair.add_argument("--standard", default=None, help="standard model checkpoint (default: config bases or shipped)")
     pair.add_argument("--robust", default=None, help="robust model checkpoint (default: config bases or shipped)")

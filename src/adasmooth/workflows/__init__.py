@@ -21,6 +21,7 @@ from .calibrate import calibrate_map, calibrate_mixer_and_save, write_config
 from .certify import run_certify
 from .common import (
            build_mixture,
+           download_data,
            figure_of_merit,
            is_shipped_pair,
            load_pair,
@@ -45,6 +46,7 @@ __all__ = [
            "calibrate_map",
            "calibrate_mixer_and_save",
            "convert_bit_checkpoint",
+           "download_data",
            "evaluate",
            "evaluation_targets",
            "export_composite",

@@ -46,6 +46,11 @@ def load_pair(cfg: Config, *, standard: str | None = None, robust: str | None = 
     return std, rob
 
 
+def download_data(cfg: Config) -> Path:
+    """Fetch the config's data set into its root when it is missing (the user asked: ``--download``)."""
+    return data_mod.fetch(cfg.data.name, cfg.data.root)
+
+
 def is_shipped_pair(cfg: Config, *, standard: str | None = None, robust: str | None = None) -> bool:
     return not standard and not robust and cfg.bases == BasesConfig()
 
