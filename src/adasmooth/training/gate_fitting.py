@@ -116,21 +116,8 @@ def fit_mixer(
     t0 = time.perf_counter()
     try:
         while step < end:
-            epoch, i = divmod(step, steps_per_epoch)
-            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, total, cfg.lr, cfg.warmup_fraction)
-            opt.zero_grad(set_to_none=True)
-            parts = []
-            for micro, idx, share in _mini_batches(perm, i, cfg):
-                xb, yb = x[idx].to(device), y[idx].to(device)
-                model.eval()
-                with _autocast(cfg, device):  # attack seeds: the step itself when there is no accumulation
-                    x_adv = _shared_attack(attack, model, xb, yb, seed=cfg.seed, step=step * cfg.accumulate + micro,
-                                           chunk=chunk, rank=rank, world=world)
-                parts.append(_gate_backward(model, cfg, xb, yb, x_adv, device=device, step=step + 1, last=last,
-                                            stem=stem, share=share))
-            last = _optimiser_step(opt, params, cfg, parts, step=step + 1)
+            last = _optimiser_step_on(model, opt, params, cfg, x, y, attack, step=step, steps_per_epoch=steps_per_epoch,
+                                      total=total, device=device, pieces=(chunk, rank, world), last=last, stem=stem)
             step += 1
             fault_point("train-step")
             if main:
@@ -209,6 +196,28 @@ def _training_batch(xb, yb, x_adv, cfg: MixerConfig, device):
         clean_w = cfg.clean_weight if cfg.clean_weight is not None else len(y_adv) / len(yb)
         weights = torch.cat([torch.full((len(yb),), float(clean_w)), torch.ones(len(y_adv))]).to(device)
     return inputs, labels, is_adv, weights
+
+
+def _optimiser_step_on(model, opt, params, cfg: MixerConfig, x, y, attack, *, step: int, steps_per_epoch: int,
+                       total: int, device, pieces: tuple[int, int, int], last: dict, stem) -> dict:
+    """Optimiser step ``step``: its ``cfg.accumulate`` mini-batches of the epoch's seeded order, each attacked
+    (seeded by mini-batch; by the step itself without accumulation) and back-propagated; then the update."""
+    chunk, rank, world = pieces
+    epoch, i = divmod(step, steps_per_epoch)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
+    for group in opt.param_groups:
+        group["lr"] = _lr(step, total, cfg.lr, cfg.warmup_fraction)
+    opt.zero_grad(set_to_none=True)
+    parts = []
+    for micro, idx, share in _mini_batches(perm, i, cfg):
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        model.eval()
+        with _autocast(cfg, device):
+            x_adv = _shared_attack(attack, model, xb, yb, seed=cfg.seed, step=step * cfg.accumulate + micro,
+                                   chunk=chunk, rank=rank, world=world)
+        parts.append(_gate_backward(model, cfg, xb, yb, x_adv, device=device, step=step + 1, last=last, stem=stem,
+                                    share=share))
+    return _optimiser_step(opt, params, cfg, parts, step=step + 1)
 
 
 def _mini_batches(perm: torch.Tensor, i: int, cfg: MixerConfig):
