@@ -150,3 +150,40 @@ def test_a_paper_gate_is_built_from_the_tapped_widths():
     assert type(model.gate).__name__ == "PaperMixingNetwork" and model.gate.in_planes == (64, 64)
     with torch.no_grad():
         assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_reproduce_runs_a_row_on_a_synthetic_release(tmp_path, capsys):
+    """`reproduce as-cifar10-edm` end to end on files in the release's layout (random weights, tiny WRN bases
+    so that the released gate's table applies: 64 channels at the first tap), ending beside the published
+    numbers."""
+    from adasmooth.gates import PaperMixingNetwork
+    from adasmooth.models import build
+
+    data = _write_cifar10(tmp_path / "data", n_train=5010, n_test=40)
+    release = tmp_path / "release"
+    (release / "Base").mkdir(parents=True)
+    (release / "CompModel").mkdir()
+    torch.manual_seed(0)
+    for name in ("cifar10_bit_rn152.tar", "cifar10_linf_edm_wrn70-16.pt"):
+        net = build("wide_resnet", depth=10, width=4, num_classes=10)
+        torch.save({"model_state_dict": {f"module.0.{k}": v for k, v in net.state_dict().items()}},
+                   release / "Base" / name)
+    torch.save({"model": PaperMixingNetwork((64, 64)).state_dict(),
+                "bn": {"running_mean": torch.zeros(1), "running_var": torch.ones(1),
+                       "num_batches_tracked": torch.tensor(0)}}, release / "CompModel" / "cifar10_edm_best.pt")
+    with open(os.path.join(CONFIGS, "cifar10.yaml")) as fh:
+        raw = yaml.safe_load(fh)
+    raw["bases"]["standard"] = {"architecture": "wide_resnet", "args": {"depth": 10, "width": 4, "num_classes": 10}}
+    raw["bases"]["robust"]["args"].update(depth=10, width=4)
+    raw["mixer"]["standard_layers"] = ["layer.0", "layer.1"]
+    raw["evaluate"]["batch_size"] = 50
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    args = ["reproduce", "as-cifar10-edm", "--root", str(release), "--data-root", str(data), "--config",
+            str(tmp_path / "tiny.yaml"), "--n-examples", "4", "--device", "cpu", "--out", str(tmp_path / "out")]
+    assert main([*args, "--dry-run"]) == 0 and "ready to run" in capsys.readouterr().out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "measured" in out and "published     95.23       68.06" in out and "4 attacked (clean on 40)" in out
+    mixer = json.loads((tmp_path / "out" / "as-cifar10-edm" / "mixer" / "mixer.json").read_text())
+    assert mixer["gate"]["type"] == "PaperMixingNetwork" and mixer["composite"]["alpha_range"] == [0.96, 1.0]

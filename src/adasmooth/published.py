@@ -121,7 +121,8 @@ def row(key: str) -> PublishedRow:
 
 
 def plan(r: PublishedRow, *, root: Path, data_root: Path, out: Path, device: str = "cuda",
-         standard: Path | None = None, robust: Path | None = None, train: bool = False) -> list[Step]:
+         standard: Path | None = None, robust: Path | None = None, train: bool = False,
+         n_examples: int = 10_000) -> list[Step]:
     """The steps that re-make row ``r`` from the user's files: ``root`` holds the release layout (``Base/...``,
     ``CompModel/...``), ``standard`` / ``robust`` name other files, ``data_root`` the data set's folder.
     Adaptive rows evaluate the released mixing network as it is, or train a new one (``train``)."""
@@ -133,7 +134,7 @@ def plan(r: PublishedRow, *, root: Path, data_root: Path, out: Path, device: str
     write = Step(f"write the run's config: the packaged one with your data and weights{what}",
                  ["(written by adasmooth reproduce)", str(cfg)], [data, std, rob])
     dev = ["--device", device]
-    evaluate = ["adasmooth", "evaluate", "--config", str(cfg), "--n-examples", "10000", "--autoattack", "standard",
+    evaluate = ["adasmooth", "evaluate", "--config", str(cfg), "--n-examples", str(n_examples), "--autoattack", "standard",
                 "--chunk-size", "500", "--out", str(out / "eval"), *dev]
     mixer = out / "mixer" / "mixer"
     if r.method == "nonlinear":
@@ -156,10 +157,10 @@ def _release_file(root: Path, name: str, option: str) -> Path:
     return Path(f"(give {option} FILE)") if name.startswith("your ") else root / name
 
 
-def run_config(r: PublishedRow, *, data_root: Path, standard: Path, robust: Path) -> dict:
-    """The packaged config of the row's data set with the user's data folder and base weights set (and, for
-    MixedNUTS rows, its published map in the nonlinear section)."""
-    raw = yaml.safe_load(packaged_config_path(r.dataset).read_text())
+def run_config(r: PublishedRow, *, data_root: Path, standard: Path, robust: Path, base_config: Path | None = None) -> dict:
+    """The packaged config of the row's data set (or ``base_config``) with the user's data folder and base
+    weights set (and, for MixedNUTS rows, its published map in the nonlinear section)."""
+    raw = yaml.safe_load((base_config or packaged_config_path(r.dataset)).read_text())
     raw.setdefault("data", {})["root"] = str(data_root)
     raw["bases"]["standard"]["weights"] = str(standard)
     raw["bases"]["robust"]["weights"] = str(robust)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .features import FeatureTap
 from .gates import PaperMixingNetwork
 from .io import CheckpointError
 from .mixer import AdaptiveMixedClassifier
@@ -138,22 +139,33 @@ def composite_settings(released: ReleasedMixer, settings: str | dict | None) -> 
             "standard_scale": s["std_scale"], "robust_scale": s["rob_scale"]}
 
 
+def tap_channels(model: nn.Module, layer: str, input_shape: tuple[int, ...] = (3, 32, 32)) -> int:
+    """Channels of ``layer``'s output in a dry run of ``model`` on zeros of ``input_shape``."""
+    with FeatureTap(model, [layer]) as tap, torch.no_grad():
+        p = next(model.parameters(), None)
+        model(torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu"))
+        return int(tap.features()[0].shape[1])
+
+
 def load_released_mixer(path: str | Path, standard: nn.Module, robust: nn.Module, *,
-                        settings: str | dict | None = None, in_planes: tuple[int, int] = (512, 256),
-                        standard_layers: list[str] | None = None, robust_layers: list[str] | None = None
-                        ) -> AdaptiveMixedClassifier:
+                        settings: str | dict | None = None, in_planes: tuple[int, int] | None = None,
+                        standard_layers: list[str] | None = None, robust_layers: list[str] | None = None,
+                        input_shape: tuple[int, ...] = (3, 32, 32)) -> AdaptiveMixedClassifier:
     """The released composite around ``standard`` (BiT, possibly inside an input resize) and ``robust``
     (WRN-70-16), in eval mode. ``settings``: a key of ``RELEASED_SETTINGS`` (``cifar100-edm``, ...) or a
-    dict of :class:`AdaptiveMixedClassifier` keywords; None takes the file's own (composite files)."""
+    dict of :class:`AdaptiveMixedClassifier` keywords; None takes the file's own (composite files).
+    ``in_planes`` (the channels of each model's first tapped depth; the released CIFAR gates: (512, 256)) is
+    measured from the models when not given."""
     released = read_released_mixer(path)
+    s_layers = list(standard_layers or resolve_taps(standard, STANDARD_TAPS, "standard"))
+    r_layers = list(robust_layers or resolve_taps(robust, ROBUST_TAPS, "robust"))
+    if in_planes is None:
+        in_planes = (tap_channels(standard, s_layers[0], input_shape), tap_channels(robust, r_layers[0], input_shape))
     gate = load_gate_strictly(PaperMixingNetwork(in_planes, version=released.version), released.gate,
                               source=f"{path} (mixing network)")
     kwargs = composite_settings(released, settings)
-    model = AdaptiveMixedClassifier(
-        standard, robust, gate,
-        standard_layers=standard_layers or resolve_taps(standard, STANDARD_TAPS, "standard"),
-        robust_layers=robust_layers or resolve_taps(robust, ROBUST_TAPS, "robust"),
-        gamma_clamp=0.6, bn_momentum=0.01, **kwargs)
+    model = AdaptiveMixedClassifier(standard, robust, gate, standard_layers=s_layers, robust_layers=r_layers,
+                                    gamma_clamp=0.6, bn_momentum=0.01, **kwargs)
     bn_own = model.gamma_bn.state_dict()
     if set(released.bn) != set(bn_own):
         raise CheckpointError(f"{path}: γ's BatchNorm has keys {sorted(released.bn)}, expected {sorted(bn_own)}")
@@ -163,4 +175,4 @@ def load_released_mixer(path: str | Path, standard: nn.Module, robust: nn.Module
 
 
 __all__ = ["RELEASED_SETTINGS", "ROBUST_TAPS", "STANDARD_TAPS", "ReleasedMixer", "composite_settings",
-           "load_gate_strictly", "load_released_mixer", "read_released_mixer", "resolve_taps"]
+           "load_gate_strictly", "load_released_mixer", "read_released_mixer", "resolve_taps", "tap_channels"]

@@ -158,7 +158,7 @@ def convert_bit(args) -> int:
 
 def import_mixer(args) -> int:
     cfg, _ = load_cfg(args)
-    print(wf.import_released_mixer(cfg, args.source, args.out, settings=args.settings, in_planes=tuple(args.in_planes),
+    print(wf.import_released_mixer(cfg, args.source, args.out, settings=args.settings, in_planes=args.in_planes,
                                    standard=args.standard, robust=args.robust, device=args.device).format())
     return 0
 
@@ -177,7 +177,8 @@ def reproduce(args) -> int:
     if args.row is None:
         raise ValueError("name a row (adasmooth reproduce --list shows them), or pass --list")
     plan = wf.reproduce_plan(args.row, root=args.root, data_root=args.data_root, out=args.out, device=args.device,
-                             standard=args.standard, robust=args.robust, train=args.train)
+                             standard=args.standard, robust=args.robust, train=args.train, n_examples=args.n,
+                             base_config=args.config)
     print(plan.format() if args.dry_run else wf.run_reproduce(plan))
     return 0
 

@@ -188,6 +188,10 @@ def _reproduce(sub, p):
     r.add_argument("--robust", default=None, help="the robust base's weights, in place of the release's file")
     r.add_argument("--train", action="store_true",
                    help="adaptive rows: train a new mixing network instead of evaluating the released one")
+    r.add_argument("--config", default=None,
+                   help="start the run's config from this YAML instead of the packaged one of the row's data set")
+    r.add_argument("--n", "--n-examples", dest="n", type=int, default=10_000,
+                   help="test points attacked (default 10000, the whole test set, as published)")
     r.add_argument("--out", default="runs/reproduce", help="folder for the run (default: runs/reproduce)")
     r.add_argument("--device", default="cuda", help="device of the run's commands (default: cuda)")
     r.set_defaults(func=commands.reproduce)
@@ -208,8 +212,9 @@ def _released(sub, p):
     m.add_argument("--settings", default=None,
                    help="the release's evaluation settings: cifar100-edm, cifar100-trades or cifar10-edm "
                         "(default: those the file carries; trainer checkpoints carry none)")
-    m.add_argument("--in-planes", type=int, nargs=2, default=(512, 256), metavar=("STANDARD", "ROBUST"),
-                   help="channels of the first tapped depth of each base (default: 512 256, BiT-152x2 + WRN-70-16)")
+    m.add_argument("--in-planes", type=int, nargs=2, default=None, metavar=("STANDARD", "ROBUST"),
+                   help="channels of the first tapped depth of each base (default: measured from the bases; "
+                        "512 256 for BiT-152x2 + WRN-70-16)")
     m.add_argument("--out", required=True, help="mixer stem to write (e.g. runs/released/mixer)")
     m.set_defaults(func=commands.import_mixer)
     n = sub.add_parser("import-map", parents=[p["run"]],

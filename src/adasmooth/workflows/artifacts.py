@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .. import data as data_mod
 from ..config import Config
 from ..io import save_tensors
 from ..mixer import save_adaptive
@@ -54,12 +55,17 @@ def convert_bit_checkpoint(source: str | Path, out: str | Path, *, layout: str =
 
 
 def import_released_mixer(cfg: Config, source: str | Path, out: str | Path, *, settings: str | None,
-                          in_planes: tuple[int, int] = (512, 256), standard: str | None = None,
+                          in_planes: tuple[int, int] | None = None, standard: str | None = None,
                           robust: str | None = None, device: str | torch.device = "cpu") -> Written:
     """Load a released mixing network around the config's (or the given) base pair, strictly, and save it as
     an adasmooth mixer (fingerprinted to that pair) at ``out``."""
     std, rob = load_pair(cfg, standard=standard, robust=robust, device=device)
-    model = load_released_mixer(source, std, rob, settings=settings, in_planes=tuple(in_planes))
+    layers = {}  # the config's taps where both models have them (the CIFAR configs name the release's)
+    if all(name in dict(m.named_modules()) for m, names in ((std, cfg.mixer.standard_layers),
+                                                            (rob, cfg.mixer.robust_layers)) for name in names):
+        layers = {"standard_layers": list(cfg.mixer.standard_layers), "robust_layers": list(cfg.mixer.robust_layers)}
+    model = load_released_mixer(source, std, rob, settings=settings, in_planes=tuple(in_planes) if in_planes else None,
+                                input_shape=data_mod.IMAGE_SHAPES[cfg.data.name], **layers)
     stem = _stem(out)
     save_adaptive(stem, model, source=str(source), released_settings=settings,
                   training={"note": "released by the paper's authors; imported as it is"})

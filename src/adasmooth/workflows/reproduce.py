@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class ReproducePlan:
     row: PublishedRow
     steps: list[Step]
     out: Path
+    base_config: Path | None = None  # the config the run's config starts from (default: the packaged one)
 
     def missing(self) -> list[Path]:
         """Files the plan needs that no step of it makes."""
@@ -54,12 +56,14 @@ class ReproducePlan:
 
 def reproduce_plan(key: str, *, root: str | Path = ".", data_root: str | Path | None = None,
                    out: str | Path = "runs/reproduce", device: str = "cuda", standard: str | None = None,
-                   robust: str | None = None, train: bool = False) -> ReproducePlan:
+                   robust: str | None = None, train: bool = False, n_examples: int = 10_000,
+                   base_config: str | Path | None = None) -> ReproducePlan:
     r = row(key)
     out = Path(out) / r.key
     steps = plan(r, root=Path(root), data_root=Path(data_root or root), out=out, device=device,
-                 standard=Path(standard) if standard else None, robust=Path(robust) if robust else None, train=train)
-    return ReproducePlan(r, steps, out)
+                 standard=Path(standard) if standard else None, robust=Path(robust) if robust else None, train=train,
+                 n_examples=n_examples)
+    return ReproducePlan(r, steps, out, Path(base_config) if base_config else None)
 
 
 def run_reproduce(p: ReproducePlan) -> str:
@@ -70,8 +74,25 @@ def run_reproduce(p: ReproducePlan) -> str:
             [f"missing {m}" for m in p.missing()] + list(p.row.unavailable)) + " (see --dry-run)")
     write, *steps = p.steps
     std, rob = write.needs[1], write.needs[2]
-    cfg = run_config(p.row, data_root=write.needs[0].parent, standard=std, robust=rob)
+    cfg = run_config(p.row, data_root=write.needs[0].parent, standard=std, robust=rob, base_config=p.base_config)
     atomic_write_bytes(Path(write.command[-1]), yaml.safe_dump(cfg, sort_keys=False).encode())
     for step in steps:
         subprocess.run([sys.executable, "-m", "adasmooth", *step.command[1:]], check=True)
-    return f"{p.row.key}: done; results in {p.out / 'eval'}/ (published: {p.row.clean:.2f}% / {p.row.autoattack:.2f}%)"
+    return beside_published(p)
+
+
+def beside_published(p: ReproducePlan) -> str:
+    """The run's evaluation next to the row's published numbers."""
+    reports = sorted(f for f in (p.out / "eval").glob("*.json") if f.name.startswith(("mixer", "nonlinear")))
+    if not reports:
+        return f"{p.row.key}: done, but no report in {p.out / 'eval'}/"
+    rep = json.loads(reports[0].read_text())
+    aa = next((a for a in rep["attacks"] if a.get("type") == "autoattack"), None)
+    clean = rep.get("clean_accuracy_full_split", rep["clean_accuracy"])
+    return "\n".join([
+        f"{p.row.key}: {p.row.title}",
+        f"{'':<10s} {'clean':>8s} {'AutoAttack':>11s} {'worst case':>11s}  points",
+        (f"{'measured':<10s} {100 * clean:8.2f} {100 * aa['accuracy'] if aa else float('nan'):11.2f} "
+        f"{100 * rep['robust_accuracy']:11.2f}  {rep['n']} attacked (clean on {rep.get('n_full_split', rep['n'])})"),
+        f"{'published':<10s} {p.row.clean:8.2f} {p.row.autoattack:11.2f} {'':>11s}  10000",
+        f"report: {reports[0]}"])
