@@ -8,6 +8,7 @@ import traceback
 
 from ..config import ConfigError
 from ..data import DataError
+from ..distributed import shutdown
 from ..io import CheckpointError, unverified_loading
 from ..models.external import StateDictError
 from .parsers import build_parser
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"adasmooth {args.command}: interrupted. {_resume_hint(args)}", file=sys.stderr)
         return 130
+    finally:  # a torchrun rank leaves its process group before exiting (gloo's threads may abort at exit otherwise)
+        shutdown()
 
 
 def _resume_hint(args) -> str:
