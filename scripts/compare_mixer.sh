@@ -34,7 +34,7 @@ run() {  # run NAME AA ARGS...: one evaluate call, skipped when done
   touch "$out/$name/done"
 }
 run bases "$aa" "${bases[@]}"
-run adaptive "$aa" --mixer "$mixer" "${pair[@]}"
+run adaptive "$aa" --mixer "$mixer" --separation-fab-targets 9 "${pair[@]}"
 for s_h in $s_hs; do
   for a in $alphas; do run "alpha$a-sh$s_h" "$aa_fixed" --alpha "$a" --robust-scale "$s_h" "${pair[@]}"; done
 done

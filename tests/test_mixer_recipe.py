@@ -425,3 +425,28 @@ def test_gate_separation_on_square_iterates_scores_every_example():
     assert sep.to_dict()["square"]["queries"] == 20
     again = gate_separation(model, x, y, eps=0.1, weights=(0.0,), n_iter=2, square_queries=20)
     assert torch.equal(again.alpha_square, sep.alpha_square)  # seeded
+
+
+def test_fab_t_separation_scores_only_what_fab_finds_within_eps():
+    from adasmooth.evaluation.separation import fab_t_found, gate_separation
+
+    model = _small_composite().eval()
+    model.alpha_range = (0.5, 1.0)
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every example starts correct, so FAB-T attacks all of them
+    found = fab_t_found(model, x, y, eps=0.3, n_target_classes=2, n_iter=10)
+    assert len(found) > 0  # an untrained composite at eps 0.3 is easy to fool
+    # each found example is misclassified and within eps of some clean image
+    with torch.no_grad():
+        labels = model(found).argmax(1)
+    dists = (found[:, None] - x[None]).flatten(2).abs().amax(2)
+    nearest = dists.argmin(1)
+    assert (dists.min(1).values <= 0.3 + 1e-6).all() and (labels != y[nearest]).all()
+    sep = gate_separation(model, x, y, eps=0.3, weights=(0.0,), n_iter=2, fab_targets=2)
+    d = sep.to_dict()
+    assert d["fab_t"]["found"] == len(sep.alpha_fab) <= 8 and d["settings"]["fab_targets"] == 2
+    assert len(sep.alpha_fab) > 0 and 0.0 <= d["fab_t"]["auroc"] <= 1.0
+    tight = gate_separation(model, x, y, eps=1e-4, weights=(0.0,), n_iter=2, fab_targets=2)
+    assert tight.to_dict()["fab_t"]["found"] == 0 and tight.auroc_fab is None  # nothing within a tiny eps

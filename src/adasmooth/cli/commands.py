@@ -46,7 +46,8 @@ def evaluate(args) -> int:
     res = wf.evaluate(cfg, targets, wf.output_dir(args.out, "evaluate"), standard=std, robust=rob, n=args.n,
                       split=args.split, autoattack=args.autoattack, chunk_size=args.chunk_size, device=args.device,
                       bf16=args.bf16, compile=args.compile, channels_last=args.channels_last,
-                      separation_square_queries=args.separation_square_queries)
+                      separation_square_queries=args.separation_square_queries,
+                      separation_fab_targets=args.separation_fab_targets)
     if is_main():
         print(res.format())
     return 0

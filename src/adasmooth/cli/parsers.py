@@ -99,6 +99,9 @@ def _evaluate(sub, p):
     e.add_argument("--separation-square-queries", type=int, default=1000,
                    help="a mixer's gate is also scored on the official Square attack's final iterates with this many "
                         "queries (0: skip; default 1000)")
+    e.add_argument("--separation-fab-targets", type=int, default=0,
+                   help="a mixer's gate is also scored on the adversarial examples the official FAB-T finds with this "
+                        "many target classes (AutoAttack: 9; default 0: skip, it costs about AutoAttack's FAB-T)")
     e.add_argument("--out", default=None, help="results folder (default: results/evaluate-<time>)")
     e.set_defaults(func=commands.evaluate)
 

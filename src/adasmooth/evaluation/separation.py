@@ -6,7 +6,9 @@ examples an attack failed on (or on AutoAttack's output, which is the clean imag
 nothing. The attack is the official APGD-CE on ``(1-w)·CE + w·BCE(γ, 1)`` from a random start, run to
 its highest-loss iterate; w > 1 makes the attacker fight the gate even at the cost of the classifier's loss.
 With ``square_queries`` the official Square attack (a search on the composite's margin, no gradient) is
-scored too, on its final iterates: a gate that only gradient attacks fail to walk around shows here.
+scored too, on its final iterates: a gate that only gradient attacks fail to walk around shows here. With
+``fab_targets`` the official targeted FAB is scored on the adversarial examples it finds within ε (FAB keeps
+no iterate where it fails, so only its successes are scored, and their number is reported).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Separation:
     settings: dict = field(default_factory=dict)
     alpha_square: torch.Tensor | None = None  # α on the official Square attack's final iterates
     auroc_square: float | None = None
+    alpha_fab: torch.Tensor | None = None  # α on the adversarial examples FAB-T found within ε
+    auroc_fab: float | None = None
 
     def to_dict(self) -> dict:
         q = torch.tensor([0.1, 0.5, 0.9])
@@ -56,17 +60,25 @@ class Separation:
         if self.alpha_square is not None:
             out["square"] = {"auroc": self.auroc_square, "queries": self.settings.get("square_queries"),
                              "alpha_quantiles_10_50_90": self.alpha_square.quantile(q).tolist()}
+        if self.alpha_fab is not None:
+            out["fab_t"] = {"auroc": self.auroc_fab, "found": len(self.alpha_fab),
+                            "target_classes": self.settings.get("fab_targets"),
+                            "alpha_quantiles_10_50_90": (self.alpha_fab.quantile(q).tolist() if len(self.alpha_fab)
+                                                         else None)}
         return out
 
 
 def gate_separation(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, weights=DEFAULT_WEIGHTS,
                     n_iter: int = 40, norm: str = "Linf", seed: int = 0, batch_size: int = 250,
-                    device: str | torch.device = "cpu", square_queries: int = 0) -> Separation:
+                    device: str | torch.device = "cpu", square_queries: int = 0, fab_targets: int = 0) -> Separation:
     """α(x) on ``x`` and on gate-aware APGD-CE final iterates for each w in ``weights``, and the AUROCs;
-    with ``square_queries`` > 0 also on the official Square attack's final iterates (that many queries)."""
+    with ``square_queries`` > 0 also on the official Square attack's final iterates (that many queries); with
+    ``fab_targets`` > 0 also on what the official FAB-T (that many target classes, 100 iterations) finds."""
     composite.eval()
 
     def alphas(images):
+        if not len(images):
+            return torch.empty(0)
         with torch.no_grad():
             return torch.cat([composite.alpha(images[i:i + batch_size].to(device)).cpu()
                               for i in range(0, len(images), batch_size)])
@@ -90,4 +102,26 @@ def gate_separation(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
         sep.alpha_square = alphas(x_sq)
         sep.auroc_square = auroc(sep.alpha_square, a_clean)
         settings["square_queries"] = int(square_queries)
+    if fab_targets:
+        found = torch.cat([fab_t_found(composite, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
+                                       eps=eps, norm=norm, seed=seed, n_target_classes=fab_targets).cpu()
+                           for i in range(0, len(x), batch_size)])
+        sep.alpha_fab = alphas(found)
+        sep.auroc_fab = auroc(sep.alpha_fab, a_clean) if len(found) else None
+        settings["fab_targets"] = int(fab_targets)
     return sep
+
+
+def fab_t_found(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf", seed: int = 0,
+                n_target_classes: int = 9, n_iter: int = 100) -> torch.Tensor:
+    """The adversarial examples the official targeted FAB (AutoAttack's FAB-T settings) finds within ``eps``
+    for the examples ``composite`` classifies correctly; those it fails on are left out."""
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    fab = FABAttack_PT(composite, norm=norm, n_restarts=1, n_iter=n_iter, eps=float(eps), seed=seed, targeted=True,
+                       n_target_classes=n_target_classes, device=x.device)
+    x_adv = fab.perturb(x, y)
+    with torch.no_grad():
+        fooled = composite(x_adv).argmax(1) != y
+    dist = (x_adv - x).flatten(1).abs().amax(1) if norm == "Linf" else (x_adv - x).flatten(1).norm(dim=1)
+    return x_adv[fooled & (dist <= eps + 1e-6) & (dist > 0)]

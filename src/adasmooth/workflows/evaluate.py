@@ -121,7 +121,7 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
                     cfg: Config, split: str, device: str, chunk_size: int | None = None,
                     cache_dir: Path | None = None, alpha_png: Path | None = None, plain: nn.Module | None = None,
                     keep_adversarials: bool = False, progress: bool = True,
-                    square_queries: int = 0) -> tuple[ModelEvaluation, dict | None]:
+                    square_queries: int = 0, fab_targets: int = 0) -> tuple[ModelEvaluation, dict | None]:
     """One model: clean accuracy on the whole split, ``attacks`` on ``idx`` (per-example worst case);
     for an adaptive model also how its gate separates clean inputs from attacks aimed at it (``alpha_png``). Returns the evaluation
     and, with ``keep_adversarials``, the adversarial images of each attack (else None)."""
@@ -137,20 +137,23 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
     alpha = None
     if adaptive and alpha_png is not None and is_main():
         alpha = alpha_report(plain or target.model, x[idx], y[idx], alpha_png, cfg=cfg, device=device,
-                             square_queries=square_queries)
+                             square_queries=square_queries, fab_targets=fab_targets)
     return ModelEvaluation(target.name, clean_full, rep, alpha, correct.int().tolist()), kept
 
 
 def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Config, device: str,
-                 square_queries: int = 0) -> dict:
+                 square_queries: int = 0, fab_targets: int = 0) -> dict:
     """Does the gate separate? α(x) on the clean subset and on the final iterates of gate-aware APGD for
     w in {0, 0.5, 1, 2} (every example, whether or not it was broken), with ``square_queries`` also of the
     official Square attack, the AUROCs, and the plot."""
     sep = gate_separation(model, x, y, eps=cfg.threat.eps, norm=cfg.threat.norm, seed=cfg.evaluate.seed,
-                          batch_size=cfg.evaluate.batch_size, device=device, square_queries=square_queries)
+                          batch_size=cfg.evaluate.batch_size, device=device, square_queries=square_queries,
+                          fab_targets=fab_targets)
     shown = {f"w={w:g}, AUROC {sep.auroc[w]:.2f}": sep.alpha_attacked[w] for w in (0.5, 2.0) if w in sep.alpha_attacked}
     if sep.alpha_square is not None:
         shown[f"Square, AUROC {sep.auroc_square:.2f}"] = sep.alpha_square
+    if sep.auroc_fab is not None:
+        shown[f"FAB-T found ({len(sep.alpha_fab)}), AUROC {sep.auroc_fab:.2f}"] = sep.alpha_fab
     plot_alpha_hist(sep.alpha_clean, shown, png, title=f"α(x), n={len(x)}: clean vs gate-aware APGD final iterates "
                                                        f"({cfg.threat.norm} eps={cfg.threat.eps:g})")
     return {**sep.to_dict(), "clean_mean": float(sep.alpha_clean.mean()), "plot": str(png)}
@@ -159,14 +162,15 @@ def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Con
 def evaluate(cfg: Config, targets: list[EvaluationTarget], out: Path, *, standard: nn.Module | None = None,
              robust: nn.Module | None = None, n: int | None = None, split: str = "test",
              autoattack: str | None = None, chunk_size: int | None = None, device: str = "cpu", bf16: bool = False,
-             compile: bool = False, channels_last: bool = False, separation_square_queries: int = 1000
-             ) -> EvaluateResult:
+             compile: bool = False, channels_last: bool = False, separation_square_queries: int = 1000,
+             separation_fab_targets: int = 0) -> EvaluateResult:
     """Evaluate every target on ``n`` seeded points of ``split`` (default ``cfg.evaluate.n``), writing
     ``out/<name>.json`` as each finishes (rank 0); finished chunks are cached in ``out/.chunks-<name>``. An
     adaptive model's gate is also scored on the official Square attack's final iterates
-    (``separation_square_queries`` queries; 0 skips it)."""
-    if separation_square_queries < 0:
-        raise ValueError(f"--separation-square-queries must be >= 0, got {separation_square_queries}")
+    (``separation_square_queries`` queries; 0 skips it) and, with ``separation_fab_targets``, on what FAB-T finds."""
+    if separation_square_queries < 0 or separation_fab_targets < 0:
+        raise ValueError(f"--separation-square-queries and --separation-fab-targets must be >= 0, got "
+                         f"{separation_square_queries}, {separation_fab_targets}")
     _, world, device = init_distributed(device)
     ev = cfg.evaluate
     x, y, idx, _, _ = load_subset(cfg, split, n if n is not None else ev.n, ev.seed)
@@ -185,7 +189,8 @@ def evaluate(cfg: Config, targets: list[EvaluationTarget], out: Path, *, standar
         evaluation, _ = evaluate_target(target, attacks, x, y, idx, cfg=cfg, split=split, device=device,
                                         chunk_size=chunk_size, cache_dir=out / f".chunks-{target.name}",
                                         alpha_png=out / f"{target.name}-alpha.png", plain=plain, progress=is_main(),
-                                        square_queries=separation_square_queries)
+                                        square_queries=separation_square_queries,
+                                        fab_targets=separation_fab_targets)
         if is_main():
             write_json(out / f"{target.name}.json", evaluation.to_dict(len(y)))
         result.models.append(evaluation)
