@@ -35,6 +35,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--n", "6", "--n-sweep", "10", "--rows", rows, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "AutoAttack" in printed and "gap closed" in printed and "Mixed, α=" in printed
+    assert "shipped comparison on 1,000 test points" in printed  # the shipped curve, keyed to the shipped weights
     res = json.loads((out / "results.json").read_text())
     for png in ("tradeoff.png", "margins.png", "alpha.png"):
         assert (out / png).stat().st_size > 10_000

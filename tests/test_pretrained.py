@@ -179,3 +179,28 @@ def test_the_shipped_sweep_record_is_the_sweep_the_demo_runs_at_its_defaults():
     assert [p["alpha"] for p in sweep["points"]] == list(cfg.sweep.alphas) and sweep["settings"]["n_robust"] == 200
     chosen = sweep["chosen"]
     assert chosen["robust_accuracy"] >= cfg.sweep.keep_robust * sweep["robust"]["robust_accuracy"] - 1e-9
+
+
+def test_the_shipped_comparison_is_shown_only_for_the_weights_it_was_measured_on(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from adasmooth.plots import plot_test_points
+    from adasmooth.pretrained import load_pretrained, shipped_comparison
+
+    pair = load_pretrained("fashion-mnist")
+    ref = shipped_comparison("fashion-mnist", pair)
+    assert ref is not None and ref["n"] == 1000 and not ref["like_for_like"]
+    a = ref["adaptive"]
+    lo, hi = a["interval"]
+    assert lo <= a["clean_above_fixed_curve"] <= hi
+    # the curve's ends are the two bases, measured on the same points
+    assert sorted(ref["fixed_curve"])[0][0] == ref["bases"]["robust"]["clean"]
+    assert sorted(ref["fixed_curve"])[-1][0] == ref["bases"]["standard"]["clean"]
+    other = load_pretrained("fashion-mnist")
+    with torch.no_grad():
+        next(other.robust.parameters()).add_(1e-3)
+    assert shipped_comparison("fashion-mnist", dataclasses.replace(pair, robust=other.robust)) is None
+    png = plot_test_points({"standard": (0.92, 0.0), "robust": (0.87, 0.71)}, tmp_path / "t.png", reference=ref)
+    assert png.stat().st_size > 10_000

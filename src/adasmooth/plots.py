@@ -58,12 +58,16 @@ def plot_tradeoff(sweep_result, path: str | Path, *, title: str = "", extra_poin
     return _save(fig, path)
 
 
-def plot_test_points(points: dict, path: str | Path, *, title: str = "") -> Path:
+def plot_test_points(points: dict, path: str | Path, *, title: str = "", reference: dict | None = None) -> Path:
     """Clean (x) vs worst-case robust (y) accuracy of several models measured alike (the same test points,
     each under its full attack plan): ``points`` maps a label to ``(clean, robust)``; the labels
-    ``standard`` and ``robust`` are joined by the straight line between the base models."""
+    ``standard`` and ``robust`` are joined by the straight line between the base models. ``reference`` (a
+    shipped ``comparison.json``) adds its fixed-α curve and the adaptive model's point with the 95% interval
+    of its margin to that curve, labelled with its number of points and whether the plans were alike."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    if reference is not None:
+        _draw_reference(ax, reference)
     if "standard" in points and "robust" in points:
         (cs, rs), (cr, rr) = points["standard"], points["robust"]
         ax.plot([100 * cs, 100 * cr], [100 * rs, 100 * rr], "--", color="grey", lw=1,
@@ -76,6 +80,18 @@ def plot_test_points(points: dict, path: str | Path, *, title: str = "") -> Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     return _save(fig, path)
+
+
+def _draw_reference(ax, ref: dict) -> None:
+    alike = "same plans" if ref.get("like_for_like") else "not like for like: the fixed points met fewer attacks"
+    curve = sorted(ref["fixed_curve"])
+    ax.plot([100 * c for c, _ in curve], [100 * r for _, r in curve], "-", color="tab:purple", lw=1.2, alpha=0.7,
+            label=f"fixed-α curve, {ref['n']:,} shipped test points ({alike})")
+    a = ref["adaptive"]
+    m, (lo, hi) = a["clean_above_fixed_curve"], a["interval"]
+    ax.errorbar(100 * a["clean"], 100 * a["robust"], xerr=[[100 * (m - lo)], [100 * (hi - m)]], fmt="*",
+                color="tab:purple", ms=10, capsize=3,
+                label=f"adaptive on those points: {100 * m:+.2f} clean above the curve, 95% [{100 * lo:+.2f}, {100 * hi:+.2f}]")
 
 
 def plot_margins(groups: dict, path: str | Path, *, alpha: float | None = None, title: str = "") -> Path:

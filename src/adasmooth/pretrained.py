@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
-from .io import CheckpointError, load_model, load_tensors
+from .io import CheckpointError, load_model, load_tensors, state_fingerprint
 from .mixer import load_adaptive
+
+logger = logging.getLogger(__name__)
 
 PRETRAINED_NAMES = ("fashion-mnist",)
 
@@ -91,6 +94,28 @@ def shipped_sweep(name: str = "fashion-mnist") -> dict | None:
     d = json.loads(path.read_text())
     if d.get("kind") != "validation-sweep" or "key" not in d or "sweep" not in d:
         raise CheckpointError(f"{path} is not a validation-sweep record (kind={d.get('kind')!r})")
+    return d
+
+
+def shipped_comparison(name: str, pair: PretrainedPair) -> dict | None:
+    """The shipped test-set comparison (``comparison.json``: the fixed-α curve and the mixer's margin to it on
+    1,000 seeded test points, written by ``scripts/ship_comparison.py``), when it was measured on exactly the
+    weights of ``pair`` (fingerprints of both bases and the mixer's sha256); else None."""
+    import json
+
+    path = pretrained_dir() / name / "comparison.json"
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text())
+    if d.get("kind") != "test-comparison":
+        raise CheckpointError(f"{path} is not a test-comparison record (kind={d.get('kind')!r})")
+    fp = d.get("fingerprints", {})
+    mixer = pretrained_dir() / name / "mixer.json"
+    mixer_sha = json.loads(mixer.read_text()).get("sha256") if mixer.is_file() else None
+    if (fp.get("standard"), fp.get("robust"), fp.get("mixer_sha256")) != (
+            state_fingerprint(pair.standard), state_fingerprint(pair.robust), mixer_sha):
+        logger.info("%s was measured on other weights than the shipped pair and mixer: not shown", path)
+        return None
     return d
 
 

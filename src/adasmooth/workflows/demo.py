@@ -24,7 +24,7 @@ from ..evaluation.report import environment
 from ..evaluation.surrogate import has_logit_maps
 from ..io import state_fingerprint, write_json
 from ..plots import plot_margins, plot_test_points, plot_tradeoff
-from ..pretrained import PRETRAINED_NAMES, PretrainedPair, load_pretrained, shipped_sweep
+from ..pretrained import PRETRAINED_NAMES, PretrainedPair, load_pretrained, shipped_comparison, shipped_sweep
 from ..seeding import seeded_subset
 from ..state import settings_key
 from .common import build_mixture, figure_of_merit, nonlinear_section
@@ -85,6 +85,9 @@ class DemoResult:
         out.update({f"figure_of_merit_{r.key}": r.merit for r in self.rows if r.merit is not None and r.key != "mixed"})
         if any(r.evaluation.alpha is not None for r in self.rows):
             out["alpha"] = {r.key: r.evaluation.alpha for r in self.rows if r.evaluation.alpha is not None}
+        if self.extras.get("comparison"):
+            ref = self.extras["comparison"]
+            out["shipped_comparison"] = {k: ref[k] for k in ("n", "like_for_like", "fixed_curve", "adaptive", "source")}
         return out
 
     def format(self) -> str:
@@ -105,6 +108,13 @@ class DemoResult:
         bad = [f"{r.key}:{c}" for r in self.rows for c, v in r.evaluation.report.sanity.items()
                if isinstance(v, dict) and not v.get("ok", True)]
         warn = [w for r in self.rows for w in r.evaluation.report.sanity.get("autoattack_warnings", [])]
+        ref = self.extras.get("comparison")
+        if ref:
+            a = ref["adaptive"]
+            lines.append(f"shipped comparison on {ref['n']:,} test points: the mixer {100 * a['clean_above_fixed_curve']:+.2f} "
+                         f"clean points above the fixed-α curve, 95% interval [{100 * a['interval'][0]:+.2f}, "
+                         f"{100 * a['interval'][1]:+.2f}]" + ("" if ref["like_for_like"] else
+                                                              " (not like for like: the fixed points met fewer attacks)"))
         if bad:
             lines.append("sanity checks FAILED: " + ", ".join(bad))
         if warn:
@@ -116,7 +126,7 @@ class DemoResult:
         # like with like: the validation sweep alone, and the test rows alone (same points, full plans)
         plot_tradeoff(self.sweep, out_dir / "tradeoff.png")
         plot_test_points({r.key: (r.evaluation.clean_full, r.evaluation.report.robust_accuracy) for r in self.rows},
-                         out_dir / "tradeoff-test.png",
+                         out_dir / "tradeoff-test.png", reference=self.extras.get("comparison"),
                          title=f"test: clean on {self.n_test}, worst case over each model's plan on the same {n} "
                                f"seeded points ({norm} eps={eps:g})")
         alpha = self.chosen["alpha"]
@@ -236,7 +246,8 @@ def run_demo(cfg: Config, out_dir: str | Path, *, n: int | None = None, n_sweep:
     groups = robust_margins(cfg, pair.robust, x_test[idx], y_test[idx], kept.get("robust"), chosen, device=device)
     alpha = chosen["alpha"]
     result = DemoResult(cfg, chosen, sweep_result, evaluated, margin_summary(groups, alpha=alpha if alpha >= 0.5 else None),
-                        len(y_test), time.perf_counter() - t0, str(device), extras={"sweep_record": record})
+                        len(y_test), time.perf_counter() - t0, str(device),
+                        extras={"sweep_record": record, "comparison": shipped_comparison(cfg.data.name, pair)})
     if is_main():  # under torchrun, rank 0 writes the figures and the JSON
         result.write(out_dir, groups)
     return result
