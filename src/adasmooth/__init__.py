@@ -10,9 +10,11 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 from .bundle import load_bundle
 from .features import FeatureTap
+from .gates import PaperMixingNetwork
 from .mixer import AdaptiveMixedClassifier, MixingNetwork
 from .mixing import MixedClassifier
 from .pretrained import load_pretrained
+from .released import load_released_mixer
 
-__all__ = ["AdaptiveMixedClassifier", "FeatureTap", "MixedClassifier", "MixingNetwork", "__version__",
-           "load_bundle", "load_pretrained"]
+__all__ = ["AdaptiveMixedClassifier", "FeatureTap", "MixedClassifier", "MixingNetwork", "PaperMixingNetwork",
+           "__version__", "load_bundle", "load_pretrained", "load_released_mixer"]
