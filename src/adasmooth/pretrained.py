@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -68,53 +69,44 @@ def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> Pret
                           adaptive_nonlinear=adaptive_nonlinear, nonlinear=shipped_nonlinear(name))
 
 
-def shipped_nonlinear(name: str = "fashion-mnist") -> dict | None:
-    """The shipped pair's calibrated MixedNUTS map (``nonlinear.json``, written from ``adasmooth calibrate``
-    on validation data), or None when none is shipped."""
-    import json
-
-    path = pretrained_dir() / name / "nonlinear.json"
+def _shipped_record(name: str, filename: str, kind: str, *, needs: tuple[str, ...] = ()) -> dict | None:
+    """A JSON record shipped beside the pair (``pretrained/<name>/<filename>``), checked to be of ``kind`` and
+    to hold ``needs``; None when none is shipped."""
+    path = pretrained_dir() / name / filename
     if not path.is_file():
         return None
     d = json.loads(path.read_text())
-    if d.get("kind") != "nonlinear-map":
-        raise CheckpointError(f"{path} is not a nonlinear-map calibration (kind={d.get('kind')!r})")
+    if d.get("kind") != kind or any(k not in d for k in needs):
+        raise CheckpointError(f"{path} is not a {kind} record (kind={d.get('kind')!r})")
     return d
+
+
+def shipped_nonlinear(name: str = "fashion-mnist") -> dict | None:
+    """The shipped pair's calibrated MixedNUTS map (``nonlinear.json``, written from ``adasmooth calibrate``
+    on validation data), or None when none is shipped."""
+    return _shipped_record(name, "nonlinear.json", "nonlinear-map")
 
 
 def shipped_sweep(name: str = "fashion-mnist") -> dict | None:
     """The shipped pair's validation sweep (``sweep.json``, the ``sweep.json`` a fresh ``adasmooth demo``
     writes), or None when none is shipped. Its ``key`` covers the pair's weights and every sweep setting; the
     demo uses it only when the key matches its own settings."""
-    import json
-
-    path = pretrained_dir() / name / "sweep.json"
-    if not path.is_file():
-        return None
-    d = json.loads(path.read_text())
-    if d.get("kind") != "validation-sweep" or "key" not in d or "sweep" not in d:
-        raise CheckpointError(f"{path} is not a validation-sweep record (kind={d.get('kind')!r})")
-    return d
+    return _shipped_record(name, "sweep.json", "validation-sweep", needs=("key", "sweep"))
 
 
 def shipped_comparison(name: str, pair: PretrainedPair) -> dict | None:
     """The shipped test-set comparison (``comparison.json``: the fixed-α curve and the mixer's margin to it on
     1,000 seeded test points, written by ``scripts/ship_comparison.py``), when it was measured on exactly the
     weights of ``pair`` (fingerprints of both bases and the mixer's sha256); else None."""
-    import json
-
-    path = pretrained_dir() / name / "comparison.json"
-    if not path.is_file():
+    d = _shipped_record(name, "comparison.json", "test-comparison")
+    if d is None:
         return None
-    d = json.loads(path.read_text())
-    if d.get("kind") != "test-comparison":
-        raise CheckpointError(f"{path} is not a test-comparison record (kind={d.get('kind')!r})")
     fp = d.get("fingerprints", {})
     mixer = pretrained_dir() / name / "mixer.json"
     mixer_sha = json.loads(mixer.read_text()).get("sha256") if mixer.is_file() else None
     if (fp.get("standard"), fp.get("robust"), fp.get("mixer_sha256")) != (
             state_fingerprint(pair.standard), state_fingerprint(pair.robust), mixer_sha):
-        logger.info("%s was measured on other weights than the shipped pair and mixer: not shown", path)
+        logger.info("comparison.json was measured on other weights than the shipped pair and mixer: not shown")
         return None
     return d
 
