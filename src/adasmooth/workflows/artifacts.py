@@ -61,8 +61,8 @@ def import_released_mixer(cfg: Config, source: str | Path, out: str | Path, *, s
     an adasmooth mixer (fingerprinted to that pair) at ``out``."""
     std, rob = load_pair(cfg, standard=standard, robust=robust, device=device)
     layers = {}  # the config's taps where both models have them (the CIFAR configs name the release's)
-    if all(name in dict(m.named_modules()) for m, names in ((std, cfg.mixer.standard_layers),
-                                                            (rob, cfg.mixer.robust_layers)) for name in names):
+    if (set(cfg.mixer.standard_layers) <= {n for n, _ in std.named_modules()}
+            and set(cfg.mixer.robust_layers) <= {n for n, _ in rob.named_modules()}):
         layers = {"standard_layers": list(cfg.mixer.standard_layers), "robust_layers": list(cfg.mixer.robust_layers)}
     model = load_released_mixer(source, std, rob, settings=settings, in_planes=tuple(in_planes) if in_planes else None,
                                 input_shape=data_mod.IMAGE_SHAPES[cfg.data.name], **layers)
