@@ -26,7 +26,7 @@ import torch
 def _release_imports(release: Path) -> None:
     """Make the release's modules importable on a CPU machine: its ``models`` package on the path, its
     module-level ``torchvision.transforms`` import satisfied where torchvision is absent (unused by the
-    parts compared), and its ``.cuda()`` calls made no-ops."""
+    parts compared), and its calls that move tensors to CUDA made no-ops (it hard-codes the GPU)."""
     sys.path.insert(0, str(release))
     try:
         import torchvision.transforms  # noqa: F401
