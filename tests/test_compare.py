@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from adasmooth.cli import main
@@ -81,7 +82,9 @@ def _planned(model, clean, flags, plan, **kw):
 
 PGD = {"name": "pgd20-ce", "type": "pgd", "steps": 20, "seed": 0, "accuracy": 0.5, "seconds": 1.0}
 AA = {"name": "autoattack-standard", "type": "autoattack", "version": "standard", "seed": 0, "accuracy": 0.4}
-AA_APGD = {"name": "autoattack-apgd-ce+apgd-t", "type": "autoattack", "version": "custom", "seed": 0}
+AA_APGD = {"name": "autoattack-apgd-ce+apgd-t", "type": "autoattack", "version": "custom", "seed": 0,
+           "attacks": ["apgd-ce", "apgd-t"], "options": {}}  # APGD-CE at the constructor's 5 restarts
+AA_HALF = {**AA_APGD, "options": {"apgd.n_restarts": 1}}  # the standard set's APGD half, exactly
 TRANSFER = {"name": "transfer-from-standard", "type": "transfer", "crafted_on": "standard", "steps": 20}
 GATE = {"name": "gate-apgd-ce", "type": "gate-apgd", "gate_weight": 0.5}
 
@@ -112,10 +115,11 @@ def test_compare_refuses_different_attack_plans_and_names_them_unless_asked():
     res = compare_reports(reports, standard="standard", robust="robust", n_bootstrap=0)
     assert res["like_for_like"] and res["plan_differences"] == []  # the mixer's gate attack is extra, not a difference
     reports["a0.8"]["attacks"] = [PGD, TRANSFER, AA_APGD]
-    with pytest.raises(ValueError, match=r"'a0.8' lacks autoattack-standard.*--allow-different-plans"):
+    with pytest.raises(ValueError, match=r"'a0.8' and 'a0.6' ran autoattack:apgd-ce with different settings \(n_restarts\)"
+                                         r".*'a0.8' lacks autoattack:fab-t.*--allow-different-plans"):
         compare_reports(reports, standard="standard", robust="robust")
     res = compare_reports(reports, standard="standard", robust="robust", allow_plan_mismatch=True, n_bootstrap=0)
-    assert not res["like_for_like"] and any("autoattack-apgd-ce+apgd-t" in d for d in res["plan_differences"])
+    assert not res["like_for_like"] and any("autoattack:apgd-ce" in d for d in res["plan_differences"])
     reports = _like_for_like()
     reports["a0.6"]["attacks"] = [{**PGD, "steps": 10}, TRANSFER, AA]
     with pytest.raises(ValueError, match=r"'a0.6' and 'a0.8' ran pgd20-ce with different settings \(steps\)"):
@@ -124,6 +128,81 @@ def test_compare_refuses_different_attack_plans_and_names_them_unless_asked():
     reports["a0.6"]["attacks"] = [PGD, AA]  # a mixture must meet the transfer attacks too
     with pytest.raises(ValueError, match="'a0.6' lacks transfer-from-standard"):
         compare_reports(reports)
+
+
+def test_autoattack_plans_compare_by_sub_attack_and_effective_settings():
+    from adasmooth.evaluation.compare import plan_signature
+
+    four = ["apgd-ce", "apgd-t", "fab-t", "square"]
+    custom = {**AA, "version": "custom", "attacks": four, "options": {"apgd.n_restarts": 1}}
+    standard = plan_signature({"attacks": [AA]}, base=True)
+    assert plan_signature({"attacks": [custom]}, base=True) == standard
+    assert list(standard) == [f"autoattack:{a}" for a in four]
+    assert standard["autoattack:apgd-ce"]["n_restarts"] == 1 and standard["autoattack:square"]["n_queries"] == 5000
+    # "custom" at AutoAttack's constructor defaults runs APGD-CE five times: not the standard set's half
+    assert plan_signature({"attacks": [AA_APGD]}, base=True)["autoattack:apgd-ce"]["n_restarts"] == 5
+    half = ("autoattack:apgd-ce", "autoattack:apgd-t")
+    assert plan_signature({"attacks": [AA_HALF]}, base=True) == {k: standard[k] for k in half}
+
+
+def _curve_met_part_of_the_plan(reports):
+    for name in ("standard", "robust"):
+        reports[name]["attacks"] = [PGD, AA_HALF]
+    for name in ("a0.8", "a0.6"):
+        reports[name]["attacks"] = [PGD, TRANSFER, AA_HALF]
+    return reports
+
+
+def test_a_curve_that_met_part_of_the_models_plan_gives_a_lower_bound_below_the_like_for_like_margin(tmp_path, capsys):
+    import numpy as np
+
+    full = _like_for_like(mixer_clean=0.905)
+    part = _curve_met_part_of_the_plan(json.loads(json.dumps(full)))
+    # under the part plan the curve keeps robust flags that FAB-T and Square would have broken
+    rng = np.random.default_rng(3)
+    for name in ("robust", "a0.8", "a0.6"):
+        flags = np.array(full[name]["robust_per_example"])
+        part[name]["robust_per_example"] = np.maximum(flags, rng.random(len(flags)) < 0.02).astype(int).tolist()
+    lower = compare_reports(part, standard="standard", robust="robust")
+    exact = compare_reports(full, standard="standard", robust="robust")
+    assert lower["plan_differences"] == [] and not lower["like_for_like"] and exact["like_for_like"]
+    assert lower["plan_extras"] == {"mixer": ["autoattack:fab-t", "autoattack:square"]}
+    lo_m = {x["name"]: x for x in lower["models"]}["mixer"]
+    ex_m = {x["name"]: x for x in exact["models"]}["mixer"]
+    assert lo_m["margin_bound"] == "lower" and ex_m["margin_bound"] == "exact"
+    assert 0 < lo_m["clean_above_fixed_curve"] < ex_m["clean_above_fixed_curve"]
+    # the same resampling in both: every replicate's bound sits below its like-for-like margin, so do the ends
+    assert lo_m["clean_above_interval"][0] <= ex_m["clean_above_interval"][0]
+    assert lo_m["clean_above_interval"][1] <= ex_m["clean_above_interval"][1]
+    args = []
+    for name, rep in part.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(rep))
+        args.append(f"{name}={tmp_path / f'{name}.json'}")
+    assert main(["compare", *args, "--standard", "standard", "--robust", "robust", "--bootstrap", "200",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    assert "margin to the fixed-α curve a lower bound: +" in printed and "autoattack:fab-t, autoattack:square" in printed
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["fixed_envelope"]
+    # a model that met less than the curve is refused: its robust accuracy would be flattered
+    part["mixer"]["attacks"] = [PGD, TRANSFER]
+    with pytest.raises(ValueError, match="'mixer' lacks autoattack:apgd-ce"):
+        compare_reports(part, standard="standard", robust="robust")
+
+
+def test_envelope_is_the_best_mixture_and_never_below_the_joined_curve():
+    from adasmooth.evaluation.compare import envelope_clean_at
+
+    pts = [(0.95, 0.0), (0.90, 0.5), (0.60, 0.7), (0.55, 0.9)]
+    # the point at robust 0.7 lies under the chord from (0.90, 0.5) to (0.55, 0.9): mixing those two beats it
+    assert envelope_clean_at(pts, 0.7) == pytest.approx(0.90 - 0.35 * 0.5)
+    assert fixed_curve_clean_at(pts, 0.7) == pytest.approx(0.60)
+    for r in np.linspace(0, 0.9, 19):
+        assert envelope_clean_at(pts, r) >= fixed_curve_clean_at(pts, r) - 1e-12
+    assert envelope_clean_at(pts, 0.95) is None
+    # moving a point to less robust accuracy never raises the envelope (it can raise the joined curve)
+    moved = [(0.95, 0.0), (0.90, 0.45), (0.60, 0.7), (0.55, 0.9)]
+    for r in np.linspace(0, 0.9, 19):
+        assert envelope_clean_at(moved, r) <= envelope_clean_at(pts, r) + 1e-12
 
 
 def test_compare_keys_fixed_mixtures_by_alpha_and_both_scales():
@@ -182,7 +261,7 @@ def test_compare_command_refuses_mixed_plans_unless_asked_and_prints_the_interva
         args.append(f"{name}={tmp_path / f'{name}.json'}")
     base = ["compare", *args, "--standard", "standard", "--robust", "robust", "--bootstrap", "300"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 2
-    assert "'a0.6' lacks autoattack-standard" in capsys.readouterr().err
+    assert "'a0.6' lacks autoattack:square" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "b"), "--allow-different-plans"]) == 0
     printed = capsys.readouterr().out
     assert "NOT like for like" in printed and "95% paired bootstrap interval" in printed

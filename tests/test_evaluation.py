@@ -87,6 +87,17 @@ def test_autoattack_adapter_runs_a_custom_list_and_keeps_rng_state():
     assert (res.x_adv - x).abs().max() <= 0.02 + 1e-6
     # robust flags agree with the model's own predictions on the returned images
     assert torch.equal(res.robust, model(res.x_adv).argmax(1) == y)
+    # the report says what ran, with the settings in force (APGD-CE: the constructor's 5 restarts)
+    subs = res.settings["sub_attacks"]
+    assert list(subs) == ["apgd-ce", "apgd-t"] and subs["apgd-ce"]["n_iter"] == 10
+    assert subs["apgd-ce"]["n_restarts"] == 5 and subs["apgd-t"]["n_target_classes"] == 2
+    from adasmooth.evaluation.attack_specs import AutoAttackSpec
+    from adasmooth.evaluation.autoattack import planned_sub_attacks
+
+    half = AutoAttackSpec.named("apgd")  # the standard set's white-box half, settings included
+    standard = planned_sub_attacks(version="standard")
+    assert planned_sub_attacks(version=half.version, attacks=half.attacks, options=half.options) == {
+        k: standard[k] for k in ("apgd-ce", "apgd-t")}
     with pytest.raises(ValueError, match="custom"):
         run_autoattack(model, x, y, eps=0.1, version="custom")
     with pytest.raises(ValueError, match="only goes with"):

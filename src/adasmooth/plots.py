@@ -202,6 +202,10 @@ def plot_comparison(comparison: dict, path: str | Path, *, title: str = "") -> P
     if points:
         ax.plot([100 * c for c, _ in envelope], [100 * r for _, r in envelope], "-", color="tab:blue",
                 label="fixed-α curve (upper envelope; α=0: standard, α=1: robust)")
+    hull = comparison.get("fixed_envelope")
+    if hull:  # the reference of margins that are lower bounds (the curve met a part of the model's plan)
+        ax.plot([100 * c for c, _ in hull], [100 * r for _, r in hull], "--", color="tab:blue", lw=1, alpha=0.6,
+                label="its concave envelope (for margins that are lower bounds)")
         ax.plot([100 * m["clean"] for m in points], [100 * m["robust"] for m in points], "o", color="tab:blue", ms=4)
         for m in points:
             sh, sg = m.get("robust_scale"), m.get("standard_scale")
@@ -219,8 +223,9 @@ def plot_comparison(comparison: dict, path: str | Path, *, title: str = "") -> P
         if interval is not None:  # the margin's interval, drawn around the model's clean accuracy
             lo, hi = interval
             d = m["clean_above_fixed_curve"]
+            bound = "lower bound " if m.get("margin_bound") == "lower" else ""
             ax.errorbar(100 * m["clean"], 100 * m["robust"], xerr=[[100 * (d - lo)], [100 * (hi - d)]], fmt=marker,
-                        ms=10, capsize=4, color=color, label=f"{m['name']} (margin {100 * d:+.2f} pts, 95% CI "
+                        ms=10, capsize=4, color=color, label=f"{m['name']} (margin {bound}{100 * d:+.2f} pts, 95% CI "
                                                  f"[{100 * lo:+.2f}, {100 * hi:+.2f}])")
         else:
             ax.plot(100 * m["clean"], 100 * m["robust"], marker, ms=10, color=color, label=m["name"])

@@ -28,6 +28,21 @@ VERSIONS = ("standard", "plus", "rand", "custom")
 SUB_ATTACKS = AUTOATTACK_SUB_ATTACKS
 _AFTER = re.compile(r"robust accuracy after (\S+): ([\d.]+)%")
 
+# What makes each sub-attack what it is: (the AutoAttack attribute holding it, the attributes read from
+# it, settings that AutoAttack forces when it runs that sub-attack). Two runs with equal entries ran the
+# same sub-attack, whatever version or options produced it ("custom" with APGD-CE at AutoAttack's
+# constructor default runs 5 restarts; "standard" runs 1).
+_APGD = ("n_iter", "n_restarts", "eot_iter", "thr_decr", "use_largereps")
+_FAB = ("n_iter", "alpha_max", "eta", "beta")
+_SUB_ATTACK_FIELDS = {
+    "apgd-ce": ("apgd", _APGD, {"loss": "ce"}),
+    "apgd-dlr": ("apgd", _APGD, {"loss": "dlr"}),
+    "apgd-t": ("apgd_targeted", (*_APGD, "n_target_classes"), {"loss": "dlr-targeted"}),
+    "fab": ("fab", (*_FAB, "n_restarts"), {"targeted": False}),
+    "fab-t": ("fab", (*_FAB, "n_target_classes"), {"targeted": True, "n_restarts": 1}),
+    "square": ("square", ("n_queries", "n_restarts", "p_init", "rescale_schedule", "loss"), {}),
+}
+
 
 @dataclass
 class AutoAttackResult:
@@ -111,12 +126,36 @@ def run_autoattack(
     settings = {
         "name": "autoattack", "version": version, "attacks": list(adversary.attacks_to_run), "eps": eps,
         "norm": norm, "seed": seed, "options": dict(options or {}), "package": _package_version(),
+        "sub_attacks": sub_attack_settings(adversary),
     }
     return AutoAttackResult(
         robust=clean_ok & adv_ok, x_adv=x_adv.detach().cpu(), clean_correct=clean_ok, settings=settings,
         per_attack=per_attack, warnings=list(dict.fromkeys(logged + [str(w.message) for w in caught])),
         seconds=seconds,
     )
+
+
+def sub_attack_settings(adversary: AutoAttack) -> dict[str, dict]:
+    """The effective settings of every sub-attack ``adversary`` runs, keyed by sub-attack, in run order."""
+    out = {}
+    for name in adversary.attacks_to_run:
+        holder, fields, forced = _SUB_ATTACK_FIELDS[name]
+        obj = getattr(adversary, holder)
+        row = {f: getattr(obj, f) for f in fields}
+        row.update(forced)
+        out[name] = {k: v.item() if hasattr(v, "item") else v for k, v in row.items()}
+    return out
+
+
+def planned_sub_attacks(*, version: str = "standard", attacks: list[str] | None = None,
+                        options: dict | None = None, norm: str = "Linf") -> dict[str, dict]:
+    """The sub-attacks, with their effective settings, that ``run_autoattack`` with these arguments runs
+    (read from an AutoAttack built around a stand-in model; nothing is attacked)."""
+    _check_version(version, attacks)
+    adversary = AutoAttack(nn.Identity(), attacks=attacks if version == "custom" else None, eps=1.0, norm=norm,
+                           seed=0, version=version)
+    _apply_options(adversary, options or {})
+    return sub_attack_settings(adversary)
 
 
 def _check_version(version: str, attacks: list[str] | None) -> None:

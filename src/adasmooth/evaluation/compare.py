@@ -6,10 +6,18 @@ measured on different numbers of points are compared on the intersection only (t
 permutation makes the first n points shared). Clean accuracy is each report's full-split accuracy.
 
 A comparison is like for like only when every model met the same attack plan: the same PGD and
-AutoAttack settings for every model, the same transfer attacks for every mixture. Attacks that only
-exist for one kind of model (the gate-aware APGD of a mixer, the surrogate of a logit map) are extra,
-never missing. Reports whose plans differ are refused unless ``allow_plan_mismatch`` is set, and then the
-result lists the differences.
+AutoAttack settings for every model, the same transfer attacks for every mixture. AutoAttack is compared
+sub-attack by sub-attack with each one's effective settings, so a "custom" run of the four standard
+sub-attacks at the standard settings is the standard run. Attacks that only exist for one kind of model
+(the gate-aware APGD of a mixer, the surrogate of a logit map) are extra, never missing.
+
+One difference still gives a sound answer: a model that met every attack the fixed-α curve met, and
+more. Attacks only lower robust flags, so under the model's full plan every curve point could only move
+to less robust accuracy, and the free-disposal concave envelope of the curve (the best clean accuracy any
+mixture of its points reaches at a given robust accuracy) could only fall. The model's margin to that
+envelope is then a *lower bound* of its margin under one plan for all, in every bootstrap replicate, so the
+interval's ends are lower bounds too; the result marks such a margin ``"margin_bound": "lower"``. Any other
+difference is refused unless ``allow_plan_mismatch`` is set, and then the result lists the differences.
 
 The fixed-α curve is the upper envelope (the Pareto points, joined linearly) of every fixed mixture,
 keyed by (α, s_g, s_h), with the standard model at α = 0 and the robust one at α = 1. A model lies
@@ -25,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
+
+from .autoattack import planned_sub_attacks
 
 PLAN_TYPES = ("pgd", "autoattack", "transfer")  # attacks every model of a kind must meet
 _RESULT_KEYS = ("accuracy", "seconds", "after_each_subattack", "warnings", "attacks_run")
@@ -47,6 +57,7 @@ class ComparedModel:
     clean_above_interval: tuple[float, float] | None = None  # paired bootstrap 95% interval of the margin
     nearest_fixed: dict | None = None  # discordant robust flags against the fixed point nearest in robust accuracy
     gradient_free_gap: float | None = None  # AutoAttack after APGD-T minus after Square
+    margin_bound: str | None = None  # "exact": the curve met the model's plan; "lower": a part of it (see above)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -77,6 +88,36 @@ def fixed_curve_clean_at(curve: list[tuple[float, float]], robust: float) -> flo
     return None
 
 
+def envelope_clean_at(curve: list[tuple[float, float]], robust: float) -> float | None:
+    """The most clean accuracy that any mixture of the ``(clean, robust)`` points reaches with at least
+    ``robust``: the free-disposal concave envelope (never below :func:`fixed_curve_clean_at`, and it can only
+    fall when points lose robust accuracy); None above the most robust point."""
+    hull = concave_envelope(curve)
+    if not hull or robust > hull[-1][1]:
+        return None
+    if robust <= hull[0][1]:
+        return hull[0][0]
+    return fixed_curve_clean_at(hull, robust)
+
+
+def concave_envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The corners of the upper concave hull of the Pareto ``(clean, robust)`` points, by robust accuracy."""
+    hull: list[tuple[float, float]] = []
+    for c, r in pareto_points(points):  # left to right in robust accuracy
+        while len(hull) >= 2:
+            (c0, r0), (c1, r1) = hull[-2], hull[-1]
+            if (r1 - r0) * (c - c0) - (c1 - c0) * (r - r0) >= 0:  # the middle point lies on or under the chord
+                hull.pop()
+            else:
+                break
+        hull.append((c, r))
+    return hull
+
+
+def _curve_at(bound: str | None):
+    return envelope_clean_at if bound == "lower" else fixed_curve_clean_at
+
+
 def pareto_points(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The ``(clean, robust)`` points no other point beats in both, sorted by robust accuracy: the upper
     envelope of a set of fixed mixtures (several logit scales make several curves; the envelope is the best)."""
@@ -91,37 +132,72 @@ def pareto_points(points: list[tuple[float, float]]) -> list[tuple[float, float]
 
 def plan_signature(report: dict, *, base: bool) -> dict[str, dict]:
     """The attacks of ``report`` that every model of its kind must meet, by name, with their settings (no
-    results). Base models meet no transfer attacks (they are the models the transfer starts from)."""
+    results). AutoAttack enters as its sub-attacks (``autoattack:apgd-ce``, ...) with their effective
+    settings. Base models meet no transfer attacks (they are the models the transfer starts from)."""
     sig = {}
     for a in report.get("attacks", []):
         if a.get("type") not in PLAN_TYPES or (base and a.get("type") == "transfer"):
+            continue
+        if a.get("type") == "autoattack":
+            subs = a.get("sub_attacks") or planned_sub_attacks(
+                version=a.get("version", "standard"), attacks=a.get("attacks"), options=a.get("options"),
+                norm=report.get("norm", "Linf"))
+            for sub, settings in subs.items():
+                key = f"autoattack:{sub}"
+                while key in sig:  # the same sub-attack in a second AutoAttack row
+                    key += "'"
+                sig[key] = {"seed": a.get("seed"), **settings}
             continue
         sig[a["name"]] = {k: v for k, v in a.items() if k not in _RESULT_KEYS}
     return sig
 
 
-def plan_differences(reports: dict[str, dict], roles: dict[str, str]) -> list[str]:
-    """How the reports' attack plans differ, one line per difference (empty: like for like). The plan most
-    mixtures met is the reference: every mixture must meet it, every base model the same less its
-    transfer attacks."""
+def _differences(name: str, mine: dict, ref: str, theirs: dict, *, extra_ok: bool) -> tuple[list[str], list[str]]:
+    """(differences, extra attacks) of ``mine`` against ``theirs``; extras count as differences unless
+    ``extra_ok``."""
+    out, extra = [], []
+    for key in sorted(set(mine) | set(theirs)):
+        if key not in mine:
+            out.append(f"{name!r} lacks {key}, which {ref!r} met")
+        elif key not in theirs:
+            (extra if extra_ok else out).append(key if extra_ok else f"{name!r} met {key}, which {ref!r} did not")
+        elif mine[key] != theirs[key]:
+            diff = sorted(k for k in set(mine[key]) | set(theirs[key]) if mine[key].get(k) != theirs[key].get(k))
+            out.append(f"{name!r} and {ref!r} ran {key} with different settings ({', '.join(diff)})")
+    return out, extra
+
+
+def plan_relations(reports: dict[str, dict], roles: dict[str, str]) -> tuple[list[str], dict[str, list[str]]]:
+    """How the reports' attack plans relate: (differences that break the comparison, one line each; for
+    each model off the curve that met the curve's plan and more, the extra attacks). The reference plan is
+    the one most fixed mixtures met (without fixed mixtures: most mixtures; without those: most reports).
+    Every point of the curve must meet it exactly (a base model less its transfer attacks); every other model
+    must meet at least it."""
     sigs = {name: plan_signature(r, base=roles[name] in BASE_ROLES) for name, r in reports.items()}
-    mixtures = [n for n in reports if roles[n] not in BASE_ROLES] or list(reports)
-    ref = max(mixtures, key=lambda n: sum(sigs[m] == sigs[n] for m in mixtures))  # first of the most common
+    fixed = [n for n in reports if roles[n] == "fixed"]
+    mixtures = [n for n in reports if roles[n] not in BASE_ROLES]
+    pool = fixed or mixtures or list(reports)
+    ref = max(pool, key=lambda n: sum(sigs[m] == sigs[n] for m in mixtures or pool))  # first of the most common
     ref_base = {k: v for k, v in sigs[ref].items() if v.get("type") != "transfer"}
-    out = []
+    out, extras = [], {}
     for name, mine in sigs.items():
         if name == ref:
             continue
+        on_curve = roles[name] in BASE_ROLES or roles[name] == "fixed"
         theirs = ref_base if roles[name] in BASE_ROLES else sigs[ref]
-        for key in sorted(set(mine) | set(theirs)):
-            if key not in mine:
-                out.append(f"{name!r} lacks {key}, which {ref!r} met")
-            elif key not in theirs:
-                out.append(f"{name!r} met {key}, which {ref!r} did not")
-            elif mine[key] != theirs[key]:
-                diff = sorted(k for k in set(mine[key]) | set(theirs[key]) if mine[key].get(k) != theirs[key].get(k))
-                out.append(f"{name!r} and {ref!r} ran {key} with different settings ({', '.join(diff)})")
-    return out
+        if not on_curve and not fixed:  # a curve of base models alone meets no transfer attacks
+            mine = {k: v for k, v in mine.items() if v.get("type") != "transfer"}
+            theirs = ref_base
+        diffs, extra = _differences(name, mine, ref, theirs, extra_ok=not on_curve)
+        out += diffs
+        if extra and not diffs:
+            extras[name] = extra
+    return out, extras
+
+
+def plan_differences(reports: dict[str, dict], roles: dict[str, str]) -> list[str]:
+    """The differences of :func:`plan_relations` that break the comparison (empty: it holds)."""
+    return plan_relations(reports, roles)[0]
 
 
 def _check_reports(reports: dict[str, dict]) -> None:
@@ -158,7 +234,7 @@ def compare_reports(reports: dict[str, dict], *, standard: str | None = None, ro
     roles = {name: "standard" if name == standard else "robust" if name == robust else _kind(r, None)[0]
              for name, r in reports.items()}
     roles = {name: "base" if role == "other" and _is_base(reports[name]) else role for name, role in roles.items()}
-    differences = plan_differences(reports, roles)
+    differences, extras = plan_relations(reports, roles)
     if differences and not allow_plan_mismatch:
         raise ValueError("the reports met different attack plans, so they do not compare like for like: "
                          + "; ".join(differences) + ". Evaluate every model with the same plan, or pass "
@@ -194,7 +270,8 @@ def compare_reports(reports: dict[str, dict], *, standard: str | None = None, ro
             m.gap_closed = (m.clean - b.clean) / gap if gap > 0 else None
             m.robust_kept = m.robust / b.robust if b.robust > 0 else None
         if m.kind == "other" and len(curve) >= 2:
-            at = fixed_curve_clean_at(curve, m.robust)
+            m.margin_bound = None if differences else "lower" if m.name in extras else "exact"
+            at = _curve_at(m.margin_bound)(curve, m.robust)
             m.clean_above_fixed_curve = None if at is None else m.clean - at
             m.nearest_fixed = _nearest_fixed(m, [by[n] for n in on_curve if by[n].kind == "fixed"], flags)
     clean_flags = _clean_flags(reports)
@@ -204,7 +281,9 @@ def compare_reports(reports: dict[str, dict], *, standard: str | None = None, ro
     return {"n_shared": len(shared), "eps": first_of(reports, "eps"), "norm": first_of(reports, "norm"),
             "split": first_of(reports, "split"), "dataset": first_of(reports, "dataset"),
             "models": [m.to_dict() for m in models], "fixed_curve": curve,
-            "plan_differences": differences, "like_for_like": not differences, "bootstrap": boot}
+            "fixed_envelope": concave_envelope(curve) if extras and not differences else None,
+            "plan_differences": differences, "plan_extras": extras,
+            "like_for_like": not differences and not extras, "bootstrap": boot}
 
 
 def _gradient_free_gap(report: dict) -> float | None:
@@ -265,10 +344,10 @@ def _bootstrap(models, on_curve, flags, clean_flags, n_boot, seed) -> dict:
     for m in models:
         if m.kind != "other":
             continue
-        margins = []
+        margins, curve_at = [], _curve_at(m.margin_bound)
         for b in range(n_boot):
             curve = pareto_points([(clean[b, col[n]], robust[b, col[n]]) for n in on_curve])
-            at = fixed_curve_clean_at(curve, robust[b, col[m.name]])
+            at = curve_at(curve, robust[b, col[m.name]])
             if at is not None:
                 margins.append(clean[b, col[m.name]] - at)
         if len(margins) >= 0.9 * n_boot:
@@ -279,5 +358,5 @@ def _bootstrap(models, on_curve, flags, clean_flags, n_boot, seed) -> dict:
             "level": 0.95, "models": summary}
 
 
-__all__ = ["ComparedModel", "compare_reports", "fixed_curve_clean_at", "pareto_points", "plan_differences",
-           "plan_signature"]
+__all__ = ["ComparedModel", "compare_reports", "concave_envelope", "envelope_clean_at", "fixed_curve_clean_at", "pareto_points",
+           "plan_differences", "plan_relations", "plan_signature"]

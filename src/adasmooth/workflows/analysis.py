@@ -78,8 +78,9 @@ class CompareRun:
                 lo, hi = m["clean_above_interval"]
                 boot = res["bootstrap"]
                 held = "" if boot["clean_resampled"] else "; clean accuracies held fixed"
-                lines.append(f"{m['name']}: margin to the fixed-α curve {100 * m['clean_above_fixed_curve']:+.2f} pts, "
-                             f"95% paired bootstrap interval [{100 * lo:+.2f}, {100 * hi:+.2f}] "
+                bound = ("a lower bound: " if m.get("margin_bound") == "lower" else "")
+                lines.append(f"{m['name']}: margin to the fixed-α curve {bound}{100 * m['clean_above_fixed_curve']:+.2f} "
+                             f"pts, 95% paired bootstrap interval [{100 * lo:+.2f}, {100 * hi:+.2f}] "
                              f"({boot['replicates']} replicates{held})")
             near = m.get("nearest_fixed")
             if near:
@@ -89,6 +90,9 @@ class CompareRun:
                 if m.get("gradient_free_gap") is not None]
         if gaps:
             lines.append("gradient-free gap (AutoAttack after APGD-T minus after Square, pts): " + ", ".join(gaps))
+        for name, extra in (res.get("plan_extras") or {}).items():
+            lines.append(f"{name} met {', '.join(extra)} beyond the fixed-α curve's plan: its margin is to the curve's "
+                         "concave envelope, a lower bound of the margin under one plan for all")
         if res.get("plan_differences"):
             lines.append("NOT like for like (--allow-different-plans): " + "; ".join(res["plan_differences"]))
         lines.append(f"results in {self.out}/")
