@@ -114,19 +114,25 @@ def test_compare_refuses_different_attack_plans_and_names_them_unless_asked():
     reports = _like_for_like()
     res = compare_reports(reports, standard="standard", robust="robust", n_bootstrap=0)
     assert res["like_for_like"] and res["plan_differences"] == []  # the mixer's gate attack is extra, not a difference
-    reports["a0.8"]["attacks"] = [PGD, TRANSFER, AA_APGD]
-    with pytest.raises(ValueError, match=r"'a0.8' and 'a0.6' ran autoattack:apgd-ce with different settings \(n_restarts\)"
-                                         r".*'a0.8' lacks autoattack:fab-t.*--allow-different-plans"):
+    reports["a0.8"]["attacks"] = [PGD, TRANSFER, AA_APGD]  # a stronger APGD-CE than the mixer met
+    with pytest.raises(ValueError, match=r"'mixer' and 'a0.8' ran autoattack:apgd-ce with different settings "
+                                         r"\(n_restarts\).*--allow-different-plans"):
         compare_reports(reports, standard="standard", robust="robust")
     res = compare_reports(reports, standard="standard", robust="robust", allow_plan_mismatch=True, n_bootstrap=0)
     assert not res["like_for_like"] and any("autoattack:apgd-ce" in d for d in res["plan_differences"])
+    assert {x["name"]: x for x in res["models"]}["mixer"]["margin_bound"] is None  # neither exact nor a bound
     reports = _like_for_like()
     reports["a0.6"]["attacks"] = [{**PGD, "steps": 10}, TRANSFER, AA]
-    with pytest.raises(ValueError, match=r"'a0.6' and 'a0.8' ran pgd20-ce with different settings \(steps\)"):
+    with pytest.raises(ValueError, match=r"'mixer' and 'a0.6' ran pgd20-ce with different settings \(steps\)"):
         compare_reports(reports)
     reports = _like_for_like()
-    reports["a0.6"]["attacks"] = [PGD, AA]  # a mixture must meet the transfer attacks too
-    with pytest.raises(ValueError, match="'a0.6' lacks transfer-from-standard"):
+    reports["mixer"]["attacks"] = [PGD, AA, GATE]  # a mixture must meet the transfer attacks too
+    with pytest.raises(ValueError, match="'mixer' lacks transfer-from-standard, which 'a0.8' met"):
+        compare_reports(reports)
+    reports = _like_for_like()  # without models off the curve, the curve's points must meet one plan
+    del reports["mixer"]
+    reports["a0.6"]["attacks"] = [PGD, AA]
+    with pytest.raises(ValueError, match="'a0.6' lacks transfer-from-standard, which 'a0.8' met"):
         compare_reports(reports)
 
 
@@ -254,14 +260,14 @@ def test_bootstrap_interval_covers_the_margin_and_excludes_zero_only_for_a_clear
 
 def test_compare_command_refuses_mixed_plans_unless_asked_and_prints_the_interval(tmp_path, capsys):
     reports = _like_for_like(mixer_clean=0.905)
-    reports["a0.6"]["attacks"] = [PGD, TRANSFER, AA_APGD]
+    reports["a0.6"]["attacks"] = [PGD, TRANSFER, {**AA_APGD, "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"]}]
     args = []
     for name, rep in reports.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(rep))
         args.append(f"{name}={tmp_path / f'{name}.json'}")
     base = ["compare", *args, "--standard", "standard", "--robust", "robust", "--bootstrap", "300"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 2
-    assert "'a0.6' lacks autoattack:square" in capsys.readouterr().err
+    assert "'mixer' and 'a0.6' ran autoattack:apgd-ce with different settings" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "b"), "--allow-different-plans"]) == 0
     printed = capsys.readouterr().out
     assert "NOT like for like" in printed and "95% paired bootstrap interval" in printed

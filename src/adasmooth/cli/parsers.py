@@ -84,8 +84,10 @@ def _evaluate(sub, p):
                    help="points attacked (default: evaluate.n in the config); under torchrun write --n-examples, "
                         "since torchrun's own parser mistakes --n for one of its options")
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
-    e.add_argument("--autoattack", choices=("standard", "plus", "rand", "apgd"), default=None,
-                   help="add AutoAttack (apgd: its APGD-CE + APGD-T only, about a quarter of the standard set's time)")
+    e.add_argument("--autoattack", choices=("standard", "plus", "rand", "apgd", "apgd-ce"), default=None,
+                   help="add AutoAttack (apgd: the standard set's APGD-CE + APGD-T only, about a quarter of its time; "
+                        "apgd-ce: its APGD-CE alone, a tenth; fixed-alpha points under either give a model evaluated "
+                        "with the standard set a margin that `compare` reports as a lower bound)")
     e.add_argument("--mixer", default=None, help="evaluate this adaptive mixer (stem) on the standard/robust pair")
     e.add_argument("--alpha", type=float, default=None, help="evaluate the fixed-alpha mixture of the pair")
     e.add_argument("--nonlinear", action="store_true",

@@ -154,13 +154,16 @@ class AutoAttackSpec:
     """The official AutoAttack (see :func:`adasmooth.evaluation.autoattack.run_autoattack`)."""
     @classmethod
     def named(cls, choice: str, *, seed: int = 0) -> AutoAttackSpec:
-        """The spec behind a command-line choice: a version (``standard``, ``plus``, ``rand``) or ``apgd``,
+        """The spec behind a command-line choice: a version (``standard``, ``plus``, ``rand``), ``apgd-ce``
+        (the standard set's APGD-CE alone, a tenth of its cost), or ``apgd``,
         the white-box half of the standard set (APGD-CE and APGD-T with the standard settings: 100 iterations,
         one restart, 9 target classes), about a quarter of its cost where FAB-T and Square find little more.
         AutoAttack's "custom" version would otherwise give APGD-CE its constructor's 5 restarts: a stronger
         attack than the standard set's, so a plan of it would not be a part of the standard plan."""
         if choice == "apgd":
             return cls(version="custom", attacks=["apgd-ce", "apgd-t"], seed=seed, options={"apgd.n_restarts": 1})
+        if choice == "apgd-ce":  # the standard set's first sub-attack alone: a part of any standard plan
+            return cls(version="custom", attacks=["apgd-ce"], seed=seed, options={"apgd.n_restarts": 1})
         return cls(version=choice, seed=seed)
 
     version: str = "standard"

@@ -167,31 +167,39 @@ def _differences(name: str, mine: dict, ref: str, theirs: dict, *, extra_ok: boo
     return out, extra
 
 
+def _without_transfer(sig: dict) -> dict:
+    return {k: v for k, v in sig.items() if v.get("type") != "transfer"}
+
+
 def plan_relations(reports: dict[str, dict], roles: dict[str, str]) -> tuple[list[str], dict[str, list[str]]]:
     """How the reports' attack plans relate: (differences that break the comparison, one line each; for
-    each model off the curve that met the curve's plan and more, the extra attacks). The reference plan is
-    the one most fixed mixtures met (without fixed mixtures: most mixtures; without those: most reports).
-    Every point of the curve must meet it exactly (a base model less its transfer attacks); every other model
-    must meet at least it."""
+    each model off the curve that met every curve point's plan and more, the extra attacks).
+
+    Every model off the curve must have met each curve point's plan (a base model's less the transfer
+    attacks), with the same settings: equal plans compare exactly, larger ones give a lower bound. Without
+    such models, the curve's points must meet one plan, the one most fixed mixtures met."""
     sigs = {name: plan_signature(r, base=roles[name] in BASE_ROLES) for name, r in reports.items()}
-    fixed = [n for n in reports if roles[n] == "fixed"]
-    mixtures = [n for n in reports if roles[n] not in BASE_ROLES]
-    pool = fixed or mixtures or list(reports)
-    ref = max(pool, key=lambda n: sum(sigs[m] == sigs[n] for m in mixtures or pool))  # first of the most common
-    ref_base = {k: v for k, v in sigs[ref].items() if v.get("type") != "transfer"}
+    curve = [n for n in reports if roles[n] in BASE_ROLES or roles[n] == "fixed"]
+    others = [n for n in reports if n not in curve]
     out, extras = [], {}
-    for name, mine in sigs.items():
-        if name == ref:
-            continue
-        on_curve = roles[name] in BASE_ROLES or roles[name] == "fixed"
-        theirs = ref_base if roles[name] in BASE_ROLES else sigs[ref]
-        if not on_curve and not fixed:  # a curve of base models alone meets no transfer attacks
-            mine = {k: v for k, v in mine.items() if v.get("type") != "transfer"}
-            theirs = ref_base
-        diffs, extra = _differences(name, mine, ref, theirs, extra_ok=not on_curve)
-        out += diffs
-        if extra and not diffs:
-            extras[name] = extra
+    if not others or not curve:
+        pool = [n for n in curve if roles[n] == "fixed"] or curve or others
+        ref = max(pool, key=lambda n: sum(sigs[m] == sigs[n] for m in pool))  # first of the most common
+        for name in curve or others:
+            if name != ref:
+                theirs = _without_transfer(sigs[ref]) if roles[name] in BASE_ROLES else sigs[ref]
+                out += _differences(name, sigs[name], ref, theirs, extra_ok=False)[0]
+        return out, extras
+    for model in others:
+        seen: list[str] = []
+        for point in curve:
+            mine = _without_transfer(sigs[model]) if roles[point] in BASE_ROLES else sigs[model]
+            diffs, extra = _differences(model, mine, point, sigs[point], extra_ok=True)
+            out += diffs
+            seen += [k for k in extra if k not in seen]
+        if seen:
+            extras[model] = seen
+    extras = {m: e for m, e in extras.items() if not any(f"{m!r}" in d for d in out)}
     return out, extras
 
 
