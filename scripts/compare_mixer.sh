@@ -10,19 +10,22 @@
 # ROBUST (a robust checkpoint stem in place of the shipped one: the bases, the fixed mixtures and the mixer all
 # use it), AA_FIXED (the AutoAttack set of the fixed mixtures, default AA; anything else makes the plans differ, and
 # compare then needs --allow-different-plans, which COMPARE_ARGS passes on).
-# STANDARD (the standard stem that goes with ROBUST; default the shipped Fashion-MNIST one), LAUNCH (default
-# ".venv/bin/adasmooth"; ".venv/bin/torchrun --nproc-per-node 2 -m adasmooth" splits each model's chunks over two
-# ranks), CHUNK (examples per chunk; default evaluate.batch_size).
+# STANDARD (the standard stem that goes with ROBUST; default the shipped Fashion-MNIST one), PY (the Python with
+# adasmooth installed; default .venv/bin/python), LAUNCH (default "$PY -m adasmooth";
+# ".venv/bin/torchrun --nproc-per-node 2 -m adasmooth" splits each model's chunks over two
+# ranks), CHUNK (examples per chunk; default evaluate.batch_size), DEVICE (cpu; cuda on a GPU).
+# AA_FIXED=apgd-ce (or apgd) evaluates the fixed mixtures with a part of the standard set only, at a tenth (a
+# quarter) of its cost: compare then reports the mixer's margin as a lower bound.
 # Reports already measured on the same points can be reused: copy them to OUT/bases/ and touch OUT/bases/done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$1; mixer=$2; config=${3:-fmnist}
 n=${N:-1000}; aa=${AA:-standard}; alphas=${ALPHAS:-"0.9 0.8 0.95 0.7 0.6"}; s_hs=${S_H:-"1 2"}
-aa_fixed=${AA_FIXED:-$aa}; robust=${ROBUST:-}; launch=${LAUNCH:-.venv/bin/adasmooth}
+aa_fixed=${AA_FIXED:-$aa}; robust=${ROBUST:-}; py=${PY:-.venv/bin/python}; launch=${LAUNCH:-$py -m adasmooth}
 pair=(); bases=(); chunk=()
 [ -n "${CHUNK:-}" ] && chunk=(--chunk-size "$CHUNK")
 if [ -n "$robust" ]; then
-  shipped=$(.venv/bin/python -c 'from adasmooth.pretrained import pretrained_dir; print(pretrained_dir())')
+  shipped=$($py -c 'from adasmooth.pretrained import pretrained_dir; print(pretrained_dir())')
   pair=(--robust "$robust")
   [ -n "${STANDARD:-}" ] && pair+=(--standard "$STANDARD")
   bases=(--checkpoint "${STANDARD:-$shipped/fashion-mnist/standard}" --checkpoint "$robust")
@@ -30,7 +33,8 @@ fi
 run() {  # run NAME AA ARGS...: one evaluate call, skipped when done
   local name=$1 set=$2; shift 2
   [ -f "$out/$name/done" ] && return 0
-  $launch evaluate --config "$config" --n-examples "$n" --autoattack "$set" "${chunk[@]}" --out "$out/$name" "$@"
+  $launch evaluate --config "$config" --device "${DEVICE:-cpu}" --n-examples "$n" --autoattack "$set" "${chunk[@]}" \
+    --out "$out/$name" "$@"
   touch "$out/$name/done"
 }
 run bases "$aa" "${bases[@]}"
@@ -45,4 +49,4 @@ for s_h in $s_hs; do
 done
 reports+=("adaptive=$(ls "$out/adaptive"/*.json | grep -v -- '-alpha\.json$' | head -1)")
 # shellcheck disable=SC2086
-.venv/bin/adasmooth compare --standard standard --robust robust --out "$out/compare" ${COMPARE_ARGS:-} "${reports[@]}"
+$py -m adasmooth compare --standard standard --robust robust --out "$out/compare" ${COMPARE_ARGS:-} "${reports[@]}"

@@ -36,7 +36,8 @@ def main() -> int:
     record = {
         "kind": "test-comparison", "dataset": result["dataset"], "split": result["split"], "n": result["n_shared"],
         "eps": result["eps"], "norm": result["norm"], "like_for_like": result["like_for_like"],
-        "plan_differences": result["plan_differences"],
+        "plan_differences": result["plan_differences"], "plan_extras": result.get("plan_extras") or {},
+        "fixed_envelope": result.get("fixed_envelope"),
         "fingerprints": {"standard": state_fingerprint(pair.standard), "robust": state_fingerprint(pair.robust),
                          "mixer_sha256": mixer_meta["sha256"]},
         "fixed_curve": result["fixed_curve"], "fixed": fixed,
@@ -45,7 +46,8 @@ def main() -> int:
                                ("robust", next(m for m in models if models[m]["kind"] == "robust")))},
         "adaptive": {"clean": ada["clean"], "robust": ada["robust"], "attacks": ada["attacks"],
                      "clean_above_fixed_curve": ada["clean_above_fixed_curve"],
-                     "interval": ada["clean_above_interval"], "nearest_fixed": ada["nearest_fixed"]},
+                     "interval": ada["clean_above_interval"], "nearest_fixed": ada["nearest_fixed"],
+                     "margin_bound": ada.get("margin_bound")},
         "bootstrap": result.get("bootstrap"), "source": args.compare_json, "command": args.command,
     }
     out = pretrained_dir() / args.dataset / "comparison.json"

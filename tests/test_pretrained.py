@@ -204,3 +204,7 @@ def test_the_shipped_comparison_is_shown_only_for_the_weights_it_was_measured_on
     assert shipped_comparison("fashion-mnist", dataclasses.replace(pair, robust=other.robust)) is None
     png = plot_test_points({"standard": (0.92, 0.0), "robust": (0.87, 0.71)}, tmp_path / "t.png", reference=ref)
     assert png.stat().st_size > 10_000
+    # a record whose fixed points met a part of the mixer's plan draws their envelope and says "at least"
+    lower = {**ref, "fixed_envelope": ref["fixed_curve"], "adaptive": {**a, "margin_bound": "lower"}}
+    png = plot_test_points({"standard": (0.92, 0.0), "robust": (0.87, 0.71)}, tmp_path / "l.png", reference=lower)
+    assert png.stat().st_size > 10_000 and png.read_bytes() != (tmp_path / "t.png").read_bytes()

@@ -83,15 +83,20 @@ def plot_test_points(points: dict, path: str | Path, *, title: str = "", referen
 
 
 def _draw_reference(ax, ref: dict) -> None:
-    alike = "same plans" if ref.get("like_for_like") else "not like for like: the fixed points met fewer attacks"
-    curve = sorted(ref["fixed_curve"])
+    lower = ref.get("adaptive", {}).get("margin_bound") == "lower" and ref.get("fixed_envelope")
+    if lower:  # the fixed points met a part of the mixer's plan: its margin to their envelope is a lower bound
+        curve, what = sorted(ref["fixed_envelope"]), "concave envelope of the fixed-α points (they met part of the plan)"
+    else:
+        alike = "same plans" if ref.get("like_for_like") else "not like for like: the fixed points met fewer attacks"
+        curve, what = sorted(ref["fixed_curve"]), f"fixed-α curve ({alike})"
     ax.plot([100 * c for c, _ in curve], [100 * r for _, r in curve], "-", color="tab:purple", lw=1.2, alpha=0.7,
-            label=f"fixed-α curve, {ref['n']:,} shipped test points ({alike})")
+            label=f"{what}, {ref['n']:,} shipped test points")
     a = ref["adaptive"]
     m, (lo, hi) = a["clean_above_fixed_curve"], a["interval"]
     ax.errorbar(100 * a["clean"], 100 * a["robust"], xerr=[[100 * (m - lo)], [100 * (hi - m)]], fmt="*",
                 color="tab:purple", ms=10, capsize=3,
-                label=f"adaptive on those points: {100 * m:+.2f} clean above the curve, 95% [{100 * lo:+.2f}, {100 * hi:+.2f}]")
+                label=f"adaptive on those points: {'at least ' if lower else ''}{100 * m:+.2f} clean above, "
+                      f"95% [{100 * lo:+.2f}, {100 * hi:+.2f}]")
 
 
 def plot_margins(groups: dict, path: str | Path, *, alpha: float | None = None, title: str = "") -> Path:

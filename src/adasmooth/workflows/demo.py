@@ -87,7 +87,8 @@ class DemoResult:
             out["alpha"] = {r.key: r.evaluation.alpha for r in self.rows if r.evaluation.alpha is not None}
         if self.extras.get("comparison"):
             ref = self.extras["comparison"]
-            out["shipped_comparison"] = {k: ref[k] for k in ("n", "like_for_like", "fixed_curve", "adaptive", "source")}
+            out["shipped_comparison"] = {k: ref.get(k) for k in ("n", "like_for_like", "fixed_curve", "fixed_envelope",
+                                                                  "adaptive", "source")}
         return out
 
     def format(self) -> str:
@@ -111,10 +112,12 @@ class DemoResult:
         ref = self.extras.get("comparison")
         if ref:
             a = ref["adaptive"]
-            lines.append(f"shipped comparison on {ref['n']:,} test points: the mixer {100 * a['clean_above_fixed_curve']:+.2f} "
-                         f"clean points above the fixed-α curve, 95% interval [{100 * a['interval'][0]:+.2f}, "
-                         f"{100 * a['interval'][1]:+.2f}]" + ("" if ref["like_for_like"] else
-                                                              " (not like for like: the fixed points met fewer attacks)"))
+            lower = a.get("margin_bound") == "lower"
+            note = ("" if ref["like_for_like"] else " (a lower bound: the fixed points met a part of the mixer's attacks)"
+                    if lower else " (not like for like: the fixed points met other attacks)")
+            lines.append(f"shipped comparison on {ref['n']:,} test points: the mixer {'at least ' if lower else ''}"
+                         f"{100 * a['clean_above_fixed_curve']:+.2f} clean points above the fixed-α curve, 95% interval "
+                         f"[{100 * a['interval'][0]:+.2f}, {100 * a['interval'][1]:+.2f}]{note}")
         if bad:
             lines.append("sanity checks FAILED: " + ", ".join(bad))
         if warn:
