@@ -345,6 +345,56 @@ def test_square_training_copies_fool_a_linear_composite_inside_the_ball_and_are_
         square_training_copies(model, x, y, eps=0.1, generator=torch.Generator(), queries=0)
 
 
+def test_fab_training_copies_reach_the_closed_form_nearest_crossing_and_fall_back_where_fab_fails():
+    from adasmooth.attacks.apgd_training import fab_training_copies
+
+    signs = torch.tensor([1.0, -1.0]).repeat(18)[torch.randperm(36, generator=torch.Generator().manual_seed(0))]
+    a = 0.1 * signs
+    model = LinearComposite(a)
+    c = torch.linspace(0.05, 0.15, 8)
+    x = (0.5 - c[:, None] * a / a.square().sum()).view(8, 1, 6, 6)
+    y = torch.zeros(8, dtype=torch.long)
+    out = fab_training_copies(model, x, y, eps=0.1, generator=torch.Generator().manual_seed(5), n_iter=10)
+    # the nearest l-inf crossing of a·x = 0 lies at distance c/|a|_1 (0.014 to 0.042): FAB-T finds it, the
+    # 2nd-ranked class (label 1) wins there, far inside the 0.1-ball
+    dist = (out.x - x).flatten(1).abs().amax(1)
+    assert torch.allclose(dist, c / a.abs().sum(), rtol=0.05)
+    assert (model(out.x).argmax(1) == 1).all() and out.targeted.all() and out.iters == [10]
+    # a radius below the crossing: the step is projected onto the ball and the label holds
+    near = fab_training_copies(model, x, y, eps=0.01, generator=torch.Generator().manual_seed(5), n_iter=10)
+    assert (near.x - x).abs().amax() <= 0.01 + 1e-6 and (model(near.x).argmax(1) == 0).all()
+    # misclassified images (nothing to cross) come back clean from FAB: they take the fallback's rows
+    wrong = torch.ones(8, dtype=torch.long)
+    fallback = (x + 0.05).clamp(0, 1)
+    back = fab_training_copies(model, x, wrong, eps=0.1, generator=torch.Generator().manual_seed(5), fallback=fallback)
+    assert torch.equal(back.x, fallback)
+    with pytest.raises(ValueError, match="n_iter >= 1"):
+        fab_training_copies(model, x, y, eps=0.1, generator=torch.Generator(), n_iter=0)
+
+
+def test_fit_mixer_with_fab_copies_adds_one_targeted_copy_per_image_and_resumes_old_runs(tmp_path):
+    from adasmooth.config import MixerConfig
+    from adasmooth.training import fit_mixer
+    from adasmooth.training.gate_fitting import default_training_attack
+
+    cfg = MixerConfig(epochs=1, batch_size=16, lr=1e-2, checkpoint_every=2, attack_copies=1, attack_iters_df=3.0,
+                      attack_max_iters=4, attack_fab_copies=1, attack_fab_iters=3, tensorboard=False)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g)
+    model = _small_composite().eval()  # as fit_mixer attacks: in eval mode
+    copies = default_training_attack(cfg, 0.1)(model, x, y, torch.Generator().manual_seed(1))
+    assert len(copies.y) == 32 and copies.iters[-1] == 3 and copies.targeted[16:].all()
+    assert (copies.x[16:] - x).abs().amax() <= 0.1 + 1e-6
+    # a run saved before the FAB keys existed resumes: the keys at their defaults stay out of the resume key
+    old = MixerConfig(epochs=1, batch_size=16, checkpoint_every=1, attack_copies=1, attack_iters_df=3.0,
+                      attack_max_iters=4, tensorboard=False)
+    fit_mixer(_small_composite(), x, y, old, tmp_path / "old", eps=0.1, progress=False, max_steps=1)
+    import json
+
+    state = json.loads((tmp_path / "old" / "mixer-last.json").read_text())
+    assert "attack_fab_copies" not in state["settings"]["mixer"]
+
+
 def test_fit_mixer_with_square_copies_trains_on_both_kinds_and_resumes_to_the_same_weights(tmp_path):
     from adasmooth.config import MixerConfig
     from adasmooth.training import fit_mixer

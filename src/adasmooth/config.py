@@ -136,6 +136,10 @@ class MixerConfig:
     # gradient) beside the APGD ones, so that the gate also sees what a search attack finds (0: none)
     attack_square_copies: int = 0
     attack_square_queries: int = 300  # queries of each Square copy (AutoAttack's evaluation: 5000)
+    # apgd: copies per clean image made by the official FAB-T (the smallest crossing of the composite's
+    # boundary towards its 2nd, 3rd, ... ranked class, projected onto the ε-ball) (0: none)
+    attack_fab_copies: int = 0
+    attack_fab_iters: int = 20  # iterations of each FAB-T copy (AutoAttack's evaluation: 100)
     attack_untargeted_share: float = 0.5  # pgd only
     clean_weight: float | None = None  # loss weight of a clean example (attacked ones: 1); null: attack_copies
     attack_chunk: int = 0  # examples per independently seeded attack piece; 0: the whole batch at once.

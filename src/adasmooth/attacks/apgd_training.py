@@ -11,6 +11,9 @@ per-example radius, which its ℓ∞/ℓ2 steps and projections broadcast.
 Beside them (our addition, not the paper's), :func:`square_training_copies` makes copies by the official
 Square attack: a random search on the composite's margin that needs no gradient. A gate trained only on
 gradient attacks can mask its gradients; Square then walks to inputs the gate reads as clean.
+:func:`fab_training_copies` makes copies by the official FAB-T: the smallest step across the composite's
+boundary towards a ranked class. Its inputs sit close to the clean ones, which is how FAB-T walks around a
+gate that only learned to flag large, loss-maximising perturbations.
 """
 
 from __future__ import annotations
@@ -121,4 +124,43 @@ def square_training_copies(composite, x: torch.Tensor, y: torch.Tensor, *, eps: 
         parts.append(AttackedCopies(x_adv, y, torch.full((n,), float(eps), device=device),
                                     torch.zeros(n, device=device), [int(queries)],
                                     torch.zeros(n, dtype=torch.bool, device=device)))
+    return AttackedCopies.concatenate(parts)
+
+
+def fab_training_copies(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, generator: torch.Generator,
+                        copies: int = 1, n_iter: int = 20, norm: str = "Linf",
+                        fallback: torch.Tensor | None = None) -> AttackedCopies:
+    """``copies`` copies of ``(x, y)`` made by single runs of the official targeted FAB (FAB-T) on
+    ``composite``'s output, copy k aimed at the composite's (k+2)-th ranked class, ``n_iter`` iterations,
+    seeded from ``generator``. FAB returns the smallest boundary crossing it found; it is projected onto the
+    radius-``eps`` ball (a crossing beyond ``eps`` becomes the nearest point inside it). Where FAB finds no
+    crossing it hands the clean image back: those rows take ``fallback``'s rows (e.g. an APGD copy of the
+    same images) when given, so that no clean image is trained as an attacked one. Rows carry w = 0 and
+    count as targeted; ``iters`` holds the iterations."""
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    if copies < 1 or n_iter < 1:
+        raise ValueError(f"FAB copies need copies >= 1 and n_iter >= 1, got {copies}, {n_iter}")
+    if fallback is not None and fallback.shape != x.shape:
+        raise ValueError(f"fallback must have the images' shape {tuple(x.shape)}, got {tuple(fallback.shape)}")
+    n, device = len(x), x.device
+    parts = []
+    for k in range(copies):
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        attack = FABAttack_PT(composite, norm=norm, n_restarts=1, n_iter=int(n_iter), eps=float(eps), seed=seed,
+                              targeted=True, device=device, n_target_classes=1)
+        attack.target_class = k + 2
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            x_fab = attack.attack_single_run(x, y, use_rand_start=False, is_targeted=True).detach()
+        delta = x_fab - x
+        delta = delta.clamp(-eps, eps) if norm == "Linf" else delta * (
+            eps / delta.flatten(1).norm(dim=1).clamp_min(eps)).view(-1, *[1] * (x.dim() - 1))
+        x_adv = (x + delta).clamp(0, 1)
+        if fallback is not None:
+            unmoved = (x_fab == x).flatten(1).all(dim=1)
+            x_adv[unmoved] = fallback[unmoved].to(x_adv.dtype)
+        parts.append(AttackedCopies(x_adv, y, torch.full((n,), float(eps), device=device),
+                                    torch.zeros(n, device=device), [int(n_iter)],
+                                    torch.ones(n, dtype=torch.bool, device=device)))
     return AttackedCopies.concatenate(parts)

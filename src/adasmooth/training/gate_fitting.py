@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..attacks.adaptive import gate_bce, randomized_attack
-from ..attacks.apgd_training import AttackedCopies, apgd_training_attack, square_training_copies
+from ..attacks.apgd_training import (
+    AttackedCopies,
+    apgd_training_attack,
+    fab_training_copies,
+    square_training_copies,
+)
 from ..config import MixerConfig
 from ..distributed import rank_and_world
 from ..evaluation.separation import gate_separation
@@ -59,7 +64,8 @@ def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
 
 _NOT_WEIGHTS = ("tensorboard", "separation_every", "separation_n", "calibration_strategy", "calibration_autoattack",
                 "calibration_square_queries")  # settings that do not change the weights
-_ADDED_LATER = {"accumulate": 1, "train_split": "train", "gate": "adasmooth"}  # left out at these values, so that runs saved before the key existed resume
+_ADDED_LATER = {"accumulate": 1, "train_split": "train", "gate": "adasmooth", "attack_fab_copies": 0,
+                "attack_fab_iters": 20}  # left out at these values, so that runs saved before the key existed resume
 
 
 def _trainable(model: AdaptiveMixedClassifier) -> list[torch.nn.Parameter]:
@@ -149,18 +155,21 @@ def _resume_settings(model, cfg: MixerConfig, eps: float, n_train: int) -> dict:
 
 def default_training_attack(cfg: MixerConfig, eps: float) -> Callable:
     """``attack(model, x, y, generator)`` as ``cfg`` says: the paper's official-APGD copies (and
-    ``attack_square_copies`` official-Square copies), or with ``attack_method: pgd`` the older sign-PGD."""
+    ``attack_square_copies`` official-Square and ``attack_fab_copies`` official-FAB-T copies), or with ``attack_method: pgd`` the older sign-PGD."""
     if cfg.attack_method == "apgd":
         def attack(m, xb, yb, gen):
             copies = apgd_training_attack(
                 m, xb, yb, eps=eps, generator=gen, copies=cfg.attack_copies, iters_df=cfg.attack_iters_df,
                 max_iters=cfg.attack_max_iters, eps_range=(cfg.attack_eps_low, cfg.attack_eps_high),
                 w_max=cfg.attack_w_max)
-            if not cfg.attack_square_copies:
-                return copies
-            return AttackedCopies.concatenate([copies, square_training_copies(
-                m, xb, yb, eps=eps, generator=gen, copies=cfg.attack_square_copies,
-                queries=cfg.attack_square_queries)])
+            parts = [copies]
+            if cfg.attack_square_copies:
+                parts.append(square_training_copies(m, xb, yb, eps=eps, generator=gen, copies=cfg.attack_square_copies,
+                                                    queries=cfg.attack_square_queries))
+            if cfg.attack_fab_copies:  # where FAB-T finds no crossing, the row takes the APGD-CE copy's image
+                parts.append(fab_training_copies(m, xb, yb, eps=eps, generator=gen, copies=cfg.attack_fab_copies,
+                                                 n_iter=cfg.attack_fab_iters, fallback=copies.x[:len(xb)]))
+            return AttackedCopies.concatenate(parts) if len(parts) > 1 else copies
         return attack
 
     def attack(m, xb, yb, gen):
