@@ -39,13 +39,15 @@ def main() -> int:
     p.add_argument("--weights", type=float, nargs="+", default=[0.5])
     p.add_argument("--square-queries", type=int, default=1000)
     p.add_argument("--fab-targets", type=int, default=0)
+    p.add_argument("--split", default="test", choices=("val", "test"),
+                   help="val: the held-out training images, for comparing gates without touching the test set")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     cfg = load_config(resolve_config_path(a.config))
     std, rob = load_pair(cfg, standard=a.standard, robust=a.robust, device=a.device)
     model = load_adaptive(a.mixer, std, rob).to(a.device).eval()
-    x, y = data_mod.load(cfg.data.name, "test", root=cfg.data.root)
+    x, y = data_mod.load(cfg.data.name, a.split, root=cfg.data.root)
     idx = seeded_subset(len(y), a.n, cfg.evaluate.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +64,7 @@ def main() -> int:
                         "fab": sep.alpha_fab}, path)
         parts.append(torch.load(path, weights_only=True))
     clean = torch.cat([q["clean"] for q in parts])
-    res = {"mixer": a.mixer, "n": len(clean), "eps": cfg.threat.eps, "norm": cfg.threat.norm, "split": "test",
+    res = {"mixer": a.mixer, "n": len(clean), "eps": cfg.threat.eps, "norm": cfg.threat.norm, "split": a.split,
            "points": "evaluate's seeded subset (evaluate.seed)", "seconds": round(time.perf_counter() - t0, 1),
            "alpha_clean_quantiles_10_50_90": clean.quantile(torch.tensor([0.1, 0.5, 0.9])).tolist(),
            "apgd_ce_n_iter": 40,
