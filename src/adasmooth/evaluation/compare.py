@@ -191,15 +191,15 @@ def plan_relations(reports: dict[str, dict], roles: dict[str, str]) -> tuple[lis
                 out += _differences(name, sigs[name], ref, theirs, extra_ok=False)[0]
         return out, extras
     for model in others:
-        seen: list[str] = []
+        mine_diffs, seen = [], []
         for point in curve:
             mine = _without_transfer(sigs[model]) if roles[point] in BASE_ROLES else sigs[model]
             diffs, extra = _differences(model, mine, point, sigs[point], extra_ok=True)
-            out += diffs
+            mine_diffs += diffs
             seen += [k for k in extra if k not in seen]
-        if seen:
+        out += mine_diffs
+        if seen and not mine_diffs:
             extras[model] = seen
-    extras = {m: e for m, e in extras.items() if not any(f"{m!r}" in d for d in out)}
     return out, extras
 
 
