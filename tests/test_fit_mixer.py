@@ -12,6 +12,7 @@ from adasmooth.io import CheckpointError
 from adasmooth.mixer import AdaptiveMixedClassifier, MixingNetwork
 from adasmooth.models import SmallResNet
 from adasmooth.training import fit_mixer, mixer_loss
+from adasmooth.training.gate_fitting import useful_gate_target
 
 LAYERS = ("stage1", "stage2")
 
@@ -175,3 +176,38 @@ def test_accumulated_steps_average_the_mini_batch_gradients(tmp_path):
         (0.5 * loss).backward()
     want = [p.grad for p in before.parameters() if p.requires_grad]
     assert len(grads) == 1 and all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(grads[0], want))
+
+
+def test_useful_gate_target_asks_for_the_standard_model_only_where_it_alone_is_right():
+    std = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    rob = torch.tensor([[0.0, 2.0], [2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([0, 0, 0, 0])  # std right/rob wrong, both right, std wrong/rob right, both wrong
+    assert useful_gate_target(std, rob, y).tolist() == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_useful_gate_target_lowers_alpha_where_only_the_standard_model_is_right(tmp_path):
+    """Half the inputs carry a corner marker and are labelled with the standard model's class where the robust
+    model predicts another; the rest with the robust model's class. The attack changes nothing, so the paper's
+    target (clean vs attacked) has nothing to learn, while the useful target must teach α low on the marked half."""
+    model = _composite(seed=1)
+    x, _ = _data(256)
+    x[:128, :, :6, :6] = 1.0
+    with torch.no_grad():
+        g, h = model.standard(x).argmax(1), model.robust(x).argmax(1)
+    marked = torch.arange(256) < 128
+    assert (g[marked] != h[marked]).float().mean() > 0.5  # the seed gives disagreeing bases on the marked half
+    y = torch.where(marked & (g != h), g, h)
+    only_standard = marked & (g != h)
+
+    def unchanged(m, xb, yb, gen):
+        return xb.clone()
+
+    gaps = {}
+    for target in ("attacked", "useful"):
+        trained = _composite(seed=1)
+        cfg = dataclasses.replace(CFG, gate_target=target, epochs=6)  # γ's BatchNorm (momentum 0.01) needs the steps
+        fit_mixer(trained, x, y, cfg, tmp_path / target, eps=0.1, attack=unchanged, progress=False)
+        with torch.no_grad():
+            a = trained.alpha(x)
+        gaps[target] = float(a[~only_standard].mean() - a[only_standard].mean())
+    assert gaps["useful"] > 0.4 and gaps["useful"] > gaps["attacked"] + 0.3

@@ -124,6 +124,10 @@ class MixerConfig:
     c_bce: float = 1.5
     c_ce: float = 0.0
     c_prod: float = 0.25  # paper: 0.2 to 0.3
+    # what the gate's BCE asks for: "attacked" (the paper's: α → 1 on every attacked copy, → 0 on every clean
+    # image) or "useful" (α → 0 only where the standard model is right and the robust one wrong, on clean and
+    # attacked inputs alike; → 1 everywhere else), so that α stays low only where the robust model errs
+    gate_target: str = "attacked"
     attack_method: str = "apgd"  # "apgd": the paper's official APGD-CE + APGD-T copies; "pgd": our older sign-PGD
     attack_copies: int = 2  # apgd: attacked copies per clean image, 1 APGD-CE + (K-1) APGD-T (paper: 10)
     attack_max_iters: int | None = 30  # apgd: cap on the χ² draws (paper: none); pgd: the draws' mean is half of it

@@ -111,6 +111,8 @@ def check_values(cfg, source: str) -> None:
     if m.train_split == "train+val" and not m.alpha_range:
         raise ConfigError(f"{source}: 'mixer.train_split: train+val' trains on the validation images that calibration "
                           "would choose on: give mixer.alpha_range and eval_gamma_bias (used as given), or train on train")
+    if m.gate_target not in ("attacked", "useful"):
+        raise ConfigError(f"{source}: 'mixer.gate_target' must be attacked or useful, got {m.gate_target!r}")
     if m.gate not in ("adasmooth", "paper"):
         raise ConfigError(f"{source}: 'mixer.gate' must be adasmooth or paper, got {m.gate!r}")
     if m.calibration_strategy not in ("floor", "scan", "bisect"):

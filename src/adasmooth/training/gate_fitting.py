@@ -43,11 +43,19 @@ from ..state import chunk_slices, load_training_state, run_chunks, save_training
 logger = logging.getLogger(__name__)
 
 
-def mixer_loss(log_probs, gamma, labels, is_attacked, *, c_bce: float, c_ce: float, c_prod: float,
+def useful_gate_target(standard_logits: torch.Tensor, robust_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The ``gate_target: useful`` label of each input: 0 (trust the standard model) where the standard model
+    is right and the robust one wrong, 1 (trust the robust model) everywhere else, clean or attacked."""
+    standard_right = standard_logits.argmax(1) == labels
+    robust_right = robust_logits.argmax(1) == labels
+    return (~(standard_right & ~robust_right)).float()
+
+
+def mixer_loss(log_probs, gamma, labels, target, *, c_bce: float, c_ce: float, c_prod: float,
                weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over examples (weighted by ``weights`` when given) of ``c_bce·BCE(γ, t) + c_ce·CE(f(x), y) +
-    c_prod·BCE·CE``."""
-    bce = gate_bce(gamma, is_attacked.to(gamma.dtype))
+    c_prod·BCE·CE``; ``target`` is t (the paper's: 1 for an attacked input, 0 for a clean one)."""
+    bce = gate_bce(gamma, target.to(gamma.dtype))
     ce = F.nll_loss(log_probs, labels, reduction="none")
     per_example = c_bce * bce + c_ce * ce + c_prod * bce * ce
     if weights is None:
@@ -65,7 +73,7 @@ def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
 _NOT_WEIGHTS = ("tensorboard", "separation_every", "separation_n", "calibration_strategy", "calibration_autoattack",
                 "calibration_square_queries")  # settings that do not change the weights
 _ADDED_LATER = {"accumulate": 1, "train_split": "train", "gate": "adasmooth", "attack_fab_copies": 0,
-                "attack_fab_iters": 20}  # left out at these values, so that runs saved before the key existed resume
+                "attack_fab_iters": 20, "gate_target": "attacked"}  # left out at these values, so that runs saved before the key existed resume
 
 
 def _trainable(model: AdaptiveMixedClassifier) -> list[torch.nn.Parameter]:
@@ -250,7 +258,8 @@ def _gate_backward(model, cfg: MixerConfig, xb, yb, x_adv, *, device, step: int,
     with _autocast(cfg, device):
         g, h, gamma = model.components(inputs)
         log_p = model.mix(g.float(), h.float(), gamma.float())
-        loss = mixer_loss(log_p, gamma.float(), labels, is_adv, c_bce=cfg.c_bce, c_ce=cfg.c_ce, c_prod=cfg.c_prod,
+        target = useful_gate_target(g, h, labels) if cfg.gate_target == "useful" else is_adv
+        loss = mixer_loss(log_p, gamma.float(), labels, target, c_bce=cfg.c_bce, c_ce=cfg.c_ce, c_prod=cfg.c_prod,
                           weights=weights)
     if not torch.isfinite(loss):
         raise FloatingPointError(
@@ -259,7 +268,7 @@ def _gate_backward(model, cfg: MixerConfig, xb, yb, x_adv, *, device, step: int,
             f"learning rate or check the data, then continue with --resume")
     (loss * share if share != 1.0 else loss).backward()
     with torch.no_grad():
-        detect = ((gamma > 0).float() == is_adv).float().mean()
+        detect = ((gamma > 0).float() == target).float().mean()
         alpha = model.alpha_from_gamma(gamma)
     n = len(yb)
     return {"share": share, "loss": loss.item(), "detect_acc": float(detect), "alpha_clean": float(alpha[:n].mean()),
