@@ -3,7 +3,8 @@
 Scores α(x) on the seeded test points `adasmooth evaluate` attacks (evaluate.seed, the first N) against α on
 the final iterates of gate-aware APGD-CE (w in --weights), of the official Square attack (--square-queries),
 and on what the official FAB-T finds (--fab-targets), in chunks that a rerun skips once written
-(OUT/chunk-<i>.pt). Writes OUT/separation.json with the AUROCs over all points.
+(OUT/chunk-<i>.pt). Writes OUT/separation.json with the AUROCs over all points, and the usefulness AUROC
+over every clean image of the split (does α fall where the standard model alone is right?).
 
     .venv/bin/python scripts/gate_separation.py --mixer pretrained/fashion-mnist/mixer --n 1000 \\
         --square-queries 1000 --out results/separation
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from adasmooth import data as data_mod
 from adasmooth.config import load_config, resolve_config_path
-from adasmooth.evaluation.separation import auroc, gate_separation
+from adasmooth.evaluation.separation import auroc, gate_separation, usefulness_auroc
 from adasmooth.io import atomic_write_json
 from adasmooth.mixer import load_adaptive
 from adasmooth.seeding import seeded_subset
@@ -75,6 +76,7 @@ def main() -> int:
     if a.fab_targets:
         fab = torch.cat([q["fab"] for q in parts])
         res["fab_t"] = {"targets": a.fab_targets, "found": len(fab), "auroc": auroc(fab, clean) if len(fab) else None}
+    res["usefulness_all_clean_images_of_split"] = usefulness_auroc(model, x, y, device=a.device)
     atomic_write_json(out / "separation.json", res)
     print(json.dumps(res, indent=1))
     return 0

@@ -501,3 +501,24 @@ def test_fab_t_separation_scores_only_what_fab_finds_within_eps():
     assert len(sep.alpha_fab) > 0 and 0.0 <= d["fab_t"]["auroc"] <= 1.0
     tight = gate_separation(model, x, y, eps=1e-4, weights=(0.0,), n_iter=2, fab_targets=2)
     assert tight.to_dict()["fab_t"]["found"] == 0 and tight.auroc_fab is None  # nothing within a tiny eps
+
+
+def test_usefulness_auroc_scores_the_inputs_where_only_the_standard_model_is_right():
+    from adasmooth.evaluation.separation import auroc, usefulness_auroc
+
+    model = _small_composite().eval()
+    x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        g, h, gamma = model.components(x)
+    s, r = g.argmax(1), h.argmax(1)
+    assert (s != r).any()
+    y = torch.where(torch.arange(40) < 20, s, r)  # the first 20 (where the bases differ): standard alone right
+    only_std = (torch.arange(40) < 20) & (s != r)
+    got = usefulness_auroc(model, x, y, batch_size=16)
+    a = model.alpha_from_gamma(gamma).detach()
+    assert got["standard_only_right"] == int(only_std.sum())
+    assert got["auroc_alpha"] == pytest.approx(auroc(a[~only_std], a[only_std]))
+    conf = torch.softmax(h, 1).max(1).values.detach()
+    assert got["auroc_robust_confidence"] == pytest.approx(auroc(conf[~only_std], conf[only_std]))
+    with pytest.raises(ValueError, match="standard model alone"):
+        usefulness_auroc(model, x, r)

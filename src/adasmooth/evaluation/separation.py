@@ -38,6 +38,30 @@ def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
     return float(u / (len(pos) * len(neg)))
 
 
+@torch.no_grad()
+def usefulness_auroc(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500,
+                     device: str | torch.device = "cpu") -> dict:
+    """Does the gate lower α where that helps? On clean inputs, the AUROC of α between the inputs where the
+    standard model alone is right (where a low α gains accuracy) and all the others: P(α elsewhere > α
+    there), 0.5 for a gate that ignores usefulness, 1 for one that ranks every such input lowest. Beside it,
+    the same AUROC for the robust model's top softmax probability, the training-free ranking a nonlinear map
+    (MixedNUTS) relies on."""
+    alphas, right_std, right_rob, conf = [], [], [], []
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        g, h, gamma = model.components(xb)
+        alphas.append(model.alpha_from_gamma(gamma).cpu())
+        right_std.append((g.argmax(1) == yb).cpu()), right_rob.append((h.argmax(1) == yb).cpu())
+        conf.append(torch.softmax(h.float(), 1).max(1).values.cpu())
+    a, s, r, c = torch.cat(alphas), torch.cat(right_std), torch.cat(right_rob), torch.cat(conf)
+    only_std = s & ~r
+    if not only_std.any() or only_std.all():
+        raise ValueError("the usefulness AUROC needs inputs where the standard model alone is right and others")
+    return {"n": len(y), "standard_only_right": int(only_std.sum()), "robust_only_right": int((r & ~s).sum()),
+            "auroc_alpha": auroc(a[~only_std], a[only_std]),
+            "auroc_robust_confidence": auroc(c[~only_std], c[only_std])}
+
+
 @dataclass
 class Separation:
     """α on clean inputs and on the attacked ones per gate weight w, with the AUROC (attacked = positive)."""
