@@ -4,7 +4,9 @@ Scores α(x) on the seeded test points `adasmooth evaluate` attacks (evaluate.se
 the final iterates of gate-aware APGD-CE (w in --weights), of the official Square attack (--square-queries),
 and on what the official FAB-T finds (--fab-targets), in chunks that a rerun skips once written
 (OUT/chunk-<i>.pt). Writes OUT/separation.json with the AUROCs over all points, and the usefulness AUROC
-over every clean image of the split (does α fall where the standard model alone is right?).
+over every clean image of the split (does α fall where the standard model alone is right?). With
+--usefulness-only, only the latter (seconds); --mixer may then also be a fit-mixer run's training state
+(OUT/mixer-last, rebuilt from --config).
 
     .venv/bin/python scripts/gate_separation.py --mixer pretrained/fashion-mnist/mixer --n 1000 \\
         --square-queries 1000 --out results/separation
@@ -23,10 +25,11 @@ from tqdm.auto import tqdm
 from adasmooth import data as data_mod
 from adasmooth.config import load_config, resolve_config_path
 from adasmooth.evaluation.separation import auroc, gate_separation, usefulness_auroc
-from adasmooth.io import atomic_write_json
+from adasmooth.io import atomic_write_json, load_tensors
 from adasmooth.mixer import load_adaptive
 from adasmooth.seeding import seeded_subset
 from adasmooth.workflows import load_pair
+from adasmooth.workflows.mixer_jobs import build_adaptive
 
 
 def main() -> int:
@@ -42,13 +45,21 @@ def main() -> int:
     p.add_argument("--fab-targets", type=int, default=0)
     p.add_argument("--split", default="test", choices=("val", "test"),
                    help="val: the held-out training images, for comparing gates without touching the test set")
+    p.add_argument("--usefulness-only", action="store_true",
+                   help="only the usefulness AUROC on the split's clean images (no attack)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     cfg = load_config(resolve_config_path(a.config))
     std, rob = load_pair(cfg, standard=a.standard, robust=a.robust, device=a.device)
-    model = load_adaptive(a.mixer, std, rob).to(a.device).eval()
     x, y = data_mod.load(cfg.data.name, a.split, root=cfg.data.root)
+    model = _load_mixer(a.mixer, cfg, std, rob, input_shape=tuple(x.shape[1:])).to(a.device).eval()
+    if a.usefulness_only:
+        res = {"mixer": a.mixer, "split": a.split, **usefulness_auroc(model, x, y, device=a.device)}
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(a.out) / "usefulness.json", res)
+        print(json.dumps(res, indent=1))
+        return 0
     idx = seeded_subset(len(y), a.n, cfg.evaluate.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +91,21 @@ def main() -> int:
     atomic_write_json(out / "separation.json", res)
     print(json.dumps(res, indent=1))
     return 0
+
+
+def _load_mixer(stem, cfg, std, rob, *, input_shape):
+    """A saved mixer, or a fit-mixer training state (``mixer-last``) rebuilt from the config's mixer section."""
+    tensors, meta = load_tensors(stem)
+    if meta.get("kind") != "mixer-state":
+        return load_adaptive(stem, std, rob)
+    model = build_adaptive(cfg, std, rob, input_shape=input_shape)
+    result = model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+                                   strict=False)  # the bases come from --standard / --robust
+    missing = [k for k in result.missing_keys if not k.startswith(("standard.", "robust."))]
+    if missing or result.unexpected_keys:
+        raise SystemExit(f"{stem} does not fit the config's mixer section: missing {missing[:3]}, "
+                         f"unexpected {result.unexpected_keys[:3]}")
+    return model
 
 
 if __name__ == "__main__":

@@ -514,11 +514,14 @@ def test_usefulness_auroc_scores_the_inputs_where_only_the_standard_model_is_rig
     assert (s != r).any()
     y = torch.where(torch.arange(40) < 20, s, r)  # the first 20 (where the bases differ): standard alone right
     only_std = (torch.arange(40) < 20) & (s != r)
-    got = usefulness_auroc(model, x, y, batch_size=16)
+    got = usefulness_auroc(model, x, y, batch_size=16, shares=(0.0, 1.0))
     a = model.alpha_from_gamma(gamma).detach()
     assert got["standard_only_right"] == int(only_std.sum())
     assert got["auroc_alpha"] == pytest.approx(auroc(a[~only_std], a[only_std]))
     conf = torch.softmax(h, 1).max(1).values.detach()
     assert got["auroc_robust_confidence"] == pytest.approx(auroc(conf[~only_std], conf[only_std]))
+    switch = got["switch_clean_accuracy"]  # the standard model on no input, then on every input
+    assert switch["0"]["alpha"] == switch["0"]["robust_confidence"] == pytest.approx(float((r == y).float().mean()))
+    assert switch["1"]["alpha"] == switch["1"]["robust_confidence"] == pytest.approx(float((s == y).float().mean()))
     with pytest.raises(ValueError, match="standard model alone"):
         usefulness_auroc(model, x, r)
