@@ -12,7 +12,7 @@ from adasmooth.io import CheckpointError
 from adasmooth.mixer import AdaptiveMixedClassifier, MixingNetwork
 from adasmooth.models import SmallResNet
 from adasmooth.training import fit_mixer, mixer_loss
-from adasmooth.training.gate_fitting import useful_gate_target
+from adasmooth.training.gate_fitting import standard_alone_weights, useful_gate_target
 
 LAYERS = ("stage1", "stage2")
 
@@ -185,10 +185,10 @@ def test_useful_gate_target_asks_for_the_standard_model_only_where_it_alone_is_r
     assert useful_gate_target(std, rob, y).tolist() == [0.0, 1.0, 1.0, 1.0]
 
 
-def test_useful_gate_target_lowers_alpha_where_only_the_standard_model_is_right(tmp_path):
-    """Half the inputs carry a corner marker and are labelled with the standard model's class where the robust
-    model predicts another; the rest with the robust model's class. The attack changes nothing, so the paper's
-    target (clean vs attacked) has nothing to learn, while the useful target must teach α low on the marked half."""
+def _standard_alone_task():
+    """Inputs, labels and the "only the standard model is right" mask of a task where half the inputs carry a
+    corner marker and are labelled with the standard model's class where the robust model predicts another; the
+    rest with the robust model's class."""
     model = _composite(seed=1)
     x, _ = _data(256)
     x[:128, :, :6, :6] = 1.0
@@ -196,18 +196,46 @@ def test_useful_gate_target_lowers_alpha_where_only_the_standard_model_is_right(
         g, h = model.standard(x).argmax(1), model.robust(x).argmax(1)
     marked = torch.arange(256) < 128
     assert (g[marked] != h[marked]).float().mean() > 0.5  # the seed gives disagreeing bases on the marked half
-    y = torch.where(marked & (g != h), g, h)
-    only_standard = marked & (g != h)
+    return x, torch.where(marked & (g != h), g, h), marked & (g != h)
 
-    def unchanged(m, xb, yb, gen):
-        return xb.clone()
 
-    gaps = {}
-    for target in ("attacked", "useful"):
-        trained = _composite(seed=1)
-        cfg = dataclasses.replace(CFG, gate_target=target, epochs=6)  # γ's BatchNorm (momentum 0.01) needs the steps
-        fit_mixer(trained, x, y, cfg, tmp_path / target, eps=0.1, attack=unchanged, progress=False)
-        with torch.no_grad():
-            a = trained.alpha(x)
-        gaps[target] = float(a[~only_standard].mean() - a[only_standard].mean())
+def _unchanged(m, xb, yb, gen):
+    return xb.clone()
+
+
+def _alpha_gap(tmp_path, x, y, only_standard, **settings) -> float:
+    """Mean α elsewhere minus mean α where only the standard model is right, after training with ``settings``."""
+    trained = _composite(seed=1)
+    cfg = dataclasses.replace(CFG, epochs=6, **settings)  # γ's BatchNorm (momentum 0.01) needs the steps
+    fit_mixer(trained, x, y, cfg, tmp_path / ("-".join(f"{k}={v}" for k, v in settings.items()) or "paper"), eps=0.1, attack=_unchanged,
+              progress=False)
+    with torch.no_grad():
+        a = trained.alpha(x)
+    return float(a[~only_standard].mean() - a[only_standard].mean())
+
+
+def test_useful_gate_target_lowers_alpha_where_only_the_standard_model_is_right(tmp_path):
+    """The attack changes nothing, so the paper's target (clean vs attacked) has nothing to learn, while the
+    useful target must teach α low where only the standard model is right."""
+    x, y, only_standard = _standard_alone_task()
+    gaps = {t: _alpha_gap(tmp_path, x, y, only_standard, gate_target=t) for t in ("attacked", "useful")}
     assert gaps["useful"] > 0.4 and gaps["useful"] > gaps["attacked"] + 0.3
+
+
+def test_standard_alone_weights_multiply_only_clean_inputs_where_the_standard_model_alone_is_right():
+    std = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    rob = torch.tensor([[0.0, 2.0], [2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([0, 0, 0, 0])  # standard alone right, both right, robust alone right, standard alone right
+    is_adv = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    assert standard_alone_weights(std, rob, y, is_adv, None, 5.0).tolist() == [5.0, 1.0, 1.0, 1.0]
+    assert standard_alone_weights(std, rob, y, is_adv, torch.full((4,), 2.0), 5.0).tolist() == [10.0, 2.0, 2.0, 2.0]
+    assert standard_alone_weights(std, rob, y, is_adv, None, 1.0) is None
+
+
+def test_standard_alone_weight_lowers_alpha_where_only_the_standard_model_is_right_under_the_papers_target(tmp_path):
+    """With the paper's target and an attack that changes nothing, a clean input and its copy pull γ apart
+    equally; weighing the clean inputs where only the standard model is right more must lower α there."""
+    x, y, only_standard = _standard_alone_task()
+    plain = _alpha_gap(tmp_path, x, y, only_standard)
+    weighted = _alpha_gap(tmp_path, x, y, only_standard, standard_alone_weight=20.0)
+    assert weighted > 0.4 and weighted > plain + 0.3

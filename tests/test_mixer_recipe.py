@@ -457,7 +457,8 @@ def test_square_copies_and_training_subset_settings_are_checked():
                              ({"attack_square_queries": 0}, "attack_square_queries"),
                              ({"attack_square_copies": 1, "attack_method": "pgd"}, "needs attack_method apgd"),
                              ({"train_examples": 0}, "train_examples"),
-                             ({"gate_target": "clean"}, "gate_target' must be attacked or useful")):
+                             ({"gate_target": "clean"}, "gate_target' must be attacked or useful"),
+                             ({"standard_alone_weight": 0}, "standard_alone_weight")):
         with pytest.raises(ConfigError, match=message):
             config_from_dict({"mixer": section})
 

@@ -128,6 +128,9 @@ class MixerConfig:
     # image) or "useful" (α → 0 only where the standard model is right and the robust one wrong, on clean and
     # attacked inputs alike; → 1 everywhere else), so that α stays low only where the robust model errs
     gate_target: str = "attacked"
+    # loss weight multiplier of the clean inputs where the standard model alone is right: > 1 keeps the paper's
+    # target but asks harder for a low α exactly where the standard model earns clean accuracy (1: the paper's)
+    standard_alone_weight: float = 1.0
     attack_method: str = "apgd"  # "apgd": the paper's official APGD-CE + APGD-T copies; "pgd": our older sign-PGD
     attack_copies: int = 2  # apgd: attacked copies per clean image, 1 APGD-CE + (K-1) APGD-T (paper: 10)
     attack_max_iters: int | None = 30  # apgd: cap on the χ² draws (paper: none); pgd: the draws' mean is half of it

@@ -32,7 +32,7 @@ RANGES: dict[str, str] = {
     "mixer.c_ce": ">=0", "mixer.c_prod": ">=0", "mixer.attack_copies": "int>=1", "mixer.attack_max_iters": "int>=1",
     "mixer.attack_iters_df": ">0", "mixer.attack_eps_low": ">0", "mixer.attack_eps_high": ">0",
     "mixer.attack_w_max": "[0,1]", "mixer.attack_n_targets": "int>=1", "mixer.attack_square_copies": "int>=0",
-    "mixer.attack_square_queries": "int>=1", "mixer.attack_fab_copies": "int>=0", "mixer.attack_fab_iters": "int>=1", "mixer.attack_untargeted_share": "[0,1]", "mixer.clean_weight": ">0",
+    "mixer.attack_square_queries": "int>=1", "mixer.attack_fab_copies": "int>=0", "mixer.attack_fab_iters": "int>=1", "mixer.attack_untargeted_share": "[0,1]", "mixer.clean_weight": ">0", "mixer.standard_alone_weight": ">0",
     "mixer.attack_chunk": "int>=0", "mixer.checkpoint_every": "int>=1", "mixer.train_examples": "int>=1",
     "mixer.separation_every": "int>=0", "mixer.calibration_square_queries": "int>=1", "mixer.separation_n": "int>=1",
     "mixer.alpha_range": "[0,1]", "mixer.seed": "int>=0",

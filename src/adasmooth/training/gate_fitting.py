@@ -22,10 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..attacks.adaptive import gate_bce, randomized_attack
+from ..attacks.adaptive import randomized_attack
 from ..attacks.apgd_training import (
     AttackedCopies,
     apgd_training_attack,
@@ -39,28 +38,9 @@ from ..io import CheckpointError, atomic_write_bytes, fault_point, state_fingerp
 from ..mixer import AdaptiveMixedClassifier
 from ..seeding import epoch_seed, step_seed
 from ..state import chunk_slices, load_training_state, run_chunks, save_training_state
+from .gate_loss import mixer_loss, standard_alone_weights, useful_gate_target
 
 logger = logging.getLogger(__name__)
-
-
-def useful_gate_target(standard_logits: torch.Tensor, robust_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The ``gate_target: useful`` label of each input: 0 (trust the standard model) where the standard model
-    is right and the robust one wrong, 1 (trust the robust model) everywhere else, clean or attacked."""
-    standard_right = standard_logits.argmax(1) == labels
-    robust_right = robust_logits.argmax(1) == labels
-    return (~(standard_right & ~robust_right)).float()
-
-
-def mixer_loss(log_probs, gamma, labels, target, *, c_bce: float, c_ce: float, c_prod: float,
-               weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over examples (weighted by ``weights`` when given) of ``c_bce·BCE(γ, t) + c_ce·CE(f(x), y) +
-    c_prod·BCE·CE``; ``target`` is t (the paper's: 1 for an attacked input, 0 for a clean one)."""
-    bce = gate_bce(gamma, target.to(gamma.dtype))
-    ce = F.nll_loss(log_probs, labels, reduction="none")
-    per_example = c_bce * bce + c_ce * ce + c_prod * bce * ce
-    if weights is None:
-        return per_example.mean()
-    return (weights * per_example).sum() / weights.sum()
 
 
 def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
@@ -73,7 +53,8 @@ def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
 _NOT_WEIGHTS = ("tensorboard", "separation_every", "separation_n", "calibration_strategy", "calibration_autoattack",
                 "calibration_square_queries")  # settings that do not change the weights
 _ADDED_LATER = {"accumulate": 1, "train_split": "train", "gate": "adasmooth", "attack_fab_copies": 0,
-                "attack_fab_iters": 20, "gate_target": "attacked"}  # left out at these values, so that runs saved before the key existed resume
+                "attack_fab_iters": 20, "gate_target": "attacked",
+                "standard_alone_weight": 1.0}  # left out at these values, so that runs saved before the key existed resume
 
 
 def _trainable(model: AdaptiveMixedClassifier) -> list[torch.nn.Parameter]:
@@ -259,6 +240,7 @@ def _gate_backward(model, cfg: MixerConfig, xb, yb, x_adv, *, device, step: int,
         g, h, gamma = model.components(inputs)
         log_p = model.mix(g.float(), h.float(), gamma.float())
         target = useful_gate_target(g, h, labels) if cfg.gate_target == "useful" else is_adv
+        weights = standard_alone_weights(g, h, labels, is_adv, weights, cfg.standard_alone_weight)
         loss = mixer_loss(log_p, gamma.float(), labels, target, c_bce=cfg.c_bce, c_ce=cfg.c_ce, c_prod=cfg.c_prod,
                           weights=weights)
     if not torch.isfinite(loss):
