@@ -22,7 +22,7 @@ def standard_alone_weights(standard_logits, robust_logits, labels, is_adv, weigh
         return weights
     alone = (1 - useful_gate_target(standard_logits, robust_logits, labels)).bool() & (is_adv == 0)
     base = weights if weights is not None else torch.ones_like(is_adv, dtype=torch.float32)
-    return base * torch.where(alone, torch.tensor(float(factor), device=base.device), torch.tensor(1.0, device=base.device))
+    return base * (1.0 + (factor - 1.0) * alone.to(base.dtype))
 
 
 def mixer_loss(log_probs, gamma, labels, target, *, c_bce: float, c_ce: float, c_prod: float,
