@@ -526,3 +526,26 @@ def test_usefulness_auroc_scores_the_inputs_where_only_the_standard_model_is_rig
     assert switch["1"]["alpha"] == switch["1"]["robust_confidence"] == pytest.approx(float((s == y).float().mean()))
     with pytest.raises(ValueError, match="standard model alone"):
         usefulness_auroc(model, x, r)
+
+
+def test_evaluate_reports_the_gates_usefulness_over_the_whole_split(tmp_path):
+    from adasmooth.config import config_from_dict
+    from adasmooth.evaluation.separation import usefulness_auroc
+    from adasmooth.workflows.evaluate import EvaluateResult, EvaluationTarget, evaluate_target, gate_usefulness
+
+    model = _small_composite().eval()
+    x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        s, r = model.standard(x).argmax(1), model.robust(x).argmax(1)
+    y = torch.where(torch.arange(40) < 20, s, r)  # the standard model alone is right on some of the first 20
+    cfg = config_from_dict({"evaluate": {"batch_size": 16, "seed": 0}})
+    ev, _ = evaluate_target(EvaluationTarget("mixer", model, "adaptive"), [], x, y, torch.arange(6), cfg=cfg,
+                            split="test", device="cpu", alpha_png=tmp_path / "alpha.png", progress=False)
+    useful = ev.to_dict(40)["alpha"]["usefulness"]
+    assert useful == usefulness_auroc(model, x, y, batch_size=16)  # every clean image, not the attacked subset
+    assert useful["n"] == 40 and 0.0 <= useful["auroc_alpha"] <= 1.0
+    skipped = gate_usefulness(model, x, r, device="cpu", batch_size=16)  # the robust model is never wrong
+    assert skipped["auroc_alpha"] is None and "standard model alone" in skipped["skipped"]
+    result = EvaluateResult("fashion-mnist", "test", 40, 6, 0.1, "Linf", 1, tmp_path, [ev])
+    assert f"usefulness AUROC (is α lowest where the standard model alone is right?) over 40 clean images: " \
+           f"{useful['auroc_alpha']:.3f}" in result.format()

@@ -15,7 +15,7 @@ from ..evaluation.accuracy import correct_mask
 from ..evaluation.harness import evaluate_in_chunks
 from ..evaluation.plans import attack_plan
 from ..evaluation.report import RobustnessReport
-from ..evaluation.separation import gate_separation
+from ..evaluation.separation import gate_separation, usefulness_auroc
 from ..evaluation.surrogate import has_logit_maps
 from ..io import load_model, write_json
 from ..plots import plot_alpha_hist
@@ -77,6 +77,11 @@ class EvaluateResult:
                              f"{100 * rep.gradient_free_gap():.1f} pts")
             if m.alpha is not None and "square" in m.alpha:
                 lines.append(f"  gate AUROC on Square's final iterates: {m.alpha['square']['auroc']:.3f}")
+            useful = (m.alpha or {}).get("usefulness", {})
+            if useful.get("auroc_alpha") is not None:
+                lines.append(f"  gate usefulness AUROC (is α lowest where the standard model alone is right?) over "
+                             f"{useful['n']} clean images: {useful['auroc_alpha']:.3f}; the robust model's "
+                             f"confidence: {useful['auroc_robust_confidence']:.3f}")
         lines.append(f"results in {self.out}/")
         return "\n".join(lines)
 
@@ -123,7 +128,8 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
                     keep_adversarials: bool = False, progress: bool = True,
                     square_queries: int = 0, fab_targets: int = 0) -> tuple[ModelEvaluation, dict | None]:
     """One model: clean accuracy on the whole split, ``attacks`` on ``idx`` (per-example worst case);
-    for an adaptive model also how its gate separates clean inputs from attacks aimed at it (``alpha_png``). Returns the evaluation
+    for an adaptive model also how its gate separates clean inputs from attacks aimed at it (``alpha_png``) and,
+    over the whole split, whether its α falls where the standard model alone is right. Returns the evaluation
     and, with ``keep_adversarials``, the adversarial images of each attack (else None)."""
     bs = cfg.evaluate.batch_size
     adaptive = target.kind == "adaptive"
@@ -138,6 +144,7 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
     if adaptive and alpha_png is not None and is_main():
         alpha = alpha_report(plain or target.model, x[idx], y[idx], alpha_png, cfg=cfg, device=device,
                              square_queries=square_queries, fab_targets=fab_targets)
+        alpha["usefulness"] = gate_usefulness(plain or target.model, x, y, device=device, batch_size=bs)
     return ModelEvaluation(target.name, clean_full, rep, alpha, correct.int().tolist()), kept
 
 
@@ -157,6 +164,15 @@ def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Con
     plot_alpha_hist(sep.alpha_clean, shown, png, title=f"α(x), n={len(x)}: clean vs gate-aware APGD final iterates "
                                                        f"({cfg.threat.norm} eps={cfg.threat.eps:g})")
     return {**sep.to_dict(), "clean_mean": float(sep.alpha_clean.mean()), "plot": str(png)}
+
+
+def gate_usefulness(model, x: torch.Tensor, y: torch.Tensor, *, device: str, batch_size: int) -> dict:
+    """``usefulness_auroc`` over every clean image given, or why it could not be measured (no input where the
+    standard model alone is right, or no other)."""
+    try:
+        return usefulness_auroc(model, x, y, device=device, batch_size=batch_size)
+    except ValueError as exc:
+        return {"n": len(y), "auroc_alpha": None, "skipped": str(exc)}
 
 
 def evaluate(cfg: Config, targets: list[EvaluationTarget], out: Path, *, standard: nn.Module | None = None,
