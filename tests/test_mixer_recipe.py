@@ -542,6 +542,7 @@ def test_evaluate_reports_the_gates_usefulness_over_the_whole_split(tmp_path):
     ev, _ = evaluate_target(EvaluationTarget("mixer", model, "adaptive"), [], x, y, torch.arange(6), cfg=cfg,
                             split="test", device="cpu", alpha_png=tmp_path / "alpha.png", progress=False)
     useful = ev.to_dict(40)["alpha"]["usefulness"]
+    assert useful.pop("plot") == str(tmp_path / "alpha-usefulness.png") and (tmp_path / "alpha-usefulness.png").exists()
     assert useful == usefulness_auroc(model, x, y, batch_size=16)  # every clean image, not the attacked subset
     assert useful["n"] == 40 and 0.0 <= useful["auroc_alpha"] <= 1.0
     skipped = gate_usefulness(model, x, r, device="cpu", batch_size=16)  # the robust model is never wrong

@@ -119,15 +119,15 @@ def plot_margins(groups: dict, path: str | Path, *, alpha: float | None = None, 
     return _save(fig, path)
 
 
-def plot_alpha_hist(alpha_clean, alpha_attacked, path: str | Path, *, title: str = "") -> Path:
+def plot_alpha_hist(alpha_clean, alpha_attacked, path: str | Path, *, title: str = "", clean_label: str = "clean") -> Path:
     """Histograms of the adaptive model's α(x) on clean and on attacked inputs; ``alpha_attacked`` may map
-    labels (e.g. ``"w=0.5, AUROC 0.93"``) to several attacked sets."""
+    labels (e.g. ``"w=0.5, AUROC 0.93"``) to several attacked sets; ``clean_label`` names the first set."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     bins = [i / 50 for i in range(51)]
     attacked = alpha_attacked if isinstance(alpha_attacked, dict) else {"attacked": alpha_attacked}
     colors = ("tab:orange", "tab:red", "tab:green", "tab:purple", "tab:brown")
-    sets = [(alpha_clean, "clean", "tab:blue")] + [(a, k, c) for (k, a), c in zip(attacked.items(), colors)]
+    sets = [(alpha_clean, clean_label, "tab:blue")] + [(a, k, c) for (k, a), c in zip(attacked.items(), colors)]
     for a, label, color in sets:
         a = a.float().numpy()
         ax.hist(a, bins=bins, alpha=0.5, color=color, density=True, label=f"{label} (n={len(a)}, mean {a.mean():.3f})")

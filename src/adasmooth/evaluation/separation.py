@@ -39,23 +39,37 @@ def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def usefulness_scores(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500,
+                      device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Per clean input (on the CPU): the gate's γ and α, whether each base model is right, and the robust
+    model's top softmax probability."""
+    parts: dict[str, list] = {"gamma": [], "alpha": [], "standard_right": [], "robust_right": [], "robust_confidence": []}
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        g, h, gamma = model.components(xb)
+        parts["gamma"].append(gamma.float().cpu())
+        parts["alpha"].append(model.alpha_from_gamma(gamma).float().cpu())
+        parts["standard_right"].append((g.argmax(1) == yb).cpu())
+        parts["robust_right"].append((h.argmax(1) == yb).cpu())
+        parts["robust_confidence"].append(torch.softmax(h.float(), 1).max(1).values.cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
 def usefulness_auroc(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500,
-                     device: str | torch.device = "cpu", shares: tuple[float, ...] = (0.1, 0.2, 0.3)) -> dict:
+                     device: str | torch.device = "cpu", shares: tuple[float, ...] = (0.1, 0.2, 0.3),
+                     scores: dict[str, torch.Tensor] | None = None) -> dict:
     """Does the gate lower α where that helps? On clean inputs, the AUROC of α between the inputs where the
     standard model alone is right (where a low α gains accuracy) and all the others: P(α elsewhere > α
     there), 0.5 for a gate that ignores usefulness, 1 for one that ranks every such input lowest. Beside it,
     the same AUROC for the robust model's top softmax probability, the training-free ranking a nonlinear map
     (MixedNUTS) relies on. In accuracy terms, ``switch_clean_accuracy``: the clean accuracy of the hard switch
     that takes the standard model's answer on the ``share`` of inputs ranked lowest and the robust model's
-    elsewhere, for both rankings (no attack: what a ranking could gain if nothing pushed inputs across it)."""
-    alphas, right_std, right_rob, conf = [], [], [], []
-    for i in range(0, len(y), batch_size):
-        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        g, h, gamma = model.components(xb)
-        alphas.append(gamma.float().cpu())  # α rises with γ; γ keeps the order where α saturates at a bound
-        right_std.append((g.argmax(1) == yb).cpu()), right_rob.append((h.argmax(1) == yb).cpu())
-        conf.append(torch.softmax(h.float(), 1).max(1).values.cpu())
-    a, s, r, c = torch.cat(alphas), torch.cat(right_std), torch.cat(right_rob), torch.cat(conf)
+    elsewhere, for both rankings (no attack: what a ranking could gain if nothing pushed inputs across it).
+    ``scores``: :func:`usefulness_scores` of these inputs, when already computed."""
+    if scores is None:
+        scores = usefulness_scores(model, x, y, batch_size=batch_size, device=device)
+    a = scores["gamma"]  # α rises with γ; γ keeps the order where α saturates at a bound
+    s, r, c = scores["standard_right"], scores["robust_right"], scores["robust_confidence"]
 
     def switch(score: torch.Tensor, share: float) -> float:
         lowest = torch.zeros(len(score), dtype=torch.bool)
@@ -65,7 +79,7 @@ def usefulness_auroc(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int
     only_std = s & ~r
     if not only_std.any() or only_std.all():
         raise ValueError("the usefulness AUROC needs inputs where the standard model alone is right and others")
-    return {"n": len(y), "standard_only_right": int(only_std.sum()), "robust_only_right": int((r & ~s).sum()),
+    return {"n": len(s), "standard_only_right": int(only_std.sum()), "robust_only_right": int((r & ~s).sum()),
             "auroc_alpha": auroc(a[~only_std], a[only_std]),
             "auroc_robust_confidence": auroc(c[~only_std], c[only_std]),
             "switch_clean_accuracy": {f"{q:g}": {"alpha": switch(a, q), "robust_confidence": switch(c, q)}

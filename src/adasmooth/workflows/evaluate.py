@@ -15,7 +15,7 @@ from ..evaluation.accuracy import correct_mask
 from ..evaluation.harness import evaluate_in_chunks
 from ..evaluation.plans import attack_plan
 from ..evaluation.report import RobustnessReport
-from ..evaluation.separation import gate_separation, usefulness_auroc
+from ..evaluation.separation import gate_separation, usefulness_auroc, usefulness_scores
 from ..evaluation.surrogate import has_logit_maps
 from ..io import load_model, write_json
 from ..plots import plot_alpha_hist
@@ -144,7 +144,8 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
     if adaptive and alpha_png is not None and is_main():
         alpha = alpha_report(plain or target.model, x[idx], y[idx], alpha_png, cfg=cfg, device=device,
                              square_queries=square_queries, fab_targets=fab_targets)
-        alpha["usefulness"] = gate_usefulness(plain or target.model, x, y, device=device, batch_size=bs)
+        alpha["usefulness"] = gate_usefulness(plain or target.model, x, y, device=device, batch_size=bs,
+                                              png=alpha_png.with_name(f"{alpha_png.stem}-usefulness.png"))
     return ModelEvaluation(target.name, clean_full, rep, alpha, correct.int().tolist()), kept
 
 
@@ -166,13 +167,24 @@ def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Con
     return {**sep.to_dict(), "clean_mean": float(sep.alpha_clean.mean()), "plot": str(png)}
 
 
-def gate_usefulness(model, x: torch.Tensor, y: torch.Tensor, *, device: str, batch_size: int) -> dict:
-    """``usefulness_auroc`` over every clean image given, or why it could not be measured (no input where the
-    standard model alone is right, or no other)."""
+def gate_usefulness(model, x: torch.Tensor, y: torch.Tensor, *, device: str, batch_size: int,
+                    png: Path | None = None) -> dict:
+    """``usefulness_auroc`` over every clean image given, with ``png`` the histograms of α where the standard
+    model alone is right and elsewhere; or why it could not be measured (no input where the standard model
+    alone is right, or no other)."""
+    scores = usefulness_scores(model, x, y, batch_size=batch_size, device=device)
     try:
-        return usefulness_auroc(model, x, y, device=device, batch_size=batch_size)
+        result = usefulness_auroc(model, x, y, scores=scores)
     except ValueError as exc:
         return {"n": len(y), "auroc_alpha": None, "skipped": str(exc)}
+    if png is not None:
+        alone = scores["standard_right"] & ~scores["robust_right"]
+        plot_alpha_hist(scores["alpha"][~alone], {f"standard model alone right, usefulness AUROC "
+                                                  f"{result['auroc_alpha']:.2f}": scores["alpha"][alone]}, png,
+                        clean_label="every other clean input",
+                        title=f"α(x) on {len(y)} clean images, by where a low α helps")
+        result["plot"] = str(png)
+    return result
 
 
 def evaluate(cfg: Config, targets: list[EvaluationTarget], out: Path, *, standard: nn.Module | None = None,
