@@ -37,8 +37,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "AutoAttack" in printed and "gap closed" in printed and "Mixed, α=" in printed
     assert "shipped comparison on 1,000 test points" in printed  # the shipped curve, keyed to the shipped weights
     res = json.loads((out / "results.json").read_text())
-    for png in ("tradeoff.png", "margins.png", "alpha.png"):
+    for png in ("tradeoff.png", "margins.png", "alpha.png", "alpha-usefulness.png"):
         assert (out / png).stat().st_size > 10_000
+    assert res["alpha"]["adaptive"]["usefulness"]["n"] == 10000  # every clean test image
     rob = res["test"]["robust"]
     assert set(rob) == set(rows.split(","))
     for r in rob.values():
