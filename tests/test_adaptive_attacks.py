@@ -202,6 +202,44 @@ def test_floor_calibration_bisects_over_alpha_floors_and_never_picks_a_failed_on
                        robust_reference=0.5, verify=verify)
 
 
+def test_floor_calibration_searches_the_robust_scale_with_one_bisection_per_scale():
+    from adasmooth.calibration.gate import GateCalibrationSettings, calibrate_gate, rank_candidates
+
+    model, x, y = _calibration_case()
+    model.robust_scale = 2.0
+    holds = {1.0: 0.8, 2.0: 0.6}  # a stand-in attack: the lowest floor that holds at each s_h
+    checked = []
+
+    def verify(m, xs, ys):
+        checked.append((m.robust_scale, m.alpha_range[0]))
+        return torch.full((len(ys),), m.alpha_range[0] >= holds[m.robust_scale])
+
+    settings = GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1, strategy="floor", robust_scales=(1.0, 2.0))
+    rep = calibrate_gate(model, x, y, settings, robust_reference=0.5, verify=verify)
+    grid = rep["grid"]
+    assert {r["robust_scale"] for r in grid} == {1.0, 2.0}
+    assert len({(r["robust_scale"], r["clean"]) for r in grid if r["alpha_lo"] == 0.0}) > 1  # s_h matters here
+    # the answer worked out by hand: per s_h, the lowest floor that holds, at that floor's best candidate
+    best_per_scale = []
+    for sh, floor in holds.items():
+        ranked = [r for r in rank_candidates(grid, 0.5) if r["robust_scale"] == sh and r["alpha_lo"] == floor]
+        if ranked:
+            best_per_scale.append(ranked[0])
+    want = max(best_per_scale, key=lambda r: r["clean"])
+    chosen = rep["chosen"]
+    assert chosen["passed"] and (chosen["robust_scale"], chosen["alpha_lo"]) == (want["robust_scale"], want["alpha_lo"])
+    assert chosen["clean"] == want["clean"] and model.robust_scale == chosen["robust_scale"]
+    assert model.alpha_range[0] == chosen["alpha_lo"]
+    assert checked == [(r["robust_scale"], r["alpha_lo"]) for r in rep["checked"]]  # each checked as it is set
+    assert all(r["passed"] == (r["alpha_lo"] >= holds[r["robust_scale"]]) for r in rep["checked"])
+    assert len(checked) <= 8 and len(set(checked)) == len(checked)  # two bisections over 8 floors, nothing twice
+    # without robust_scales the grid keeps the model's own s_h, as before
+    model2, x2, y2 = _calibration_case()
+    rep2 = calibrate_gate(model2, x2, y2, GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1, strategy="floor"),
+                          robust_reference=0.5, verify=lambda m, xs, ys: torch.ones(len(ys), dtype=torch.bool))
+    assert {r["robust_scale"] for r in rep2["grid"]} == {model2.robust_scale}
+
+
 def test_candidates_tied_on_clean_accuracy_are_ranked_by_robustness_not_grid_order():
     from adasmooth.calibration.gate import rank_candidates
 

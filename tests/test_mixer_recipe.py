@@ -458,9 +458,11 @@ def test_square_copies_and_training_subset_settings_are_checked():
                              ({"attack_square_copies": 1, "attack_method": "pgd"}, "needs attack_method apgd"),
                              ({"train_examples": 0}, "train_examples"),
                              ({"gate_target": "clean"}, "gate_target' must be attacked or useful"),
-                             ({"standard_alone_weight": 0}, "standard_alone_weight")):
+                             ({"standard_alone_weight": 0}, "standard_alone_weight"),
+                             ({"calibration_robust_scales": [1.0, 0.0]}, "calibration_robust_scales")):
         with pytest.raises(ConfigError, match=message):
             config_from_dict({"mixer": section})
+    assert config_from_dict({"mixer": {"calibration_robust_scales": [1, 2]}}).mixer.calibration_robust_scales == (1.0, 2.0)
 
 
 def test_gate_separation_on_square_iterates_scores_every_example():

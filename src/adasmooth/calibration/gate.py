@@ -1,7 +1,8 @@
-"""Calibrate an adaptive mixture's test-time γ scale, γ bias and α range on validation data.
+"""Calibrate an adaptive mixture's test-time γ scale, γ bias and α range (and, where asked, the robust model's
+logit scale s_h) on validation data.
 
 The attacked copies are crafted once with a gate-aware PGD against the composite at its training settings;
-every candidate (k, b, α_lo, α_hi) is then scored from cached base logits and γ_raw (a cheap, optimistic
+every candidate (k, b, α_lo, α_hi, s_h) is then scored from cached base logits and γ_raw (a cheap, optimistic
 proxy). Candidates that pass the proxy are verified by fresh attacks on the candidate itself, in order of
 clean accuracy (ties: the more robust proxy first): ``strategy="scan"`` checks them one by one until one
 holds, against a set of attacks (gate-aware APGD-CE for several w, gate-aware APGD-T, transfer from the
@@ -46,11 +47,12 @@ def _cached(model, x, device, batch_size):
     return torch.cat(gs), torch.cat(hs), torch.cat(raws)
 
 
-def _accuracy(model, g, h, bn_raw, y, bias, alpha_lo, alpha_hi, scale=None):
+def _accuracy(model, g, h, bn_raw, y, bias, alpha_lo, alpha_hi, scale=None, robust_scale=None):
     g, h = apply_maps(g, h, getattr(model, "standard_map", None), getattr(model, "robust_map", None))
     a = torch.sigmoid((model.gamma_scale if scale is None else scale) * bn_raw + bias)
     a = alpha_lo + (alpha_hi - alpha_lo) * a
-    mixed = mix_log_probs(g, h, a, standard_scale=model.standard_scale, robust_scale=model.robust_scale)
+    mixed = mix_log_probs(g, h, a, standard_scale=model.standard_scale,
+                          robust_scale=model.robust_scale if robust_scale is None else robust_scale)
     return float((mixed.argmax(1) == y).float().mean())
 
 
@@ -151,6 +153,7 @@ class GateCalibrationSettings:
     alpha_los: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)  # the top ones for sharp maps
     alpha_his: tuple[float, ...] = (1.0,)
     gamma_scales: tuple[float, ...] = ()  # (): the model's own scale
+    robust_scales: tuple[float, ...] = ()  # test-time s_h values searched; (): the model's own
     steps: int = 20  # gate-aware PGD steps of the proxy attack
     verify_iters: int = 50  # APGD iterations of each check
     strategy: str = "bisect"  # "floor", "scan" or "bisect"
@@ -171,7 +174,7 @@ class GateCalibrationSettings:
         return cls(eps=cfg.threat.eps, keep_robust=cfg.sweep.keep_robust, gamma_scales=tuple(gamma_scales),
                    alpha_his=tuple(alpha_his), verify_iters=verify_iters, strategy=mc.calibration_strategy,
                    autoattack=tuple(mc.calibration_autoattack), square_queries=mc.calibration_square_queries,
-                   seed=mc.seed)
+                   robust_scales=tuple(mc.calibration_robust_scales), seed=mc.seed)
 
     def verify_attack(self) -> dict:
         """How the checks attack, for the record."""
@@ -186,10 +189,10 @@ class GateCalibrationSettings:
 def calibrate_gate(model, x: torch.Tensor, y: torch.Tensor, settings: GateCalibrationSettings, *,
                    robust_reference: float, verify=None, journal: CalibrationJournal | None = None,
                    device="cpu", progress: bool = False) -> dict:
-    """Choose ``gamma_bias`` and ``alpha_range`` for the most clean accuracy whose robust accuracy keeps
+    """Choose ``gamma_bias`` and ``alpha_range`` (with ``settings.robust_scales``, also ``robust_scale``) for the most clean accuracy whose robust accuracy keeps
     ``settings.keep_robust`` of ``robust_reference``; sets them on ``model`` and returns a report.
 
-    Every grid point (γ scales × biases × α_lo × α_hi) is scored by a cheap proxy (images crafted once, by
+    Every grid point (γ scales × biases × α_lo × α_hi × s_h) is scored by a cheap proxy (images crafted once, by
     gate-aware PGD at the model's current settings). Candidates that pass the proxy, sorted by clean accuracy,
     are then verified by fresh attacks on each candidate itself: ``verify(model, x, y)`` returns a per-example
     robust mask. ``scan`` checks candidates in order until one holds, ``floor`` bisects over the floors α_lo
@@ -200,7 +203,8 @@ def calibrate_gate(model, x: torch.Tensor, y: torch.Tensor, settings: GateCalibr
     """
     model.eval()
     need = settings.keep_robust * robust_reference
-    check = _Checker(model, x, y, need, verify or _default_verify(settings, device, progress), journal)
+    check = _Checker(model, x, y, need, verify or _default_verify(settings, device, progress), journal,
+                     key_fields=_CHECK_KEYS + (("robust_scale",) if settings.robust_scales else ()))
     rows = _proxy_grid(model, x, y, settings, device=device, progress=progress)
     search = {"scan": _scan, "floor": _floor_bisect, "bisect": _bisect}[settings.strategy]
     best = search(check, rank_candidates(rows, need), settings)
@@ -209,7 +213,8 @@ def calibrate_gate(model, x: torch.Tensor, y: torch.Tensor, settings: GateCalibr
         logger.warning("calibration: no candidate kept %.1f%% robust accuracy under the verification attacks; "
                        "falling back to the most robust grid point", 100 * need)
         full = {"stop_below": None} if check.stops_early else {}  # its true number
-        best = check(max(rows, key=lambda r: (r["alpha_lo"], r["alpha_hi"], r["gamma_bias"])), **full)
+        best = check(max(rows, key=lambda r: (r["alpha_lo"], r["alpha_hi"], r["robust_scale"], r["gamma_bias"])),
+                     **full)
     _apply(model, best)
     return {"chosen": best, "target_met": best["robust_verified"] >= need, "fallback": fallback,
             "robust_reference": robust_reference, "keep_robust": settings.keep_robust,
@@ -244,12 +249,14 @@ def _proxy_grid(model, x, y, s: GateCalibrationSettings, *, device, progress: bo
     clean = _cached(model, x, device, s.batch_size)
     adv = _cached(model, x_adv, device, s.batch_size)
     rows = []
-    for k, b, lo, hi in itertools.product(s.gamma_scales or (model.gamma_scale,), s.biases, s.alpha_los, s.alpha_his):
+    for k, b, lo, hi, sh in itertools.product(s.gamma_scales or (model.gamma_scale,), s.biases, s.alpha_los,
+                                              s.alpha_his, s.robust_scales or (model.robust_scale,)):
         if lo > hi:
             continue
-        c = _accuracy(model, *clean, y, b, lo, hi, scale=k)
-        r = min(c, _accuracy(model, *adv, y, b, lo, hi, scale=k))
-        rows.append({"gamma_scale": k, "gamma_bias": b, "alpha_lo": lo, "alpha_hi": hi, "clean": c, "robust_proxy": r})
+        c = _accuracy(model, *clean, y, b, lo, hi, scale=k, robust_scale=sh)
+        r = min(c, _accuracy(model, *adv, y, b, lo, hi, scale=k, robust_scale=sh))
+        rows.append({"gamma_scale": k, "gamma_bias": b, "alpha_lo": lo, "alpha_hi": hi, "robust_scale": float(sh),
+                     "clean": c, "robust_proxy": r})
     return rows
 
 
@@ -257,20 +264,24 @@ def _apply(model, row) -> None:
     model.gamma_scale = float(row["gamma_scale"])
     model.gamma_bias = float(row["gamma_bias"])
     model.alpha_range = (float(row["alpha_lo"]), float(row["alpha_hi"]))
+    if "robust_scale" in row:
+        model.robust_scale = float(row["robust_scale"])
+
+
+_CHECK_KEYS = ("gamma_scale", "gamma_bias", "alpha_lo", "alpha_hi")  # a check's journal name (s_h only when searched)
 
 
 class _Checker:
     """Verify a candidate on the model itself (journalled), recording every check."""
 
-    def __init__(self, model, x, y, need: float, verify, journal):
+    def __init__(self, model, x, y, need: float, verify, journal, key_fields=_CHECK_KEYS):
         self.model, self.x, self.y, self.need = model, x, y, need
-        self.verify, self.journal, self.rows = verify, journal, []
+        self.verify, self.journal, self.rows, self.key_fields = verify, journal, [], key_fields
         self.stops_early = getattr(verify, "stops_early", False)
 
     def __call__(self, row, **full) -> dict:
         _apply(self.model, row)
-        name = "check " + json.dumps({**{k: row[k] for k in ("gamma_scale", "gamma_bias", "alpha_lo", "alpha_hi")},
-                                      **full}, sort_keys=True)
+        name = "check " + json.dumps({**{k: row[k] for k in self.key_fields}, **full}, sort_keys=True)
         robust = self.journal.get(name) if self.journal is not None else None
         if robust is None:
             extra = {"stop_below": self.need, "desc": f"calibration check {len(self.rows) + 1}"} if self.stops_early else {}
@@ -278,8 +289,9 @@ class _Checker:
             if self.journal is not None:
                 self.journal.put(name, robust)
         self.rows.append({**row, "robust_verified": robust, "passed": robust >= self.need})
-        logger.info("calibration: k=%g b=%g alpha=[%g, %g] clean %.3f verified robust %.3f", row["gamma_scale"],
-                    row["gamma_bias"], row["alpha_lo"], row["alpha_hi"], row["clean"], robust)
+        logger.info("calibration: k=%g b=%g alpha=[%g, %g] s_h=%g clean %.3f verified robust %.3f", row["gamma_scale"],
+                    row["gamma_bias"], row["alpha_lo"], row["alpha_hi"], row.get("robust_scale", self.model.robust_scale),
+                    row["clean"], robust)
         return self.rows[-1]
 
 
@@ -292,11 +304,22 @@ def _scan(check, candidates, s) -> dict | None:
 
 
 def _floor_bisect(check, candidates, s) -> dict | None:
-    """Per α floor its most clean-accurate candidate; bisect over the floors (robustness rises with them)."""
-    per_floor = {}
-    for row in candidates:  # ranked: the first row of each floor is its best
-        per_floor.setdefault(row["alpha_lo"], row)
-    return _bisect(check, [per_floor[f] for f in sorted(per_floor)], s)
+    """Per α floor its most clean-accurate candidate; bisect over the floors (robustness rises with them).
+
+    With several s_h values, one bisection per s_h (robustness rises with the floor at a fixed s_h, not across
+    them), the s_h whose best candidate is the most clean-accurate first; a later s_h bisects only over the
+    floors that would beat the answer found so far in clean accuracy, so it costs checks only where it could win.
+    """
+    per_scale: dict[float, dict[float, dict]] = {}
+    for row in candidates:  # ranked: the first row of each (s_h, floor) is its best
+        per_scale.setdefault(row.get("robust_scale"), {}).setdefault(row["alpha_lo"], row)
+    best = None
+    for floors in per_scale.values():  # in rank order of each s_h's best candidate
+        ladder = [floors[f] for f in sorted(floors) if best is None or floors[f]["clean"] > best["clean"]]
+        found = _bisect(check, ladder, s)
+        if found is not None and (best is None or found["clean"] > best["clean"]):
+            best = found
+    return best
 
 
 def _bisect(check, ladder, s) -> dict | None:

@@ -106,7 +106,8 @@ def calibration_key(model: AdaptiveMixedClassifier, cfg: Config, *, x, y, verify
     settings = {"settings": model.describe(), "eps": cfg.threat.eps, "seed": mc.seed, "verify_iters": verify_iters,
                 "strategy": mc.calibration_strategy, "autoattack": list(mc.calibration_autoattack),
                 "square_queries": mc.calibration_square_queries, "keep_robust": cfg.sweep.keep_robust,
-                "gamma_scales": GAMMA_SCALES, "alpha_his": ALPHA_HIS}
+                "gamma_scales": GAMMA_SCALES, "alpha_his": ALPHA_HIS,
+                **({"robust_scales": list(mc.calibration_robust_scales)} if mc.calibration_robust_scales else {})}
     return settings_key(settings, model=model, data=(x, y))
 
 
@@ -148,7 +149,8 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
     checks = "".join(f", {a.upper()} (official)" for a in cfg.mixer.calibration_autoattack)
     return (f"saved {stem}.safetensors (+ .json)\n"
             f"calibrated on {cal['n']} validation points: gamma_scale={ch['gamma_scale']:g}, "
-            f"gamma_bias={ch['gamma_bias']:g}, alpha range [{ch['alpha_lo']:g}, {ch['alpha_hi']:g}]: clean "
+            f"gamma_bias={ch['gamma_bias']:g}, alpha range [{ch['alpha_lo']:g}, {ch['alpha_hi']:g}], "
+            f"robust_scale={model.robust_scale:g}: clean "
             f"{100 * ch['clean']:.2f}%, robust {100 * cal['robust_verified']:.2f}% under gate-aware APGD-CE "
             f"(w 0, 0.5, 1), APGD-T, transfer{checks}, {len(cal['checked'])} candidates checked "
             f"(robust model alone, APGD-CE/APGD-T{checks}: {100 * ref:.2f}%; target {100 * cfg.sweep.keep_robust:g}% of it"
