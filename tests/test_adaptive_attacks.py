@@ -240,6 +240,26 @@ def test_floor_calibration_searches_the_robust_scale_with_one_bisection_per_scal
     assert {r["robust_scale"] for r in rep2["grid"]} == {model2.robust_scale}
 
 
+def test_calibration_ranks_candidates_by_clean_accuracy_on_the_images_it_is_given():
+    from adasmooth.calibration.gate import GateCalibrationSettings, calibrate_gate
+    from adasmooth.evaluation import accuracy
+
+    model, x, y = _calibration_case()
+    torch.manual_seed(1)
+    xc = torch.rand(200, 1, 28, 28)
+    with torch.no_grad():
+        yc = model.robust(xc).argmax(1)  # on these images only the robust model is right
+    settings = GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1, strategy="scan")
+    holds = lambda m, xs, ys: torch.ones(len(ys), dtype=torch.bool)
+    rep = calibrate_gate(model, x, y, settings, robust_reference=0.0, verify=holds, clean_data=(xc, yc))
+    assert rep["clean_n"] == 200 and rep["n"] == len(y)
+    chosen = rep["chosen"]
+    assert accuracy(model, xc, yc) == pytest.approx(chosen["clean"], abs=1e-6)  # measured where it was given
+    assert chosen["clean"] == max(r["clean"] for r in rep["grid"]) > 0.9  # the robust side wins on these images
+    own = calibrate_gate(model, x, y, settings, robust_reference=0.0, verify=holds)
+    assert own["clean_n"] == len(y) and own["chosen"]["alpha_lo"] < chosen["alpha_lo"]
+
+
 def test_candidates_tied_on_clean_accuracy_are_ranked_by_robustness_not_grid_order():
     from adasmooth.calibration.gate import rank_candidates
 

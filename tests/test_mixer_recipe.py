@@ -459,7 +459,8 @@ def test_square_copies_and_training_subset_settings_are_checked():
                              ({"train_examples": 0}, "train_examples"),
                              ({"gate_target": "clean"}, "gate_target' must be attacked or useful"),
                              ({"standard_alone_weight": 0}, "standard_alone_weight"),
-                             ({"calibration_robust_scales": [1.0, 0.0]}, "calibration_robust_scales")):
+                             ({"calibration_robust_scales": [1.0, 0.0]}, "calibration_robust_scales"),
+                             ({"calibration_clean": "test"}, "calibration_clean' must be split or points")):
         with pytest.raises(ConfigError, match=message):
             config_from_dict({"mixer": section})
     assert config_from_dict({"mixer": {"calibration_robust_scales": [1, 2]}}).mixer.calibration_robust_scales == (1.0, 2.0)

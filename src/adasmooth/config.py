@@ -166,6 +166,9 @@ class MixerConfig:
     calibration_square_queries: int = 5000  # AutoAttack's standard budget
     # test-time s_h values searched beside γ and the α range (each checked like the rest); empty: the training s_h
     calibration_robust_scales: tuple[float, ...] = ()
+    # where candidates' clean accuracy is measured: "split", every validation image (the checks still attack the
+    # n_calibrate points); "points", the calibration points alone (a few examples decide between floors)
+    calibration_clean: str = "split"
     separation_n: int = 200  # validation points of that check (gate-aware APGD-CE final iterates, 4 values of w)
     alpha_range: tuple[float, ...] = ()  # [lo, hi] used as given; empty: calibrated on validation after training
     eval_gamma_bias: float | None = None  # b at evaluation used as given; null: calibrated with the α range

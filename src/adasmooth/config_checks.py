@@ -116,6 +116,8 @@ def check_values(cfg, source: str) -> None:
         raise ConfigError(f"{source}: 'mixer.gate_target' must be attacked or useful, got {m.gate_target!r}")
     if m.gate not in ("adasmooth", "paper"):
         raise ConfigError(f"{source}: 'mixer.gate' must be adasmooth or paper, got {m.gate!r}")
+    if m.calibration_clean not in ("split", "points"):
+        raise ConfigError(f"{source}: 'mixer.calibration_clean' must be split or points, got {m.calibration_clean!r}")
     if m.calibration_strategy not in ("floor", "scan", "bisect"):
         raise ConfigError(f"{source}: 'mixer.calibration_strategy' must be floor, scan or bisect, got "
                           f"{m.calibration_strategy!r}")

@@ -51,7 +51,8 @@ def _lr(step: int, total: int, base: float, warmup_fraction: float) -> float:
 
 
 _NOT_WEIGHTS = ("tensorboard", "separation_every", "separation_n", "calibration_strategy", "calibration_autoattack",
-                "calibration_square_queries", "calibration_robust_scales")  # settings that do not change the weights
+                "calibration_square_queries", "calibration_robust_scales",
+                "calibration_clean")  # settings that do not change the weights
 _ADDED_LATER = {"accumulate": 1, "train_split": "train", "gate": "adasmooth", "attack_fab_copies": 0,
                 "attack_fab_iters": 20, "gate_target": "attacked",
                 "standard_alone_weight": 1.0}  # left out at these values, so that runs saved before the key existed resume

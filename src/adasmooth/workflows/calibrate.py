@@ -125,7 +125,7 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
         return (f"saved {stem}.safetensors (+ .json) with the config's alpha range {list(model.alpha_range)} and "
                 f"gamma bias {model.gamma_bias:g} (not calibrated)")
     seed = cfg.mixer.seed
-    _, _, _, xv, yv = load_subset(cfg, "val", n_calibrate, seed)
+    x_all, y_all, _, xv, yv = load_subset(cfg, "val", n_calibrate, seed)
     journal = CalibrationJournal(stem.parent / f"{stem.name}-calibration-journal.json", calibration_key(
         model, cfg, x=xv, y=yv, verify_iters=verify_iters))
     ref = journal.get("robust_reference")
@@ -137,7 +137,7 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
     settings = GateCalibrationSettings.from_config(cfg, verify_iters=verify_iters, gamma_scales=GAMMA_SCALES,
                                                    alpha_his=ALPHA_HIS)
     cal = calibrate_gate(model, xv, yv, settings, robust_reference=ref, device=device, progress=is_main(),
-                         journal=journal)
+                         journal=journal, clean_data=(x_all, y_all) if cfg.mixer.calibration_clean == "split" else None)
     cal["robust_reference_attack"] = {
         "name": "apgd-ce + apgd-t3" + "".join(f" + {a} (official)" for a in cfg.mixer.calibration_autoattack),
         "n_iter": verify_iters, "seed": seed,
@@ -151,7 +151,7 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
             f"calibrated on {cal['n']} validation points: gamma_scale={ch['gamma_scale']:g}, "
             f"gamma_bias={ch['gamma_bias']:g}, alpha range [{ch['alpha_lo']:g}, {ch['alpha_hi']:g}], "
             f"robust_scale={model.robust_scale:g}: clean "
-            f"{100 * ch['clean']:.2f}%, robust {100 * cal['robust_verified']:.2f}% under gate-aware APGD-CE "
+            f"{100 * ch['clean']:.2f}% ({cal['clean_n']} validation images), robust {100 * cal['robust_verified']:.2f}% under gate-aware APGD-CE "
             f"(w 0, 0.5, 1), APGD-T, transfer{checks}, {len(cal['checked'])} candidates checked "
             f"(robust model alone, APGD-CE/APGD-T{checks}: {100 * ref:.2f}%; target {100 * cfg.sweep.keep_robust:g}% of it"
             f"{'' if cal['target_met'] else ', NOT met'})")
