@@ -202,42 +202,69 @@ def test_floor_calibration_bisects_over_alpha_floors_and_never_picks_a_failed_on
                        robust_reference=0.5, verify=verify)
 
 
-def test_floor_calibration_searches_the_robust_scale_with_one_bisection_per_scale():
+@pytest.mark.parametrize("lowest_floor_that_holds", [
+    {(1.0, 1.0): 0.8, (2.0, 1.0): 0.6},  # the search over s_h
+    {(1.0, 0.95): 0.9, (1.0, 1.0): 0.6, (2.0, 0.95): 0.95, (2.0, 1.0): 0.7},  # over s_h and the ceiling α_hi
+    {(1.0, 0.95): 2.0, (1.0, 1.0): 0.5, (2.0, 0.95): 2.0, (2.0, 1.0): 0.5},  # one ceiling never holds
+])
+def test_floor_calibration_bisects_once_per_robust_scale_and_ceiling(lowest_floor_that_holds):
     from adasmooth.calibration.gate import GateCalibrationSettings, calibrate_gate, rank_candidates
 
+    holds = lowest_floor_that_holds  # a stand-in attack, by (s_h, α_hi)
     model, x, y = _calibration_case()
     model.robust_scale = 2.0
-    holds = {1.0: 0.8, 2.0: 0.6}  # a stand-in attack: the lowest floor that holds at each s_h
     checked = []
 
     def verify(m, xs, ys):
-        checked.append((m.robust_scale, m.alpha_range[0]))
-        return torch.full((len(ys),), m.alpha_range[0] >= holds[m.robust_scale])
+        key = (m.robust_scale, m.alpha_range[1])
+        checked.append((*key, m.alpha_range[0]))
+        return torch.full((len(ys),), m.alpha_range[0] >= holds[key])
 
-    settings = GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1, strategy="floor", robust_scales=(1.0, 2.0))
+    settings = GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1, strategy="floor", robust_scales=(1.0, 2.0),
+                                       alpha_his=tuple(sorted({hi for _, hi in holds})))
     rep = calibrate_gate(model, x, y, settings, robust_reference=0.5, verify=verify)
     grid = rep["grid"]
     assert {r["robust_scale"] for r in grid} == {1.0, 2.0}
     assert len({(r["robust_scale"], r["clean"]) for r in grid if r["alpha_lo"] == 0.0}) > 1  # s_h matters here
-    # the answer worked out by hand: per s_h, the lowest floor that holds, at that floor's best candidate
-    best_per_scale = []
-    for sh, floor in holds.items():
-        ranked = [r for r in rank_candidates(grid, 0.5) if r["robust_scale"] == sh and r["alpha_lo"] == floor]
-        if ranked:
-            best_per_scale.append(ranked[0])
-    want = max(best_per_scale, key=lambda r: r["clean"])
+    # the answer worked out by hand: per (s_h, α_hi), the lowest floor that holds, at that floor's best candidate
+    ranked = rank_candidates(grid, 0.5)
+    firsts = [next(r for r in ranked if (r["robust_scale"], r["alpha_hi"], r["alpha_lo"]) == (*key, floor))
+              for key, floor in holds.items() if floor <= 1]
+    want = max(firsts, key=lambda r: r["clean"])
     chosen = rep["chosen"]
-    assert chosen["passed"] and (chosen["robust_scale"], chosen["alpha_lo"]) == (want["robust_scale"], want["alpha_lo"])
-    assert chosen["clean"] == want["clean"] and model.robust_scale == chosen["robust_scale"]
-    assert model.alpha_range[0] == chosen["alpha_lo"]
-    assert checked == [(r["robust_scale"], r["alpha_lo"]) for r in rep["checked"]]  # each checked as it is set
-    assert all(r["passed"] == (r["alpha_lo"] >= holds[r["robust_scale"]]) for r in rep["checked"])
-    assert len(checked) <= 8 and len(set(checked)) == len(checked)  # two bisections over 8 floors, nothing twice
-    # without robust_scales the grid keeps the model's own s_h, as before
-    model2, x2, y2 = _calibration_case()
-    rep2 = calibrate_gate(model2, x2, y2, GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1, strategy="floor"),
-                          robust_reference=0.5, verify=lambda m, xs, ys: torch.ones(len(ys), dtype=torch.bool))
-    assert {r["robust_scale"] for r in rep2["grid"]} == {model2.robust_scale}
+    assert chosen["passed"] and chosen["clean"] == want["clean"]
+    assert (chosen["robust_scale"], chosen["alpha_hi"], chosen["alpha_lo"]) in [  # equal clean accuracy: either
+        (r["robust_scale"], r["alpha_hi"], r["alpha_lo"]) for r in firsts if r["clean"] == want["clean"]]
+    assert model.robust_scale == chosen["robust_scale"] and model.alpha_range == (chosen["alpha_lo"], chosen["alpha_hi"])
+    assert checked == [(r["robust_scale"], r["alpha_hi"], r["alpha_lo"]) for r in rep["checked"]]  # checked as set
+    assert all(r["passed"] == (r["alpha_lo"] >= holds[r["robust_scale"], r["alpha_hi"]]) for r in rep["checked"])
+    assert len(checked) <= 4 * len(holds) and len(set(checked)) == len(checked)  # bisections of 8 floors, none twice
+
+
+def test_a_ceiling_that_buys_clean_accuracy_but_breaks_robustness_gets_its_own_bisection():
+    from adasmooth.calibration.gate import _floor_bisect, rank_candidates
+
+    rows = [{"gamma_scale": 1.0, "gamma_bias": 0.0, "alpha_lo": lo, "alpha_hi": hi, "robust_scale": 1.0,
+             "clean": round(0.95 - 0.1 * lo + (0.01 if hi == 0.95 else 0.0), 4), "robust_proxy": 0.9}
+            for lo in (0.5, 0.6, 0.7, 0.8) for hi in (0.95, 1.0)]
+    seen = []
+
+    def check(row):  # a ceiling of 0.95 holds from floor 0.8, a ceiling of 1 from 0.6
+        seen.append((row["alpha_hi"], row["alpha_lo"]))
+        return {**row, "passed": row["alpha_lo"] >= (0.8 if row["alpha_hi"] == 0.95 else 0.6)}
+
+    best = _floor_bisect(check, rank_candidates(rows, 0.5), None)
+    assert (best["alpha_hi"], best["alpha_lo"], best["clean"]) == (1.0, 0.6, 0.89)  # beats 0.95 at floor 0.8 (0.88)
+    assert len(seen) == len(set(seen)) <= 5
+
+
+def test_calibration_without_robust_scales_keeps_the_models_own():
+    from adasmooth.calibration.gate import GateCalibrationSettings, calibrate_gate
+
+    model, x, y = _calibration_case()
+    rep = calibrate_gate(model, x, y, GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1, strategy="floor"),
+                         robust_reference=0.5, verify=lambda m, xs, ys: torch.ones(len(ys), dtype=torch.bool))
+    assert {r["robust_scale"] for r in rep["grid"]} == {model.robust_scale}
 
 
 def test_calibration_ranks_candidates_by_clean_accuracy_on_the_images_it_is_given():

@@ -313,15 +313,16 @@ def _scan(check, candidates, s) -> dict | None:
 def _floor_bisect(check, candidates, s) -> dict | None:
     """Per α floor its most clean-accurate candidate; bisect over the floors (robustness rises with them).
 
-    With several s_h values, one bisection per s_h (robustness rises with the floor at a fixed s_h, not across
-    them), the s_h whose best candidate is the most clean-accurate first; a later s_h bisects only over the
-    floors that would beat the answer found so far in clean accuracy, so it costs checks only where it could win.
+    Robustness rises with the floor at a fixed α_hi and s_h, not across them (a ceiling of 0.95 buys a little
+    clean accuracy and costs robustness at every floor), so there is one bisection per (s_h, α_hi), the one whose
+    best candidate is the most clean-accurate first; a later one bisects only over the floors that would beat
+    the answer found so far in clean accuracy, so it costs checks only where it could win.
     """
-    per_scale: dict[float, dict[float, dict]] = {}
-    for row in candidates:  # ranked: the first row of each (s_h, floor) is its best
-        per_scale.setdefault(row.get("robust_scale"), {}).setdefault(row["alpha_lo"], row)
+    ladders: dict[tuple, dict[float, dict]] = {}
+    for row in candidates:  # ranked: the first row of each (s_h, α_hi, floor) is its best
+        ladders.setdefault((row.get("robust_scale"), row["alpha_hi"]), {}).setdefault(row["alpha_lo"], row)
     best = None
-    for floors in per_scale.values():  # in rank order of each s_h's best candidate
+    for floors in ladders.values():  # in rank order of each ladder's best candidate
         ladder = [floors[f] for f in sorted(floors) if best is None or floors[f]["clean"] > best["clean"]]
         found = _bisect(check, ladder, s)
         if found is not None and (best is None or found["clean"] > best["clean"]):
