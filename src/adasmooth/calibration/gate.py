@@ -84,7 +84,7 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
     at AutoAttack's standard settings, Square with ``square_queries`` queries), each run on the examples
     still robust. Square needs no gradient: it finds what a gate that masks gradients hides from the others.
     With ``stop_below``, stops as soon as the robust share falls below it (the verdict cannot recover).
-    ``progress`` shows one bar step per attack."""
+    ``progress`` shows one bar step per attack, the official ones included."""
 
     bad = [a for a in autoattack if a not in SUB_ATTACKS]
     if bad:
@@ -95,23 +95,21 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
     attacks.append(GateAPGDAttack("dlr-targeted", 0.5, n_iter, n_target_classes, seed=seed))
     if standard is not None:
         attacks.append(TransferAttack(standard, "standard", steps=n_iter, seed=seed))
-    bar = tqdm(attacks, desc=desc or "verification", unit="attack", leave=False, disable=not progress)
-    for attack in bar:
+    steps = [(a.name, a) for a in attacks] + [(f"{name} (official)", name) for name in autoattack]
+    bar = tqdm(steps, desc=desc or "verification", unit="attack", leave=False, disable=not progress)
+    for label, attack in bar:  # one at a time, on what is still robust, so that the early stop applies between them
         idx = robust.nonzero().squeeze(1)
         if len(idx) == 0 or (stop_below is not None and float(robust.float().mean()) < stop_below):
             break
-        bar.set_postfix_str(f"{attack.name} on {len(idx)} ex, robust so far {float(robust.float().mean()):.3f}")
-        out = attack.robust_mask(model, x[idx], y[idx], eps=eps, norm="Linf", device=device, batch_size=batch_size,
-                                 progress=False)
-        robust[idx[~out.robust.cpu()]] = False
-    for name in autoattack:  # one official sub-attack at a time, so that the early stop applies between them
-        idx = robust.nonzero().squeeze(1)
-        if len(idx) == 0 or (stop_below is not None and float(robust.float().mean()) < stop_below):
-            break
-        res = run_autoattack(model, x[idx], y[idx], eps=eps, version="custom", attacks=[name], seed=seed,
-                             batch_size=batch_size, device=device,
-                             options={"square.n_queries": int(square_queries)} if name == "square" else None)
-        robust[idx[~res.robust.cpu()]] = False
+        bar.set_postfix_str(f"{label} on {len(idx)} ex, robust so far {float(robust.float().mean()):.3f}")
+        if isinstance(attack, str):  # an official AutoAttack sub-attack
+            still = run_autoattack(model, x[idx], y[idx], eps=eps, version="custom", attacks=[attack], seed=seed,
+                                   batch_size=batch_size, device=device,
+                                   options={"square.n_queries": int(square_queries)} if attack == "square" else None).robust
+        else:
+            still = attack.robust_mask(model, x[idx], y[idx], eps=eps, norm="Linf", device=device,
+                                       batch_size=batch_size, progress=False).robust
+        robust[idx[~still.cpu()]] = False
     return robust
 
 
