@@ -531,8 +531,11 @@ def test_usefulness_auroc_scores_the_inputs_where_only_the_standard_model_is_rig
         usefulness_auroc(model, x, r)
 
 
-def test_evaluate_reports_the_gates_usefulness_over_the_whole_split(tmp_path):
+def test_evaluate_reports_the_gates_usefulness_over_the_whole_split(tmp_path, monkeypatch):
+    import sys
+
     from adasmooth.config import config_from_dict
+    from adasmooth.evaluation import correct_mask
     from adasmooth.evaluation.separation import usefulness_auroc
     from adasmooth.workflows.evaluate import EvaluateResult, EvaluationTarget, evaluate_target, gate_usefulness
 
@@ -542,8 +545,12 @@ def test_evaluate_reports_the_gates_usefulness_over_the_whole_split(tmp_path):
         s, r = model.standard(x).argmax(1), model.robust(x).argmax(1)
     y = torch.where(torch.arange(40) < 20, s, r)  # the standard model alone is right on some of the first 20
     cfg = config_from_dict({"evaluate": {"batch_size": 16, "seed": 0}})
+    passes = []
+    monkeypatch.setattr(sys.modules["adasmooth.workflows.evaluate"], "correct_mask", lambda *a, **k: passes.append(1) or correct_mask(*a, **k))
     ev, _ = evaluate_target(EvaluationTarget("mixer", model, "adaptive"), [], x, y, torch.arange(6), cfg=cfg,
                             split="test", device="cpu", alpha_png=tmp_path / "alpha.png", progress=False)
+    assert passes == []  # the clean flags came from the gate's pass over the split, not a second one
+    assert ev.clean_flags == correct_mask(model, x, y).int().tolist() and ev.clean_full == sum(ev.clean_flags) / 40
     useful = ev.to_dict(40)["alpha"]["usefulness"]
     assert useful.pop("plot") == str(tmp_path / "alpha-usefulness.png") and (tmp_path / "alpha-usefulness.png").exists()
     assert useful == usefulness_auroc(model, x, y, batch_size=16)  # every clean image, not the attacked subset

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from ..attacks.apgd_training import square_training_copies
 from ..attacks.gate_apgd import apgd_composite_run
@@ -39,14 +40,19 @@ def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def usefulness_scores(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500,
-                      device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Per clean input (on the CPU): the gate's γ and α, whether each base model is right, and the robust
-    model's top softmax probability."""
-    parts: dict[str, list] = {"gamma": [], "alpha": [], "standard_right": [], "robust_right": [], "robust_confidence": []}
-    for i in range(0, len(y), batch_size):
+                      device: str | torch.device = "cpu", progress: bool = False,
+                      desc: str = "gate usefulness") -> dict[str, torch.Tensor]:
+    """Per clean input (on the CPU): the gate's γ and α, whether each base model and the mixture are right
+    (``mixed_right``: the composite's own clean flags, from the same pass), and the robust model's top
+    softmax probability."""
+    parts: dict[str, list] = {"gamma": [], "alpha": [], "standard_right": [], "robust_right": [], "mixed_right": [],
+                              "robust_confidence": []}
+    for i in tqdm(range(0, len(y), batch_size), desc=desc, disable=not progress, leave=False):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         g, h, gamma = model.components(xb)
+        parts["mixed_right"].append((model.mix(g, h, gamma).argmax(1) == yb).cpu())
         parts["gamma"].append(gamma.float().cpu())
         parts["alpha"].append(model.alpha_from_gamma(gamma).float().cpu())
         parts["standard_right"].append((g.argmax(1) == yb).cpu())

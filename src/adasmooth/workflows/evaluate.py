@@ -133,8 +133,15 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
     and, with ``keep_adversarials``, the adversarial images of each attack (else None)."""
     bs = cfg.evaluate.batch_size
     adaptive = target.kind == "adaptive"
-    correct = correct_mask(target.model, x, y, device=device, batch_size=bs, progress=progress,
-                           desc=f"{target.name}: clean {split}")
+    scores = None
+    if adaptive and alpha_png is not None and is_main() and (plain is None or plain is target.model):
+        # one pass gives the gate's scores and the composite's clean flags (a wrapped model gets its own pass)
+        scores = usefulness_scores(target.model, x, y, batch_size=bs, device=device, progress=progress,
+                                   desc=f"{target.name}: clean {split} and gate")
+        correct = scores["mixed_right"]
+    else:
+        correct = correct_mask(target.model, x, y, device=device, batch_size=bs, progress=progress,
+                               desc=f"{target.name}: clean {split}")
     clean_full = float(correct.float().mean())
     rep, kept = evaluate_in_chunks(
         target.model, x[idx], y[idx], attacks, eps=cfg.threat.eps, norm=cfg.threat.norm, chunk_size=chunk_size or bs,
@@ -145,7 +152,8 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
         alpha = alpha_report(plain or target.model, x[idx], y[idx], alpha_png, cfg=cfg, device=device,
                              square_queries=square_queries, fab_targets=fab_targets)
         alpha["usefulness"] = gate_usefulness(plain or target.model, x, y, device=device, batch_size=bs,
-                                              png=alpha_png.with_name(f"{alpha_png.stem}-usefulness.png"))
+                                              png=alpha_png.with_name(f"{alpha_png.stem}-usefulness.png"),
+                                              scores=scores)
     return ModelEvaluation(target.name, clean_full, rep, alpha, correct.int().tolist()), kept
 
 
@@ -168,11 +176,12 @@ def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Con
 
 
 def gate_usefulness(model, x: torch.Tensor, y: torch.Tensor, *, device: str, batch_size: int,
-                    png: Path | None = None) -> dict:
+                    png: Path | None = None, scores: dict | None = None) -> dict:
     """``usefulness_auroc`` over every clean image given, with ``png`` the histograms of α where the standard
     model alone is right and elsewhere; or why it could not be measured (no input where the standard model
-    alone is right, or no other)."""
-    scores = usefulness_scores(model, x, y, batch_size=batch_size, device=device)
+    alone is right, or no other). ``scores``: :func:`usefulness_scores` of these images, when already computed."""
+    if scores is None:
+        scores = usefulness_scores(model, x, y, batch_size=batch_size, device=device)
     try:
         result = usefulness_auroc(model, x, y, scores=scores)
     except ValueError as exc:
