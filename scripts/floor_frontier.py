@@ -11,7 +11,6 @@ saved mixer or a fit-mixer run's training state (OUT/mixer-last, rebuilt from --
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from pathlib import Path
@@ -34,18 +33,14 @@ def _accuracy(g, h, alpha, y, standard_scale, robust_scale) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mixer", required=True)
-    p.add_argument("--config", default=None)
-    p.add_argument("--standard", default=None)
-    p.add_argument("--robust", default=None)
+    from gate_separation import _load_mixer, model_parser  # the sibling script's loader and arguments
+
+    p = model_parser(__doc__.splitlines()[0])
     p.add_argument("--floors", type=float, nargs="+", default=[0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     p.add_argument("--robust-scales", type=float, nargs="+", default=[1.0, 2.0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    from gate_separation import _load_mixer  # the sibling script's loader of mixers and training states
-
     cfg = load_config(resolve_config_path(a.config))
     std, rob = load_pair(cfg, standard=a.standard, robust=a.robust, device=a.device)
     x, y = data_mod.load(cfg.data.name, "val", root=cfg.data.root)

@@ -32,12 +32,19 @@ from adasmooth.workflows import load_pair
 from adasmooth.workflows.mixer_jobs import build_adaptive
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments that name a mixer and its pair: --mixer (a saved mixer or a training state), --config,
+    --standard, --robust."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--mixer", required=True)
     p.add_argument("--config", default=None)
     p.add_argument("--standard", default=None)
     p.add_argument("--robust", default=None)
+    return p
+
+
+def main() -> int:
+    p = model_parser(__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--chunk", type=int, default=100)
     p.add_argument("--weights", type=float, nargs="+", default=[0.5])
