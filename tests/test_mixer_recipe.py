@@ -1,6 +1,7 @@
 """The paper's mixer recipe: the γ pipeline (training clamp, BatchNorm momentum), the official-APGD training
 attack, and the gate's separation diagnostics."""
 
+import json
 import math
 
 import pytest
@@ -306,6 +307,8 @@ def test_mixer_calibration_reads_the_validation_split_only(tiny_fmnist, tmp_path
     assert seen and set(seen) == {"val"} and "calibrated on 20 validation points" in summary
     assert (tmp_path / "mixer.safetensors").is_file()
     assert not (tmp_path / "mixer-calibration-journal.json").exists()  # finished: the record is in calibration.json
+    assert not list(tmp_path.glob("mixer-calibration-replay*"))  # and the replayed examples are gone with it
+    assert "replay_pool" in json.loads((tmp_path / "calibration.json").read_text())
 
 
 def test_bad_mixer_configs_are_clear_errors(tmp_path, capsys):

@@ -33,6 +33,7 @@ from ..evaluation.attack_specs import GateAPGDAttack, TransferAttack
 from ..evaluation.autoattack import SUB_ATTACKS, run_autoattack
 from ..mixing import apply_maps, mix_log_probs
 from ..state import CalibrationJournal
+from .replay import AdversarialPool
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +78,23 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
                                 n_iter=50, weights=(0.0, 0.5, 1.0), n_target_classes=3,
                                 autoattack=(), square_queries: int = 5000,
                                 stop_below: float | None = None, progress: bool = False,
-                                desc: str = "") -> torch.Tensor:
+                                desc: str = "", pool: AdversarialPool | None = None) -> torch.Tensor:
     """Per-example robustness of an adaptive composite under a set of attacks aimed at it: gate-aware
     APGD-CE for each w in ``weights``, gate-aware APGD-T (w = 0.5), PGD transferred from ``standard``
     (when given), then the official AutoAttack sub-attacks in ``autoattack`` (e.g. ``("fab-t", "square")``
     at AutoAttack's standard settings, Square with ``square_queries`` queries), each run on the examples
     still robust. Square needs no gradient: it finds what a gate that masks gradients hides from the others.
     With ``stop_below``, stops as soon as the robust share falls below it (the verdict cannot recover).
-    ``progress`` shows one bar step per attack, the official ones included."""
+    With ``pool`` (an :class:`~adasmooth.calibration.replay.AdversarialPool` over ``x``), its examples are tried
+    first, and every example an attack finds is added to it. ``progress`` shows one bar step per attack."""
 
     bad = [a for a in autoattack if a not in SUB_ATTACKS]
     if bad:
         raise ValueError(f"unknown AutoAttack sub-attacks {bad}; known: {', '.join(SUB_ATTACKS)}")
 
-    robust = correct_mask(model, x, y, device=device, batch_size=batch_size)
+    robust = correct_mask(model, x, y, device=device, batch_size=batch_size).cpu()
+    if pool is not None:
+        robust &= pool.robust_mask(model, y, device=device, batch_size=batch_size)
     attacks = [GateAPGDAttack("ce", w, n_iter, seed=seed) for w in weights]
     attacks.append(GateAPGDAttack("dlr-targeted", 0.5, n_iter, n_target_classes, seed=seed))
     if standard is not None:
@@ -103,13 +107,16 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
             break
         bar.set_postfix_str(f"{label} on {len(idx)} ex, robust so far {float(robust.float().mean()):.3f}")
         if isinstance(attack, str):  # an official AutoAttack sub-attack
-            still = run_autoattack(model, x[idx], y[idx], eps=eps, version="custom", attacks=[attack], seed=seed,
-                                   batch_size=batch_size, device=device,
-                                   options={"square.n_queries": int(square_queries)} if attack == "square" else None).robust
+            out = run_autoattack(model, x[idx], y[idx], eps=eps, version="custom", attacks=[attack], seed=seed,
+                                 batch_size=batch_size, device=device,
+                                 options={"square.n_queries": int(square_queries)} if attack == "square" else None)
         else:
-            still = attack.robust_mask(model, x[idx], y[idx], eps=eps, norm="Linf", device=device,
-                                       batch_size=batch_size, progress=False).robust
-        robust[idx[~still.cpu()]] = False
+            out = attack.robust_mask(model, x[idx], y[idx], eps=eps, norm="Linf", device=device,
+                                     batch_size=batch_size, progress=False)
+        broken = ~out.robust.cpu()
+        robust[idx[broken]] = False
+        if pool is not None:
+            pool.add(idx[broken], out.x_adv[broken.to(out.x_adv.device)])
     return robust
 
 
@@ -187,7 +194,7 @@ class GateCalibrationSettings:
 def calibrate_gate(model, x: torch.Tensor, y: torch.Tensor, settings: GateCalibrationSettings, *,
                    robust_reference: float, verify=None, journal: CalibrationJournal | None = None,
                    clean_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   device="cpu", progress: bool = False) -> dict:
+                   pool: AdversarialPool | None = None, device="cpu", progress: bool = False) -> dict:
     """Choose ``gamma_bias`` and ``alpha_range`` (with ``settings.robust_scales``, also ``robust_scale``) for the most clean accuracy whose robust accuracy keeps
     ``settings.keep_robust`` of ``robust_reference``; sets them on ``model`` and returns a report.
 
@@ -201,10 +208,12 @@ def calibrate_gate(model, x: torch.Tensor, y: torch.Tensor, settings: GateCalibr
     ``journal``, checks already recorded there are not attacked again, and each new one is recorded.
     ``clean_data`` (e.g. the whole validation split): the images on which candidates' clean accuracy is
     measured and ranked; by default ``x, y``, where on a few hundred points floors tie or differ by one example.
+    ``pool`` (an :class:`~adasmooth.calibration.replay.AdversarialPool` over ``x``; ``floor`` and ``scan``): every
+    check first tries the adversarial examples the checks before it found, and adds what its attacks find.
     """
     model.eval()
     need = settings.keep_robust * robust_reference
-    check = _Checker(model, x, y, need, verify or _default_verify(settings, device, progress), journal,
+    check = _Checker(model, x, y, need, verify or _default_verify(settings, device, progress, pool), journal,
                      key_fields=_CHECK_KEYS + (("robust_scale",) if settings.robust_scales else ()))
     rows = _proxy_grid(model, x, y, settings, device=device, progress=progress, clean_data=clean_data)
     search = {"scan": _scan, "floor": _floor_bisect, "bisect": _bisect}[settings.strategy]
@@ -223,10 +232,10 @@ def calibrate_gate(model, x: torch.Tensor, y: torch.Tensor, settings: GateCalibr
             "clean_n": len(y) if clean_data is None else len(clean_data[1]),
             "proxy_attack": {"name": "gate-pgd", "w": 0.5, "steps": settings.steps, "seed": settings.seed},
             "strategy": settings.strategy, "verify_attack": "custom" if verify is not None else settings.verify_attack(),
-            "grid": rows}
+            **({"replay_pool": len(pool)} if pool is not None and verify is None else {}), "grid": rows}
 
 
-def _default_verify(settings: GateCalibrationSettings, device, progress: bool):
+def _default_verify(settings: GateCalibrationSettings, device, progress: bool, pool=None):
     s = settings
     if s.strategy == "bisect":
         def verify(m, xs, ys):
@@ -238,7 +247,7 @@ def _default_verify(settings: GateCalibrationSettings, device, progress: bool):
         return gate_attack_set_robust_mask(m, xs, ys, eps=s.eps, standard=m.standard, device=device,
                                            batch_size=s.batch_size, seed=s.seed, n_iter=s.verify_iters,
                                            autoattack=s.autoattack, square_queries=s.square_queries,
-                                           stop_below=stop_below, progress=progress, desc=desc)
+                                           stop_below=stop_below, progress=progress, desc=desc, pool=pool)
     verify.stops_early = True
     return verify
 

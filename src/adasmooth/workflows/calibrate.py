@@ -12,6 +12,7 @@ from torch import nn
 
 from ..calibration.gate import GateCalibrationSettings, calibrate_gate, robust_reference
 from ..calibration.output_map import MapCalibration, calibrate_logit_map, minimum_margin_inputs
+from ..calibration.replay import AdversarialPool
 from ..config import Config
 from ..distributed import is_main
 from ..evaluation import batched_logits
@@ -136,8 +137,9 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
         journal.put("robust_reference", ref)
     settings = GateCalibrationSettings.from_config(cfg, verify_iters=verify_iters, gamma_scales=GAMMA_SCALES,
                                                    alpha_his=ALPHA_HIS)
+    pool = AdversarialPool(xv, eps=cfg.threat.eps, path=stem.parent / f"{stem.name}-calibration-replay")
     cal = calibrate_gate(model, xv, yv, settings, robust_reference=ref, device=device, progress=is_main(),
-                         journal=journal, clean_data=(x_all, y_all) if cfg.mixer.calibration_clean == "split" else None)
+                         journal=journal, pool=pool, clean_data=(x_all, y_all) if cfg.mixer.calibration_clean == "split" else None)
     cal["robust_reference_attack"] = {
         "name": "apgd-ce + apgd-t3" + "".join(f" + {a} (official)" for a in cfg.mixer.calibration_autoattack),
         "n_iter": verify_iters, "seed": seed,
@@ -145,6 +147,7 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
     save_adaptive(stem, model, calibration=cal, dataset=cfg.data.name, **metadata)
     write_json(stem.parent / "calibration.json", cal)
     journal.discard()
+    pool.discard()
     ch = cal["chosen"]
     checks = "".join(f", {a.upper()} (official)" for a in cfg.mixer.calibration_autoattack)
     return (f"saved {stem}.safetensors (+ .json)\n"

@@ -1,0 +1,82 @@
+"""The calibration's replay pool: adversarial examples earlier checks found, tried first on every later one."""
+
+import torch
+
+from adasmooth.calibration import gate as gate_mod
+from adasmooth.calibration.replay import AdversarialPool
+from adasmooth.mixer import AdaptiveMixedClassifier, MixingNetwork
+
+
+class _Sign(torch.nn.Module):
+    """Class 1 where the first pixel is above 0.5, else class 0 (two logits, margin 10 · distance)."""
+
+    def forward(self, x):
+        z = 10 * (x.flatten(1)[:, :1] - 0.5)
+        return torch.cat([-z, z], 1)
+
+
+def test_pool_keeps_examples_inside_the_ball_replays_them_and_survives_a_restart(tmp_path):
+    x = torch.full((4, 1, 2, 2), 0.45)
+    y = torch.zeros(4, dtype=torch.long)  # all right on the clean points
+    pool = AdversarialPool(x, eps=0.1, path=tmp_path / "pool")
+    assert pool.robust_mask(_Sign(), y).all() and len(pool) == 0
+    adv = x[[1, 3]].clone()
+    adv[0, 0, 0, 0] = 0.55  # crosses, 0.1 away: kept
+    adv[1, 0, 0, 0] = 0.75  # crosses, 0.3 away: outside the ball, refused
+    assert pool.add(torch.tensor([1, 3]), adv) == 1
+    assert pool.robust_mask(_Sign(), y).tolist() == [True, False, True, True]
+    again = AdversarialPool(x, eps=0.1, path=tmp_path / "pool")  # a resumed calibration reads it back
+    assert again.robust_mask(_Sign(), y).tolist() == [True, False, True, True]
+    other = AdversarialPool(x + 0.01, eps=0.1, path=tmp_path / "pool")  # other points: not used
+    assert len(other) == 0
+    again.discard()
+    assert not list(tmp_path.iterdir())
+
+
+class _LinearWithStage(torch.nn.Module):
+    """Linear logits, easy to break inside a small ball, and a conv stage for the gate to tap."""
+
+    def __init__(self):
+        super().__init__()
+        self.stage1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Linear(28 * 28, 10)
+        with torch.no_grad():
+            self.head.weight.mul_(1.4)
+
+    def forward(self, x):
+        return self.head(x.flatten(1)) + 0.0 * self.stage1(x).mean()
+
+
+def _composite():
+    torch.manual_seed(0)
+    std, rob = _LinearWithStage().eval(), _LinearWithStage().eval()
+    gate = MixingNetwork.from_models(std, rob, standard_layers=["stage1"], robust_layers=["stage1"],
+                                     input_shape=(1, 28, 28), width=8, blocks=1)
+    model = AdaptiveMixedClassifier(std, rob, gate, standard_layers=["stage1"], robust_layers=["stage1"]).eval()
+    x = torch.rand(24, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every point right on its clean image
+    return model, x, y
+
+
+def test_a_check_adds_what_its_attacks_find_and_a_later_check_replays_it_first(monkeypatch):
+    model, x, y = _composite()
+    attacks = []
+    run = gate_mod.GateAPGDAttack.robust_mask
+    monkeypatch.setattr(gate_mod.GateAPGDAttack, "robust_mask", lambda self, *a, **k: attacks.append(1) or run(self, *a, **k))
+    opts = {"eps": 0.1, "n_iter": 5, "weights": (0.0,)}
+    pool = AdversarialPool(x, eps=0.1)
+    model.alpha_range = (0.0, 1.0)
+    first = gate_mod.gate_attack_set_robust_mask(model, x, y, pool=pool, **opts)
+    assert (~first).sum() >= 12 and len(pool) == int((~first).sum())  # every example that broke a point is kept
+    assert ((pool.examples - x[pool.index]).abs().amax() <= 0.1 + 1e-6)
+
+    model.alpha_range = (0.1, 1.0)  # another candidate: the same examples are tried before any attack
+    n_attacks = len(attacks)
+    clean = float(gate_mod.correct_mask(model, x, y).float().mean())
+    need = clean - 0.5 / len(y)  # fails only if some point right on its clean image is broken
+    replayed = gate_mod.gate_attack_set_robust_mask(model, x, y, pool=pool, stop_below=need, **opts)
+    assert len(attacks) == n_attacks  # the replay alone failed it
+    assert replayed.float().mean() < need
+    full = gate_mod.gate_attack_set_robust_mask(model, x, y, pool=pool, **opts)  # no early stop: every attack
+    assert not (full & ~pool.robust_mask(model, y)).any()  # what the replay breaks stays broken
