@@ -23,10 +23,10 @@ def test_pool_keeps_examples_inside_the_ball_replays_them_and_survives_a_restart
     adv = x[[1, 3]].clone()
     adv[0, 0, 0, 0] = 0.55  # crosses, 0.1 away: kept
     adv[1, 0, 0, 0] = 0.75  # crosses, 0.3 away: outside the ball, refused
-    assert pool.add(torch.tensor([1, 3]), adv) == 1
+    assert pool.add(torch.tensor([1, 3]), adv, source="by hand") == 1 and pool.sources == ["by hand"]
     assert pool.robust_mask(_Sign(), y).tolist() == [True, False, True, True]
     again = AdversarialPool(x, eps=0.1, path=tmp_path / "pool")  # a resumed calibration reads it back
-    assert again.robust_mask(_Sign(), y).tolist() == [True, False, True, True]
+    assert again.robust_mask(_Sign(), y).tolist() == [True, False, True, True] and again.sources == ["by hand"]
     other = AdversarialPool(x + 0.01, eps=0.1, path=tmp_path / "pool")  # other points: not used
     assert len(other) == 0
     again.discard()
@@ -70,6 +70,7 @@ def test_a_check_adds_what_its_attacks_find_and_a_later_check_replays_it_first(m
     first = gate_mod.gate_attack_set_robust_mask(model, x, y, pool=pool, **opts)
     assert (~first).sum() >= 12 and len(pool) == int((~first).sum())  # every example that broke a point is kept
     assert ((pool.examples - x[pool.index]).abs().amax() <= 0.1 + 1e-6)
+    assert set(pool.sources) <= {"gate-apgd-ce", "gate-apgd-t3", "transfer-from-standard"} and pool.sources[0]
 
     model.alpha_range = (0.1, 1.0)  # another candidate: the same examples are tried before any attack
     n_attacks = len(attacks)

@@ -116,7 +116,7 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
         broken = ~out.robust.cpu()
         robust[idx[broken]] = False
         if pool is not None:
-            pool.add(idx[broken], out.x_adv[broken.to(out.x_adv.device)])
+            pool.add(idx[broken], out.x_adv[broken.to(out.x_adv.device)], source=label)
     return robust
 
 

@@ -38,6 +38,7 @@ class AdversarialPool:
         self.key = settings_key({"kind": _KIND, "eps": self.eps}, data=(x,))
         self.index = torch.zeros(0, dtype=torch.long)
         self.examples = x.new_zeros((0, *x.shape[1:]))
+        self.sources: list[str] = []  # per example, the attack that found it
         if self.path is not None:
             self._load()
 
@@ -53,11 +54,13 @@ class AdversarialPool:
             logger.warning("replay pool %s was found for other points or another eps; starting afresh", self.path)
             return
         self.index, self.examples = tensors["index"].long(), tensors["examples"].to(self.x.dtype)
+        self.sources = list(meta.get("sources", [""] * len(self.index)))
         logger.info("calibration replays %d adversarial examples found before (%s)", len(self), self.path)
 
-    def add(self, index: torch.Tensor, examples: torch.Tensor) -> int:
-        """Keep ``examples`` (rows of adversarial inputs for the points ``index``); rows farther than ε from
-        their point or outside [0, 1] are refused. Returns how many were kept."""
+    def add(self, index: torch.Tensor, examples: torch.Tensor, source: str = "") -> int:
+        """Keep ``examples`` (rows of adversarial inputs for the points ``index``, found by the attack named
+        ``source``); rows farther than ε from their point or outside [0, 1] are refused. Returns how many were
+        kept."""
         index, examples = index.cpu().long(), examples.detach().cpu().to(self.x.dtype)
         if len(index) == 0:
             return 0
@@ -67,9 +70,10 @@ class AdversarialPool:
             logger.warning("replay pool: %d examples outside the eps-ball or [0, 1] refused", int((~ok).sum()))
         self.index = torch.cat([self.index, index[ok]])
         self.examples = torch.cat([self.examples, examples[ok]])
+        self.sources += [source] * int(ok.sum())
         if self.path is not None:
             save_tensors(self.path, {"index": self.index, "examples": self.examples},
-                         {"kind": _KIND, "key": self.key, "eps": self.eps, "n": len(self)})
+                         {"kind": _KIND, "key": self.key, "eps": self.eps, "n": len(self), "sources": self.sources})
         return int(ok.sum())
 
     @torch.no_grad()
