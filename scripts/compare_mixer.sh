@@ -17,6 +17,10 @@
 # AA_FIXED=apgd-ce (or apgd) evaluates the fixed mixtures with a part of the standard set only, at a tenth (a
 # quarter) of its cost: compare then reports the mixer's margin as a lower bound.
 # Reports already measured on the same points can be reused: copy them to OUT/bases/ and touch OUT/bases/done.
+# MODELS (a space-separated subset of bases, adaptive and alpha<A>-sh<S>; default all of them) and JOBS (how many
+# processes share the list round-robin; default 1: one after another; several suit a GPU, which the small models
+# leave launch-bound). `adasmooth compare` runs once every model of the full list is done; until then the script
+# names what is missing, and a rerun goes on from there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$1; mixer=$2; config=${3:-fmnist}
@@ -37,13 +41,32 @@ run() {  # run NAME AA ARGS...: one evaluate call, skipped when done
     --out "$out/$name" "$@"
   touch "$out/$name/done"
 }
-run bases "$aa" "${bases[@]}"
-run adaptive "$aa" --mixer "$mixer" --separation-fab-targets 9 "${pair[@]}"
-for s_h in $s_hs; do
-  for a in $alphas; do run "alpha$a-sh$s_h" "$aa_fixed" --alpha "$a" --robust-scale "$s_h" "${pair[@]}"; done
+job() {  # job NAME: the evaluate call of one model of the plan
+  case $1 in
+    bases) run bases "$aa" "${bases[@]}" ;;
+    adaptive) run adaptive "$aa" --mixer "$mixer" --separation-fab-targets 9 "${pair[@]}" ;;
+    alpha*) local a=${1#alpha}; run "$1" "$aa_fixed" --alpha "${a%-sh*}" --robust-scale "${1##*-sh}" "${pair[@]}" ;;
+    *) echo "unknown model $1" >&2; return 2 ;;
+  esac
+}
+all=(bases adaptive)
+for s_h in $s_hs; do for a in $alphas; do all+=("alpha$a-sh$s_h"); done; done
+read -r -a todo <<< "${MODELS:-${all[*]}}"
+jobs_n=${JOBS:-1}
+for ((lane = 0; lane < jobs_n; lane++)); do
+  ( for ((i = lane; i < ${#todo[@]}; i += jobs_n)); do job "${todo[$i]}"; done ) &
 done
-robust_report=$(ls "$out/bases"/*.json | grep -v -- '/standard\.json$' | head -1)
-reports=(standard="$out/bases/standard.json" robust="$robust_report")
+failed=0
+for pid in $(jobs -p); do wait "$pid" || failed=1; done
+missing=()
+for name in "${all[@]}"; do [ -f "$out/$name/done" ] || missing+=("$name"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "not compared yet; still to evaluate: ${missing[*]}"
+  exit $failed
+fi
+standard_report="$out/bases/$(basename "${STANDARD:-standard}").json"
+robust_report=$(ls "$out/bases"/*.json | grep -v -- "^$standard_report\$" | head -1)
+reports=(standard="$standard_report" robust="$robust_report")
 for s_h in $s_hs; do
   for a in $alphas; do reports+=("alpha$a-sh$s_h=$(ls "$out/alpha$a-sh$s_h"/*.json | head -1)"); done
 done
