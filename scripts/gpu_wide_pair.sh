@@ -6,7 +6,7 @@
 #   then `adasmooth compare` once everything is done (scripts/compare_mixer.sh). Every step is bounded so that the
 #   whole fits BUDGET_S seconds; what is cut short resumes from its chunk caches on a rerun (here or on a CPU).
 # MIXER_DIR and OUT are packed into RESULTS as .tar.gz at the end (and MIXER_DIR again after fit-mixer).
-#   bash scripts/gpu_wide_pair.sh [OUT]   (default experiments/wide-compare, whose bases are already measured)
+#   bash scripts/gpu_wide_pair.sh [OUT]   (default experiments/wide-compare)
 # Environment (defaults): PY (python3), DEVICE (cuda), BUDGET_S (570), RESULTS (runs/gpu-wide; on a device
 # machine, its $OUT), N (1000), JOBS (4), ALPHAS ("0.9 0.8 0.95 0.7"), S_H ("1 2"), MIXER_DIR
 # (experiments/wide-mixer), N_CAL (300), FIT_S (BUDGET_S / 2), AA (standard), MAX_STEPS (none; a dry run on a
