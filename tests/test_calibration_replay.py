@@ -81,3 +81,25 @@ def test_a_check_adds_what_its_attacks_find_and_a_later_check_replays_it_first(m
     assert replayed.float().mean() < need
     full = gate_mod.gate_attack_set_robust_mask(model, x, y, pool=pool, **opts)  # no early stop: every attack
     assert not (full & ~pool.robust_mask(model, y)).any()  # what the replay breaks stays broken
+
+
+def test_a_failing_check_stops_inside_a_slow_attack_not_after_it(monkeypatch):
+    """With ``stop_below``, an attack runs on pieces of ``stop_chunk`` examples and the check stops at the first
+    piece after which the verdict cannot recover; without it, every example is attacked."""
+    model, x, y = _composite()
+    seen = []
+
+    def break_first_of_each_call(self, model, xs, ys, **kwargs):  # stands in for a slow attack such as FAB-T
+        seen.append(len(xs))
+        robust = torch.ones(len(xs), dtype=torch.bool)
+        robust[0] = False
+        return type("Out", (), {"robust": robust, "x_adv": xs.clone()})()
+
+    monkeypatch.setattr(gate_mod.GateAPGDAttack, "robust_mask", break_first_of_each_call)
+    opts = {"eps": 0.1, "weights": (0.0,), "stop_chunk": 5}
+    need = 1 - 1.5 / len(y)  # two broken points fail the check
+    early = gate_mod.gate_attack_set_robust_mask(model, x, y, stop_below=need, **opts)
+    assert seen == [5, 5] and int((~early).sum()) == 2  # stopped after the second piece of the first attack
+    seen.clear()
+    full = gate_mod.gate_attack_set_robust_mask(model, x, y, **opts)  # no early stop: whole attacks, every one
+    assert seen == [24, 23] and int((~full).sum()) == 2

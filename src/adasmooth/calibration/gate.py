@@ -77,14 +77,16 @@ def gate_apgd_robust_mask(model, x, y, *, eps, device="cpu", batch_size=250, see
 def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu", batch_size=250, seed=0,
                                 n_iter=50, weights=(0.0, 0.5, 1.0), n_target_classes=3,
                                 autoattack=(), square_queries: int = 5000,
-                                stop_below: float | None = None, progress: bool = False,
+                                stop_below: float | None = None, stop_chunk: int = 64, progress: bool = False,
                                 desc: str = "", pool: AdversarialPool | None = None) -> torch.Tensor:
     """Per-example robustness of an adaptive composite under a set of attacks aimed at it: gate-aware
     APGD-CE for each w in ``weights``, gate-aware APGD-T (w = 0.5), PGD transferred from ``standard``
     (when given), then the official AutoAttack sub-attacks in ``autoattack`` (e.g. ``("fab-t", "square")``
     at AutoAttack's standard settings, Square with ``square_queries`` queries), each run on the examples
     still robust. Square needs no gradient: it finds what a gate that masks gradients hides from the others.
-    With ``stop_below``, stops as soon as the robust share falls below it (the verdict cannot recover).
+    With ``stop_below``, stops as soon as the robust share falls below it (the verdict cannot recover); each
+    attack then runs on pieces of ``stop_chunk`` examples with the stop checked between them, so a failing
+    check ends inside a slow attack (FAB-T, Square) instead of after it.
     With ``pool`` (an :class:`~adasmooth.calibration.replay.AdversarialPool` over ``x``), its examples are tried
     first, and every example an attack finds is added to it. ``progress`` shows one bar step per attack."""
 
@@ -101,23 +103,33 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
         attacks.append(TransferAttack(standard, "standard", steps=n_iter, seed=seed))
     steps = [(a.name, a) for a in attacks] + [(f"{name} (official)", name) for name in autoattack]
     bar = tqdm(steps, desc=desc or "verification", unit="attack", leave=False, disable=not progress)
+    def settled() -> bool:
+        return stop_below is not None and float(robust.float().mean()) < stop_below
+
     for label, attack in bar:  # one at a time, on what is still robust, so that the early stop applies between them
         idx = robust.nonzero().squeeze(1)
-        if len(idx) == 0 or (stop_below is not None and float(robust.float().mean()) < stop_below):
+        if len(idx) == 0 or settled():
             break
         bar.set_postfix_str(f"{label} on {len(idx)} ex, robust so far {float(robust.float().mean()):.3f}")
-        if isinstance(attack, str):  # an official AutoAttack sub-attack
-            out = run_autoattack(model, x[idx], y[idx], eps=eps, version="custom", attacks=[attack], seed=seed,
-                                 batch_size=batch_size, device=device,
-                                 options={"square.n_queries": int(square_queries)} if attack == "square" else None)
-        else:
-            out = attack.robust_mask(model, x[idx], y[idx], eps=eps, norm="Linf", device=device,
-                                     batch_size=batch_size, progress=False)
-        broken = ~out.robust.cpu()
-        robust[idx[broken]] = False
-        if pool is not None:
-            pool.add(idx[broken], out.x_adv[broken.to(out.x_adv.device)], source=label)
+        for piece in idx.split(stop_chunk) if stop_below is not None and stop_chunk > 0 else (idx,):
+            if settled():
+                break
+            out = _run_check_attack(attack, model, x[piece], y[piece], eps=eps, seed=seed, batch_size=batch_size,
+                                    device=device, square_queries=square_queries)
+            broken = ~out.robust.cpu()
+            robust[piece[broken]] = False
+            if pool is not None:
+                pool.add(piece[broken], out.x_adv[broken.to(out.x_adv.device)], source=label)
     return robust
+
+
+def _run_check_attack(attack, model, x, y, *, eps, seed, batch_size, device, square_queries):
+    """One attack of a check: an official AutoAttack sub-attack given by name, or an attack spec."""
+    if isinstance(attack, str):
+        return run_autoattack(model, x, y, eps=eps, version="custom", attacks=[attack], seed=seed,
+                              batch_size=batch_size, device=device,
+                              options={"square.n_queries": int(square_queries)} if attack == "square" else None)
+    return attack.robust_mask(model, x, y, eps=eps, norm="Linf", device=device, batch_size=batch_size, progress=False)
 
 
 def robust_reference(robust, x, y, *, eps, device="cpu", batch_size=250, seed=0, n_iter=50, autoattack=(),
