@@ -110,10 +110,12 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
         idx = robust.nonzero().squeeze(1)
         if len(idx) == 0 or settled():
             break
-        bar.set_postfix_str(f"{label} on {len(idx)} ex, robust so far {float(robust.float().mean()):.3f}")
-        for piece in idx.split(stop_chunk) if stop_below is not None and stop_chunk > 0 else (idx,):
+        pieces = idx.split(stop_chunk) if stop_below is not None and stop_chunk > 0 else (idx,)
+        for i, piece in enumerate(pieces):
             if settled():
                 break
+            bar.set_postfix_str(f"{label} on {len(idx)} ex (piece {i + 1}/{len(pieces)}), "
+                                f"robust so far {float(robust.float().mean()):.3f}")
             out = _run_check_attack(attack, model, x[piece], y[piece], eps=eps, seed=seed, batch_size=batch_size,
                                     device=device, square_queries=square_queries)
             broken = ~out.robust.cpu()
