@@ -37,6 +37,9 @@ def test_impossible_values():
     with pytest.raises(ConfigError, match="calibration_square_queries"):
         config_from_dict({"mixer": {"calibration_square_queries": 0}})
     assert config_from_dict({"mixer": {"calibration_autoattack": []}}).mixer.calibration_autoattack == ()
+    with pytest.raises(ConfigError, match=r"demo\.autoattack_version.*got 'apgd-ce'"):
+        config_from_dict({"demo": {"autoattack_version": "apgd-ce"}})
+    assert config_from_dict({"demo": {"autoattack_version": "apgd"}}).demo.autoattack_version == "apgd"
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

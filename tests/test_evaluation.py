@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pytest
@@ -70,6 +71,22 @@ def test_pgd_and_transfer_attacks_with_sanity_checks():
     assert rep.robust_accuracy <= min(a["accuracy"] for a in rep.attacks)
     assert rep.sanity["eps_zero_equals_clean"]["ok"] and rep.sanity["huge_eps_breaks_model"]["ok"]
     assert rep.n == 40 and rep.eps == 0.05 and rep.attacks[1]["crafted_on"] == "other"
+
+
+def test_autoattack_standard_runs_its_four_sub_attacks_in_order():
+    """The full standard set through the adapter (the demo's default plan): APGD-CE, APGD-T, FAB-T, then
+    Square at 5,000 queries, each on what the ones before it left, the accuracies non-increasing."""
+    model = _linear(k=10, scale=3.0)
+    x = torch.rand(12, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    y = model(x).argmax(1)
+    res = run_autoattack(model, x, y, eps=0.01, version="standard", seed=0)
+    assert list(res.per_attack) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    accs = list(res.per_attack.values())
+    assert all(a >= b for a, b in itertools.pairwise(accs)) and accs[-1] == pytest.approx(res.robust_accuracy)
+    assert 0.0 < res.robust_accuracy < 1.0  # some points fall and some survive to Square: every stage ran
+    assert res.settings["sub_attacks"]["square"]["n_queries"] == 5000
+    assert torch.equal(res.robust, model(res.x_adv).argmax(1) == y)
+    assert (res.x_adv - x).abs().max() <= 0.01 + 1e-6
 
 
 def test_autoattack_adapter_runs_a_custom_list_and_keeps_rng_state():

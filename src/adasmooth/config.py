@@ -95,7 +95,7 @@ class SweepConfig:
 @dataclass(frozen=True)
 class DemoConfig:
     n_autoattack: int = 60  # test points under standard AutoAttack (the slow part: about 5 s per point for three rows on 2 CPU cores)
-    autoattack_version: str = "standard"
+    autoattack_version: str = "standard"  # or plus, rand; apgd: its APGD-CE + APGD-T only (a quick look)
     seed: int = 0
 
 

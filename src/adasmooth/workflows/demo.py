@@ -260,7 +260,7 @@ def robust_margins(cfg: Config, robust, xs, ys, kept: dict | None, chosen: dict,
     """The robust model's margins on the subset: clean vs its own AutoAttack examples (clean when the robust
     row did not run)."""
     bs = cfg.evaluate.batch_size
-    aa_name = AutoAttackSpec(version=cfg.demo.autoattack_version).name
+    aa_name = AutoAttackSpec.named(cfg.demo.autoattack_version).name
     h_clean = batched_logits(robust, xs, batch_size=bs, device=device)
     h_adv = batched_logits(robust, kept[aa_name], batch_size=bs, device=device) if kept else h_clean
     return margin_groups(h_clean, h_adv, ys, scale=chosen["robust_scale"])
