@@ -22,7 +22,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # constraints.txt pins torch to the CPU build this project's machines carry; without it pip would
 # fetch a multi-GB CUDA build. Users elsewhere can install the package with any torch>=2.3.
-if ! .venv/bin/python -c "import torch, adasmooth, pyautoattack, pytest" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import torch, adasmooth, pyautoattack, pytest, xdist" >/dev/null 2>&1; then
   echo "setup: installing torch and adasmooth[test] into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt "torch==2.13.0"
   .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"

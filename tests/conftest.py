@@ -1,4 +1,5 @@
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -7,6 +8,13 @@ import pytest
 import torch
 
 from adasmooth import data as data_mod
+
+# Under pytest-xdist (-n N) each worker takes its share of the cores, and so do the commands it launches:
+# N workers at full thread count would fight over them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 FMNIST = data_mod.FASHION_MNIST_DIR
 needs_fmnist = pytest.mark.skipif(
