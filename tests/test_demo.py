@@ -55,3 +55,34 @@ def test_unknown_demo_rows_are_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_mod, "load_pretrained", lambda *a, **k: pytest.fail("loaded models before checking rows"))
     with pytest.raises(ValueError, match="unknown demo rows \\['fixed'\\]"):
         run_demo(load_config(), tmp_path, rows=("robust", "fixed"))
+
+
+def test_clean_flags_from_the_bases_logits_equal_each_models_own_pass():
+    """The demo computes each base's clean logits once and scores the bases and every fixed-α mixture of them
+    from those; the flags must be the ones each model's own forward pass gives, maps and scales included."""
+    from types import SimpleNamespace
+
+    from conftest import LinearModel
+
+    from adasmooth import MixedClassifier
+    from adasmooth.evaluation import correct_mask
+    from adasmooth.transforms import HardOneHot, MixedNUTSMap
+
+    gen = torch.Generator().manual_seed(0)
+    std, rob = LinearModel(torch.randn(10, 16, generator=gen)), LinearModel(torch.randn(10, 16, generator=gen))
+    pair = SimpleNamespace(standard=std, robust=rob)
+    x = torch.rand(300, 1, 4, 4, generator=gen)
+    y = torch.randint(0, 10, (300,), generator=gen)
+    models = [std, rob, MixedClassifier(std, rob, alpha=0.7, robust_scale=2.0),
+              MixedClassifier(std, rob, alpha=0.6, robust_map=MixedNUTSMap(scale=2.0, shift=0.1, power=1.5, k=3),
+                              standard_map=HardOneHot(value=100.0))]
+    cache: dict = {}
+    for m in models:
+        flags = demo_mod.clean_flags_from_bases(m, pair, x, y, cache, batch_size=128, device="cpu")
+        assert torch.equal(flags, correct_mask(m, x, y, batch_size=128))
+    assert set(cache) == {"standard", "robust"}
+    assert 0.05 < float(flags.float().mean()) < 0.95  # flags of both values: the equality says something
+    other = LinearModel(torch.randn(10, 16, generator=gen))
+    assert demo_mod.clean_flags_from_bases(MixedClassifier(other, rob, alpha=0.7), pair, x, y, cache,
+                                           batch_size=128, device="cpu") is None
+    assert demo_mod.clean_flags_from_bases(other, pair, x, y, cache, batch_size=128, device="cpu") is None

@@ -23,6 +23,7 @@ from ..evaluation.plans import attack_plan
 from ..evaluation.report import environment
 from ..evaluation.surrogate import has_logit_maps
 from ..io import state_fingerprint, write_json
+from ..mixing import MixedClassifier, apply_maps, mix_log_probs
 from ..plots import plot_margins, plot_test_points, plot_tradeoff
 from ..pretrained import PRETRAINED_NAMES, PretrainedPair, load_pretrained, shipped_comparison, shipped_sweep
 from ..seeding import seeded_subset
@@ -231,6 +232,7 @@ def run_demo(cfg: Config, out_dir: str | Path, *, n: int | None = None, n_sweep:
     x_test, y_test = data_mod.load(cfg.data.name, "test", root=cfg.data.root)
     idx = seeded_subset(len(y_test), n, cfg.demo.seed)
     transfer_cache: dict = {}  # the transfer attacks' images are crafted once for every mixture
+    base_logits: dict = {}  # and each base's clean test logits are computed once for every row that mixes them
     evaluated, kept = [], {}
     for label, target in demo_targets(cfg, pair, chosen, rows):
         attacks = attack_plan(target.kind, standard=pair.standard, robust=pair.robust, pgd_steps=cfg.evaluate.pgd_steps,
@@ -239,7 +241,9 @@ def run_demo(cfg: Config, out_dir: str | Path, *, n: int | None = None, n_sweep:
         evaluation, kept[target.name] = evaluate_target(
             target, attacks, x_test, y_test, idx, cfg=cfg, split="test", device=str(device),
             chunk_size=cfg.evaluate.batch_size, keep_adversarials=True, progress=progress,
-            alpha_png=out_dir / "alpha.png" if target.name == "adaptive" else None)
+            alpha_png=out_dir / "alpha.png" if target.name == "adaptive" else None,
+            clean_correct=clean_flags_from_bases(target.model, pair, x_test, y_test, base_logits,
+                                                 batch_size=cfg.evaluate.batch_size, device=device, progress=progress))
         evaluated.append(DemoRow(target.name, label, evaluation))
     by_key = {r.key: r.evaluation for r in evaluated}
     for r in evaluated:
@@ -254,6 +258,28 @@ def run_demo(cfg: Config, out_dir: str | Path, *, n: int | None = None, n_sweep:
     if is_main():  # under torchrun, rank 0 writes the figures and the JSON
         result.write(out_dir, groups)
     return result
+
+
+def clean_flags_from_bases(model, pair: PretrainedPair, x: torch.Tensor, y: torch.Tensor, logits: dict, *,
+                           batch_size: int, device, progress: bool = False) -> torch.Tensor | None:
+    """Which of ``x`` a base of ``pair`` or a fixed-α mixture of its two bases classifies correctly, from each
+    base's logits, computed once into ``logits`` (the same batches as the model's own pass, so the same
+    numbers); None for a model that needs its own pass (a gate, another model)."""
+    def base(name: str) -> torch.Tensor:
+        if name not in logits:
+            logits[name] = batched_logits(getattr(pair, name), x, batch_size=batch_size, device=device,
+                                          progress=progress, desc=f"{name} logits: clean test")
+        return logits[name]
+
+    if model is pair.standard or model is pair.robust:
+        out = base("standard" if model is pair.standard else "robust")
+    elif (isinstance(model, MixedClassifier) and not torch.is_tensor(model.alpha)
+          and model.standard is pair.standard and model.robust is pair.robust):
+        g, h = apply_maps(base("standard"), base("robust"), model.standard_map, model.robust_map)
+        out = mix_log_probs(g, h, model.alpha, standard_scale=model.standard_scale, robust_scale=model.robust_scale)
+    else:
+        return None
+    return out.argmax(1) == y
 
 
 def robust_margins(cfg: Config, robust, xs, ys, kept: dict | None, chosen: dict, *, device) -> dict:

@@ -126,8 +126,10 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
                     cfg: Config, split: str, device: str, chunk_size: int | None = None,
                     cache_dir: Path | None = None, alpha_png: Path | None = None, plain: nn.Module | None = None,
                     keep_adversarials: bool = False, progress: bool = True,
-                    square_queries: int = 0, fab_targets: int = 0) -> tuple[ModelEvaluation, dict | None]:
-    """One model: clean accuracy on the whole split, ``attacks`` on ``idx`` (per-example worst case);
+                    square_queries: int = 0, fab_targets: int = 0,
+                    clean_correct: torch.Tensor | None = None) -> tuple[ModelEvaluation, dict | None]:
+    """One model: clean accuracy on the whole split (``clean_correct``: its flags, when already known),
+    ``attacks`` on ``idx`` (per-example worst case);
     for an adaptive model also how its gate separates clean inputs from attacks aimed at it (``alpha_png``) and,
     over the whole split, whether its α falls where the standard model alone is right. Returns the evaluation
     and, with ``keep_adversarials``, the adversarial images of each attack (else None)."""
@@ -139,6 +141,8 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
         scores = usefulness_scores(target.model, x, y, batch_size=bs, device=device, progress=progress,
                                    desc=f"{target.name}: clean {split} and gate")
         correct = scores["mixed_right"]
+    elif clean_correct is not None:
+        correct = clean_correct
     else:
         correct = correct_mask(target.model, x, y, device=device, batch_size=bs, progress=progress,
                                desc=f"{target.name}: clean {split}")
