@@ -91,7 +91,8 @@ def test_fit_mixer_and_its_calibration_resume_to_the_uninterrupted_mixer(tmp_pat
         torch.manual_seed(i)
         save_model(tmp_path / name, SmallResNet(width=4), architecture="small_resnet", arch_args={"width": 4})
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("mixer:\n  width: 8\n  blocks: 1\n  batch_size: 500\n  attack_max_iters: 2\n  checkpoint_every: 1\n"
+    cfg.write_text("mixer:\n  width: 8\n  blocks: 1\n  batch_size: 100\n  train_examples: 300\n  attack_max_iters: 2\n"
+                   "  checkpoint_every: 1\n"
                    "  separation_every: 0\n  tensorboard: false\n"
                    "  calibration_autoattack: [square]\n  calibration_square_queries: 30\n")
 
