@@ -180,10 +180,10 @@ def test_reproduce_runs_a_row_on_a_synthetic_release(tmp_path, capsys):
     raw["evaluate"]["batch_size"] = 50
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
     args = ["reproduce", "as-cifar10-edm", "--root", str(release), "--data-root", str(data), "--config",
-            str(tmp_path / "tiny.yaml"), "--n-examples", "2", "--device", "cpu", "--out", str(tmp_path / "out")]
+            str(tmp_path / "tiny.yaml"), "--n-examples", "4", "--device", "cpu", "--out", str(tmp_path / "out")]
     assert main([*args, "--dry-run"]) == 0 and "ready to run" in capsys.readouterr().out
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "measured" in out and "published     95.23       68.06" in out and "2 attacked (clean on 40)" in out
+    assert "measured" in out and "published     95.23       68.06" in out and "4 attacked (clean on 40)" in out
     mixer = json.loads((tmp_path / "out" / "as-cifar10-edm" / "mixer" / "mixer.json").read_text())
     assert mixer["gate"]["type"] == "PaperMixingNetwork" and mixer["composite"]["alpha_range"] == [0.96, 1.0]
