@@ -103,3 +103,42 @@ def test_a_failing_check_stops_inside_a_slow_attack_not_after_it(monkeypatch):
     seen.clear()
     full = gate_mod.gate_attack_set_robust_mask(model, x, y, **opts)  # no early stop: whole attacks, every one
     assert seen == [24, 23] and int((~full).sum()) == 2
+
+
+def test_an_interrupted_check_continues_after_its_last_finished_piece(monkeypatch):
+    """A check saves its state after every piece; given that state back, it attacks only the pieces left and
+    ends with the mask of a check that was never interrupted."""
+    model, x, y = _composite()
+    seen = []
+
+    def break_first_of_each_call(self, model, xs, ys, **kwargs):
+        seen.append(len(xs))
+        robust = torch.ones(len(xs), dtype=torch.bool)
+        robust[0] = False
+        return type("Out", (), {"robust": robust, "x_adv": xs.clone()})()
+
+    monkeypatch.setattr(gate_mod.GateAPGDAttack, "robust_mask", break_first_of_each_call)
+    opts = {"eps": 0.1, "weights": (0.0,), "stop_chunk": 5, "stop_below": 0.0}  # pieces, never an early stop
+    whole = gate_mod.gate_attack_set_robust_mask(model, x, y, **opts)
+    assert seen == [5, 5, 5, 5, 4, 5, 5, 5, 4] and int((~whole).sum()) == 9
+
+    saved = []
+
+    def killed_at_the_seventh_piece(state):
+        saved.append(state)
+        if len(saved) == 7:
+            raise KeyboardInterrupt
+    seen.clear()
+    try:
+        gate_mod.gate_attack_set_robust_mask(model, x, y, on_piece=killed_at_the_seventh_piece, **opts)
+    except KeyboardInterrupt:
+        pass
+    state = saved[-1]
+    assert (state["attack"], state["pieces_done"], state["label"]) == (1, 2, "gate-apgd-t3")
+    seen.clear()
+    resumed = gate_mod.gate_attack_set_robust_mask(model, x, y, resume=state, **opts)
+    assert seen == [5, 4]  # only the two pieces left of the second attack
+    assert torch.equal(resumed, whole)
+    seen.clear()
+    misfit = gate_mod.gate_attack_set_robust_mask(model, x[:20], y[:20], resume=state, **opts)  # other points
+    assert seen[0] == 5 and len(seen) == 8 and int((~misfit).sum()) == 8  # not used: the check starts afresh

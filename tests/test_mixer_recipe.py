@@ -1,6 +1,7 @@
 """The paper's mixer recipe: the γ pipeline (training clamp, BatchNorm momentum), the official-APGD training
 attack, and the gate's separation diagnostics."""
 
+import functools
 import json
 import math
 
@@ -283,6 +284,41 @@ def test_a_calibration_killed_part_way_resumes_from_its_journal_without_attackin
     calls.clear()
     run(CalibrationJournal(path, "another model"))  # a journal written for something else is not used
     assert len(calls) == n_checks
+
+
+def test_a_check_killed_part_way_continues_from_its_saved_state_and_the_state_is_dropped_when_it_ends(tmp_path):
+    from adasmooth.calibration.gate import GateCalibrationSettings, calibrate_gate
+    from adasmooth.state import CalibrationJournal
+
+    model, x, y = _calibration_case()
+    resumes = []
+
+    class Killed(Exception):
+        pass
+
+    def verify(m, xs, ys, stop_below=None, desc="", resume=None, on_piece=None, die=False):
+        resumes.append(resume)
+        on_piece({"attack": 0, "pieces_done": 1, "robust": [1] * len(ys), "start": list(range(len(ys)))})
+        if die:
+            raise Killed
+        return torch.full((len(ys),), m.gamma_bias == 0.8)
+
+    def run(journal, die=False):
+        check = functools.partial(verify, die=die)
+        check.stops_early = check.resumable = True
+        return calibrate_gate(model, x, y, GateCalibrationSettings(eps=0.0, keep_robust=1.0, steps=1, strategy="scan",
+                                                                   max_checks=1000), robust_reference=0.5,
+                              verify=check, journal=journal)
+
+    path = tmp_path / "journal.json"
+    with pytest.raises(Killed):
+        run(CalibrationJournal(path, "k"), die=True)
+    (name, state), = CalibrationJournal(path, "k").entries.items()
+    assert name.startswith("part-way check ") and state["pieces_done"] == 1
+    resumes.clear()
+    run(CalibrationJournal(path, "k"))
+    assert resumes[0] == state and all(r is None for r in resumes[1:])  # only the interrupted check continues
+    assert not any(k.startswith("part-way") for k in CalibrationJournal(path, "k").entries)
 
 
 def test_mixer_calibration_reads_the_validation_split_only(tiny_fmnist, tmp_path, monkeypatch):

@@ -163,6 +163,11 @@ class CalibrationJournal:
         atomic_write_json(self.path, {"key": self.key, "entries": self.entries})
         fault_point("journal-saved")
 
+    def drop(self, name: str) -> None:
+        """Forget one entry (e.g. a part-way state once its check has finished)."""
+        if self.entries.pop(name, None) is not None:
+            atomic_write_json(self.path, {"key": self.key, "entries": self.entries})
+
     def discard(self) -> None:
         """Remove the file (the calibration finished and its record is saved elsewhere)."""
         self.path.unlink(missing_ok=True)

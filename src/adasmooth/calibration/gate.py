@@ -14,7 +14,8 @@ against gate-aware APGD-CE and APGD-T at w = 0.5. A candidate that failed its ch
 checked candidate is recorded. Validation only: never run it on the points you report.
 
 A :class:`~adasmooth.state.CalibrationJournal` keeps the finished checks on disk, so a calibration killed part-way (each
-check of a large composite is many minutes of attacks) resumes where it stopped.
+check of a large composite is many minutes of attacks) resumes where it stopped; a check's own finished
+pieces are journalled too, so an interrupted check continues after its last finished piece.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
                                 n_iter=50, weights=(0.0, 0.5, 1.0), n_target_classes=3,
                                 autoattack=(), square_queries: int = 5000,
                                 stop_below: float | None = None, stop_chunk: int = 64, progress: bool = False,
-                                desc: str = "", pool: AdversarialPool | None = None) -> torch.Tensor:
+                                desc: str = "", pool: AdversarialPool | None = None, resume: dict | None = None,
+                                on_piece=None) -> torch.Tensor:
     """Per-example robustness of an adaptive composite under a set of attacks aimed at it: gate-aware
     APGD-CE for each w in ``weights``, gate-aware APGD-T (w = 0.5), PGD transferred from ``standard``
     (when given), then the official AutoAttack sub-attacks in ``autoattack`` (e.g. ``("fab-t", "square")``
@@ -88,7 +90,10 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
     attack then runs on pieces of ``stop_chunk`` examples with the stop checked between them, so a failing
     check ends inside a slow attack (FAB-T, Square) instead of after it.
     With ``pool`` (an :class:`~adasmooth.calibration.replay.AdversarialPool` over ``x``), its examples are tried
-    first, and every example an attack finds is added to it. ``progress`` shows one bar step per attack."""
+    first, and every example an attack finds is added to it. ``progress`` shows one bar step per attack.
+    ``on_piece(state)`` is called after every finished piece with a small JSON-able state; passing a saved
+    state back as ``resume`` continues the same check after its last finished piece (pieces already attacked
+    are not attacked again, and the examples they broke stay broken)."""
 
     bad = [a for a in autoattack if a not in SUB_ATTACKS]
     if bad:
@@ -106,14 +111,24 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
     def settled() -> bool:
         return stop_below is not None and float(robust.float().mean()) < stop_below
 
-    for label, attack in bar:  # one at a time, on what is still robust, so that the early stop applies between them
-        idx = robust.nonzero().squeeze(1)
+    resume = _usable_resume(resume, len(y), len(steps))
+    if resume is not None:
+        robust &= torch.tensor(resume["robust"], dtype=torch.bool)
+        logger.info("%s resumes at attack %d of %d, after %d finished pieces", desc or "verification",
+                    resume["attack"] + 1, len(steps), resume["pieces_done"])
+    for a_i, (label, attack) in enumerate(bar):  # one at a time, on what is still robust, so the early stop applies
+        if resume is not None and a_i < resume["attack"]:
+            continue
+        resumed = resume is not None and a_i == resume["attack"]
+        idx = torch.tensor(resume["start"], dtype=torch.long) if resumed else robust.nonzero().squeeze(1)
         if len(idx) == 0 or settled():
             break
         pieces = idx.split(stop_chunk) if stop_below is not None and stop_chunk > 0 else (idx,)
         for i, piece in enumerate(pieces):
             if settled():
                 break
+            if resumed and i < resume["pieces_done"]:
+                continue
             bar.set_postfix_str(f"{label} on {len(idx)} ex (piece {i + 1}/{len(pieces)}), "
                                 f"robust so far {float(robust.float().mean()):.3f}")
             out = _run_check_attack(attack, model, x[piece], y[piece], eps=eps, seed=seed, batch_size=batch_size,
@@ -122,7 +137,19 @@ def gate_attack_set_robust_mask(model, x, y, *, eps, standard=None, device="cpu"
             robust[piece[broken]] = False
             if pool is not None:
                 pool.add(piece[broken], out.x_adv[broken.to(out.x_adv.device)], source=label)
+            if on_piece is not None:
+                on_piece({"attack": a_i, "label": label, "start": idx.tolist(), "pieces_done": i + 1,
+                          "robust": robust.int().tolist()})
     return robust
+
+
+def _usable_resume(state: dict | None, n: int, n_attacks: int) -> dict | None:
+    """A saved part-way state of a check, or None where there is none or it does not fit these points/attacks."""
+    if state and not (len(state.get("robust", ())) == n and 0 <= int(state.get("attack", -1)) < n_attacks
+                      and int(state.get("pieces_done", -1)) >= 0 and all(0 <= int(i) < n for i in state.get("start", ()))):
+        logger.warning("a saved part-way check does not fit these points or attacks; the check starts afresh")
+        return None
+    return state or None
 
 
 def _run_check_attack(attack, model, x, y, *, eps, seed, batch_size, device, square_queries):
@@ -257,12 +284,14 @@ def _default_verify(settings: GateCalibrationSettings, device, progress: bool, p
                                          n_iter=s.verify_iters)
         return verify
 
-    def verify(m, xs, ys, stop_below=None, desc=""):  # a failing candidate's number is where its check stopped
-        return gate_attack_set_robust_mask(m, xs, ys, eps=s.eps, standard=m.standard, device=device,
-                                           batch_size=s.batch_size, seed=s.seed, n_iter=s.verify_iters,
+    def verify(m, xs, ys, stop_below=None, desc="", resume=None, on_piece=None):  # a failing candidate's number
+        return gate_attack_set_robust_mask(m, xs, ys, eps=s.eps, standard=m.standard, device=device,  # is where
+                                           batch_size=s.batch_size, seed=s.seed, n_iter=s.verify_iters,  # it stopped
                                            autoattack=s.autoattack, square_queries=s.square_queries,
-                                           stop_below=stop_below, progress=progress, desc=desc, pool=pool)
+                                           stop_below=stop_below, progress=progress, desc=desc, pool=pool,
+                                           resume=resume, on_piece=on_piece)
     verify.stops_early = True
+    verify.resumable = True  # takes resume= and on_piece= (a check continues after its last finished piece)
     return verify
 
 
@@ -306,6 +335,7 @@ class _Checker:
         self.model, self.x, self.y, self.need = model, x, y, need
         self.verify, self.journal, self.rows, self.key_fields = verify, journal, [], key_fields
         self.stops_early = getattr(verify, "stops_early", False)
+        self.resumable = getattr(verify, "resumable", False)
 
     def __call__(self, row, **full) -> dict:
         _apply(self.model, row)
@@ -313,9 +343,14 @@ class _Checker:
         robust = self.journal.get(name) if self.journal is not None else None
         if robust is None:
             extra = {"stop_below": self.need, "desc": f"calibration check {len(self.rows) + 1}"} if self.stops_early else {}
+            partial = "part-way " + name  # a check's finished pieces, so an interrupted check continues
+            if self.journal is not None and self.resumable:
+                extra["resume"] = self.journal.get(partial)
+                extra["on_piece"] = lambda state: self.journal.put(partial, state)
             robust = float(self.verify(self.model, self.x, self.y, **{**extra, **full}).float().mean())
             if self.journal is not None:
                 self.journal.put(name, robust)
+                self.journal.drop(partial)
         self.rows.append({**row, "robust_verified": robust, "passed": robust >= self.need})
         logger.info("calibration: k=%g b=%g alpha=[%g, %g] s_h=%g clean %.3f verified robust %.3f", row["gamma_scale"],
                     row["gamma_bias"], row["alpha_lo"], row["alpha_hi"], row.get("robust_scale", self.model.robust_scale),
