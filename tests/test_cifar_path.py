@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,7 +178,7 @@ def test_reproduce_runs_a_row_on_a_synthetic_release(tmp_path, capsys):
     raw["bases"]["standard"] = {"architecture": "wide_resnet", "args": {"depth": 10, "width": 4, "num_classes": 10}}
     raw["bases"]["robust"]["args"].update(depth=10, width=4)
     raw["mixer"]["standard_layers"] = ["layer.0", "layer.1"]
-    raw["evaluate"]["batch_size"] = 50
+    raw["evaluate"].update(batch_size=50, separation_iters=2, separation_square_queries=20)  # the gate is 44M parameters
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
     args = ["reproduce", "as-cifar10-edm", "--root", str(release), "--data-root", str(data), "--config",
             str(tmp_path / "tiny.yaml"), "--n-examples", "4", "--device", "cpu", "--out", str(tmp_path / "out")]
@@ -187,3 +188,6 @@ def test_reproduce_runs_a_row_on_a_synthetic_release(tmp_path, capsys):
     assert "measured" in out and "published     95.23       68.06" in out and "4 attacked (clean on 40)" in out
     mixer = json.loads((tmp_path / "out" / "as-cifar10-edm" / "mixer" / "mixer.json").read_text())
     assert mixer["gate"]["type"] == "PaperMixingNetwork" and mixer["composite"]["alpha_range"] == [0.96, 1.0]
+    alpha, = [r["alpha"] for r in map(json.loads, map(Path.read_text, (tmp_path / "out" / "as-cifar10-edm" / "eval")
+                                                          .glob("*.json"))) if "alpha" in r]
+    assert alpha["settings"]["n_iter"] == 2 and alpha["square"]["queries"] == 20  # the config's separation settings

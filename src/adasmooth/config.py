@@ -78,6 +78,8 @@ class EvaluateConfig:
     pgd_restarts: int = 1
     batch_size: int = 500
     seed: int = 0
+    separation_iters: int = 40  # a mixer's gate: gate-aware APGD iterations of its separation (AUROC) report
+    separation_square_queries: int = 1000  # and the official Square's queries (0: skip)
 
 
 @dataclass(frozen=True)

@@ -98,9 +98,9 @@ def _evaluate(sub, p):
     e.add_argument("--chunk-size", type=int, default=None,
                    help="examples per independent chunk (default: evaluate.batch_size); finished chunks are kept "
                         "in <out>/.chunks-<model> so a rerun resumes, and torchrun ranks share the chunks")
-    e.add_argument("--separation-square-queries", type=int, default=1000,
+    e.add_argument("--separation-square-queries", type=int, default=None,
                    help="a mixer's gate is also scored on the official Square attack's final iterates with this many "
-                        "queries (0: skip; default 1000)")
+                        "queries (0: skip; default: evaluate.separation_square_queries, 1000)")
     e.add_argument("--separation-fab-targets", type=int, default=0,
                    help="a mixer's gate is also scored on the adversarial examples the official FAB-T finds with this "
                         "many target classes (AutoAttack: 9; default 0: skip, it costs about AutoAttack's FAB-T)")

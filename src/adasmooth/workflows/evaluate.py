@@ -167,6 +167,7 @@ def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Con
     w in {0, 0.5, 1, 2} (every example, whether or not it was broken), with ``square_queries`` also of the
     official Square attack, the AUROCs, and the plot."""
     sep = gate_separation(model, x, y, eps=cfg.threat.eps, norm=cfg.threat.norm, seed=cfg.evaluate.seed,
+                          n_iter=cfg.evaluate.separation_iters,
                           batch_size=cfg.evaluate.batch_size, device=device, square_queries=square_queries,
                           fab_targets=fab_targets)
     shown = {f"w={w:g}, AUROC {sep.auroc[w]:.2f}": sep.alpha_attacked[w] for w in (0.5, 2.0) if w in sep.alpha_attacked}
@@ -203,12 +204,15 @@ def gate_usefulness(model, x: torch.Tensor, y: torch.Tensor, *, device: str, bat
 def evaluate(cfg: Config, targets: list[EvaluationTarget], out: Path, *, standard: nn.Module | None = None,
              robust: nn.Module | None = None, n: int | None = None, split: str = "test",
              autoattack: str | None = None, chunk_size: int | None = None, device: str = "cpu", bf16: bool = False,
-             compile: bool = False, channels_last: bool = False, separation_square_queries: int = 1000,
+             compile: bool = False, channels_last: bool = False, separation_square_queries: int | None = None,
              separation_fab_targets: int = 0) -> EvaluateResult:
     """Evaluate every target on ``n`` seeded points of ``split`` (default ``cfg.evaluate.n``), writing
     ``out/<name>.json`` as each finishes (rank 0); finished chunks are cached in ``out/.chunks-<name>``. An
     adaptive model's gate is also scored on the official Square attack's final iterates
-    (``separation_square_queries`` queries; 0 skips it) and, with ``separation_fab_targets``, on what FAB-T finds."""
+    (``separation_square_queries`` queries, default ``evaluate.separation_square_queries``; 0 skips it) and, with
+    ``separation_fab_targets``, on what FAB-T finds."""
+    if separation_square_queries is None:
+        separation_square_queries = cfg.evaluate.separation_square_queries
     if separation_square_queries < 0 or separation_fab_targets < 0:
         raise ValueError(f"--separation-square-queries and --separation-fab-targets must be >= 0, got "
                          f"{separation_square_queries}, {separation_fab_targets}")
