@@ -284,9 +284,10 @@ def _default_verify(settings: GateCalibrationSettings, device, progress: bool, p
                                          n_iter=s.verify_iters)
         return verify
 
-    def verify(m, xs, ys, stop_below=None, desc="", resume=None, on_piece=None):  # a failing candidate's number
-        return gate_attack_set_robust_mask(m, xs, ys, eps=s.eps, standard=m.standard, device=device,  # is where
-                                           batch_size=s.batch_size, seed=s.seed, n_iter=s.verify_iters,  # it stopped
+    # a failing candidate's number is where its check stopped
+    def verify(m, xs, ys, stop_below=None, desc="", resume=None, on_piece=None):
+        return gate_attack_set_robust_mask(m, xs, ys, eps=s.eps, standard=m.standard, device=device,
+                                           batch_size=s.batch_size, seed=s.seed, n_iter=s.verify_iters,
                                            autoattack=s.autoattack, square_queries=s.square_queries,
                                            stop_below=stop_below, progress=progress, desc=desc, pool=pool,
                                            resume=resume, on_piece=on_piece)
