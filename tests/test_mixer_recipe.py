@@ -346,6 +346,23 @@ def test_mixer_calibration_reads_the_validation_split_only(tiny_fmnist, tmp_path
     assert not list(tmp_path.glob("mixer-calibration-replay*"))  # and the replayed examples are gone with it
     assert "replay_pool" in json.loads((tmp_path / "calibration.json").read_text())
 
+    # keep_state (fit-mixer's, while its separation runs after the save): the journal stays, so a rerun killed
+    # after the save reads every check back instead of attacking again; discard_calibration_state removes it
+    from adasmooth.calibration import gate as gate_mod
+    from adasmooth.workflows.calibrate import discard_calibration_state
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    first = calibrate_mixer_and_save(model, cfg, model.robust, kept / "mixer", metadata={}, n_calibrate=20,
+                                     verify_iters=2, keep_state=True)
+    assert (kept / "mixer-calibration-journal.json").is_file()
+    monkeypatch.setattr(gate_mod, "gate_attack_set_robust_mask", lambda *a, **k: pytest.fail("a check ran again"))
+    again = calibrate_mixer_and_save(model, cfg, model.robust, kept / "mixer", metadata={}, n_calibrate=20,
+                                     verify_iters=2, keep_state=True)
+    assert again == first
+    discard_calibration_state(kept / "mixer")
+    assert sorted(p.name for p in kept.iterdir()) == ["calibration.json", "mixer.json", "mixer.safetensors"]
+
 
 def test_bad_mixer_configs_are_clear_errors(tmp_path, capsys):
     from adasmooth.cli import main
@@ -521,6 +538,31 @@ def test_gate_separation_on_square_iterates_scores_every_example():
     assert torch.equal(again.alpha_square, sep.alpha_square)  # seeded
 
 
+def test_gate_separation_keeps_finished_batches_and_a_rerun_computes_only_what_is_missing(tmp_path, monkeypatch):
+    from adasmooth.evaluation import separation as sep_mod
+
+    model = _small_composite().eval()
+    model.alpha_range = (0.5, 1.0)
+    x, y = torch.rand(7, 1, 28, 28), torch.randint(0, 10, (7,))
+    opts = {"eps": 0.1, "weights": (0.0, 2.0), "n_iter": 2, "square_queries": 10, "batch_size": 3}
+    plain = sep_mod.gate_separation(model, x, y, **opts)
+    cached = sep_mod.gate_separation(model, x, y, cache_dir=tmp_path, **opts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"chunk-0000{c}.json" for c in range(3)]  # 3 + 3 + 1
+    assert torch.equal(cached.alpha_square, plain.alpha_square) and cached.auroc == plain.auroc
+    assert torch.equal(cached.alpha_attacked[2.0], plain.alpha_attacked[2.0])
+
+    runs = []
+    real = sep_mod.apgd_composite_run
+    monkeypatch.setattr(sep_mod, "apgd_composite_run", lambda m, xb, *a, **k: runs.append(len(xb)) or real(m, xb, *a, **k))
+    (tmp_path / "chunk-00001.json").unlink()  # as if killed during the second batch
+    resumed = sep_mod.gate_separation(model, x, y, cache_dir=tmp_path, **opts)
+    assert runs == [3, 3]  # the second batch only, once per w
+    assert torch.equal(resumed.alpha_square, plain.alpha_square) and resumed.auroc == plain.auroc
+    runs.clear()
+    other = sep_mod.gate_separation(model, x, y, cache_dir=tmp_path, **{**opts, "n_iter": 3})  # other settings
+    assert runs == [3, 3, 3, 3, 1, 1] and other.settings["n_iter"] == 3  # nothing cached is reused
+
+
 def test_fab_t_separation_scores_only_what_fab_finds_within_eps():
     from adasmooth.evaluation.separation import fab_t_found, gate_separation
 
@@ -599,3 +641,19 @@ def test_evaluate_reports_the_gates_usefulness_over_the_whole_split(tmp_path, mo
     result = EvaluateResult("fashion-mnist", "test", 40, 6, 0.1, "Linf", 1, tmp_path, [ev])
     assert f"usefulness AUROC (is α lowest where the standard model alone is right?) over 40 clean images: " \
            f"{useful['auroc_alpha']:.3f}" in result.format()
+
+
+def test_evaluate_scores_the_gate_on_the_first_separation_n_points_and_keeps_its_batches(tmp_path):
+    from adasmooth.config import config_from_dict
+    from adasmooth.workflows.evaluate import EvaluationTarget, evaluate_target
+
+    model = _small_composite().eval()
+    x, y = torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.randint(0, 10, (20,))
+    cfg = config_from_dict({"evaluate": {"batch_size": 4, "separation_iters": 2, "separation_square_queries": 0,
+                                         "separation_n": 6}})
+    ev, _ = evaluate_target(EvaluationTarget("mixer", model, "adaptive"), [], x, y, torch.arange(10), cfg=cfg,
+                            split="test", device="cpu", alpha_png=tmp_path / "alpha.png", progress=False,
+                            cache_dir=tmp_path / ".chunks-mixer")
+    alpha = ev.to_dict(10)["alpha"]
+    assert alpha["settings"]["n"] == 6 and alpha["settings"]["n_iter"] == 2 and "square" not in alpha
+    assert len(list((tmp_path / ".chunks-mixer" / "separation").glob("chunk-*.json"))) == 2  # 4 + 2

@@ -80,6 +80,7 @@ class EvaluateConfig:
     seed: int = 0
     separation_iters: int = 40  # a mixer's gate: gate-aware APGD iterations of its separation (AUROC) report
     separation_square_queries: int = 1000  # and the official Square's queries (0: skip)
+    separation_n: int | None = None  # the first n attacked points for it (None: all of them)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ RANGES: dict[str, str] = {
     "evaluate.n": "int>=1", "evaluate.pgd_steps": "int>=1", "evaluate.pgd_step_size": ">0",
     "evaluate.pgd_restarts": "int>=1", "evaluate.batch_size": "int>=1", "evaluate.seed": "int>=0",
     "evaluate.separation_iters": "int>=1", "evaluate.separation_square_queries": "int>=0",
+    "evaluate.separation_n": "int>=1",
     "sweep.alphas": "[0,1]", "sweep.standard_scales": ">0", "sweep.robust_scales": ">0", "sweep.n_robust": "int>=1",
     "sweep.attack_steps": "int>=1", "sweep.keep_robust": "(0,1]", "sweep.seed": "int>=0",
     "demo.n_autoattack": "int>=1", "demo.seed": "int>=0",

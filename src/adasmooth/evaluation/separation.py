@@ -14,12 +14,14 @@ no iterate where it fails, so only its successes are scored, and their number is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ..attacks.apgd_training import square_training_copies
 from ..attacks.gate_apgd import apgd_composite_run
+from ..state import ChunkStore, chunk_slices, run_chunks, settings_key
 
 DEFAULT_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 
@@ -124,45 +126,65 @@ class Separation:
 
 def gate_separation(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, weights=DEFAULT_WEIGHTS,
                     n_iter: int = 40, norm: str = "Linf", seed: int = 0, batch_size: int = 250,
-                    device: str | torch.device = "cpu", square_queries: int = 0, fab_targets: int = 0) -> Separation:
+                    device: str | torch.device = "cpu", square_queries: int = 0, fab_targets: int = 0,
+                    cache_dir: str | Path | None = None, progress: bool = False) -> Separation:
     """α(x) on ``x`` and on gate-aware APGD-CE final iterates for each w in ``weights``, and the AUROCs;
     with ``square_queries`` > 0 also on the official Square attack's final iterates (that many queries); with
-    ``fab_targets`` > 0 also on what the official FAB-T (that many target classes, 100 iterations) finds."""
+    ``fab_targets`` > 0 also on what the official FAB-T (that many target classes, 100 iterations) finds.
+    The work goes batch by batch (``batch_size`` examples; Square seeded per batch); with ``cache_dir`` each
+    finished batch is kept there, so an interrupted run (FAB-T on a large gate is hours on a CPU) resumes."""
     composite.eval()
-
-    def alphas(images):
-        if not len(images):
-            return torch.empty(0)
-        with torch.no_grad():
-            return torch.cat([composite.alpha(images[i:i + batch_size].to(device)).cpu()
-                              for i in range(0, len(images), batch_size)])
-
-    a_clean = alphas(x)
-    attacked, scores = {}, {}
-    for w in weights:
-        x_adv = torch.cat([apgd_composite_run(composite, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
-                                              eps=eps, w=float(w), n_iter=n_iter, seed=seed, norm=norm).cpu()
-                           for i in range(0, len(x), batch_size)])
-        attacked[float(w)] = alphas(x_adv)
-        scores[float(w)] = auroc(attacked[float(w)], a_clean)
     settings = {"attack": "apgd-ce on (1-w)·CE + w·BCE(gamma, 1), highest-loss iterate of every example",
                 "n_iter": n_iter, "eps": eps, "norm": norm, "n": len(y), "seed": seed}
-    sep = Separation(a_clean, attacked, scores, settings)
     if square_queries:
-        gen = torch.Generator().manual_seed(seed)
-        x_sq = torch.cat([square_training_copies(composite, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
-                                                 eps=eps, generator=gen, queries=square_queries, norm=norm).x.cpu()
-                          for i in range(0, len(x), batch_size)])
-        sep.alpha_square = alphas(x_sq)
-        sep.auroc_square = auroc(sep.alpha_square, a_clean)
         settings["square_queries"] = int(square_queries)
     if fab_targets:
-        found = torch.cat([fab_t_found(composite, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device),
-                                       eps=eps, norm=norm, seed=seed, n_target_classes=fab_targets).cpu()
-                           for i in range(0, len(x), batch_size)])
-        sep.alpha_fab = alphas(found)
-        sep.auroc_fab = auroc(sep.alpha_fab, a_clean) if len(found) else None
         settings["fab_targets"] = int(fab_targets)
+    weights = [float(w) for w in weights]
+    slices = chunk_slices(len(y), batch_size) if len(y) else []
+    store = None
+    if cache_dir is not None:
+        base = settings_key({"separation": settings, "weights": weights, "batch": batch_size}, model=composite)
+        store = ChunkStore(cache_dir, lambda c: settings_key({"base": base, "chunk": c},
+                                                             data=(x[slices[c]], y[slices[c]])))
+    bar = tqdm(total=len(y), desc="gate separation", unit="ex", disable=not progress, leave=False)
+
+    def alphas(images) -> list[float]:
+        with torch.no_grad():
+            return composite.alpha(images.to(device)).cpu().tolist() if len(images) else []
+
+    def compute(c: int, sl: slice) -> dict:
+        xb, yb = x[sl].to(device), y[sl].to(device)
+        out = {"clean": alphas(xb)}
+        for w in weights:
+            out[f"w={w:g}"] = alphas(apgd_composite_run(composite, xb, yb, eps=eps, w=w, n_iter=n_iter, seed=seed,
+                                                        norm=norm))
+        if square_queries:
+            gen = torch.Generator().manual_seed(seed + 1_000_003 * c)
+            out["square"] = alphas(square_training_copies(composite, xb, yb, eps=eps, generator=gen,
+                                                          queries=square_queries, norm=norm).x)
+        if fab_targets:
+            out["fab"] = alphas(fab_t_found(composite, xb, yb, eps=eps, norm=norm, seed=seed,
+                                            n_target_classes=fab_targets))
+        bar.update(sl.stop - sl.start)
+        return out
+
+    chunks = run_chunks(slices, compute, store=store, local=True, what="separation batches",
+                        on_cached=lambda c, sl: bar.update(sl.stop - sl.start))
+    bar.close()
+
+    def joined(name: str) -> torch.Tensor:
+        return torch.tensor([v for ch in chunks for v in ch[name]], dtype=torch.float32)
+
+    a_clean = joined("clean")
+    attacked = {w: joined(f"w={w:g}") for w in weights}
+    sep = Separation(a_clean, attacked, {w: auroc(a, a_clean) for w, a in attacked.items()}, settings)
+    if square_queries:
+        sep.alpha_square = joined("square")
+        sep.auroc_square = auroc(sep.alpha_square, a_clean)
+    if fab_targets:
+        sep.alpha_fab = joined("fab")
+        sep.auroc_fab = auroc(sep.alpha_fab, a_clean) if len(sep.alpha_fab) else None
     return sep
 
 

@@ -112,12 +112,26 @@ def calibration_key(model: AdaptiveMixedClassifier, cfg: Config, *, x, y, verify
     return settings_key(settings, model=model, data=(x, y))
 
 
+def _calibration_state(stem: Path) -> tuple[Path, Path]:
+    """Where a calibration of the mixer at ``stem`` keeps its journal and (a stem) its replay pool."""
+    return stem.parent / f"{stem.name}-calibration-journal.json", stem.parent / f"{stem.name}-calibration-replay"
+
+
+def discard_calibration_state(stem: Path) -> None:
+    """Remove the journal and replay pool of the mixer at ``stem`` (its calibration is saved)."""
+    journal, pool = _calibration_state(Path(stem))
+    for path in (journal, pool.with_name(pool.name + ".safetensors"), pool.with_name(pool.name + ".json")):
+        path.unlink(missing_ok=True)
+
+
 def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust: nn.Module, stem: Path, *,
                              metadata: dict, n_calibrate: int = 500, verify_iters: int = 50,
-                             device: str = "cpu") -> str:
+                             device: str = "cpu", keep_state: bool = False) -> str:
     """Choose the gate's γ bias and α range on validation points (never test) and save the mixer at
     ``stem``; the config's ``mixer.alpha_range`` / ``eval_gamma_bias``, when set, are used as given.
-    Returns a summary of what was chosen."""
+    The journal and replay pool are removed once the mixer is saved; ``keep_state`` leaves them for the
+    caller to remove with :func:`discard_calibration_state` when its own later work is done (until then a
+    rerun reads every check back instead of attacking again). Returns a summary of what was chosen."""
     if cfg.mixer.alpha_range:  # the config fixes them (e.g. the paper's released values): no calibration
         model.alpha_range = tuple(cfg.mixer.alpha_range)
         model.gamma_bias = float(cfg.mixer.eval_gamma_bias)
@@ -127,8 +141,8 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
                 f"gamma bias {model.gamma_bias:g} (not calibrated)")
     seed = cfg.mixer.seed
     x_all, y_all, _, xv, yv = load_subset(cfg, "val", n_calibrate, seed)
-    journal = CalibrationJournal(stem.parent / f"{stem.name}-calibration-journal.json", calibration_key(
-        model, cfg, x=xv, y=yv, verify_iters=verify_iters))
+    journal_path, pool_stem = _calibration_state(stem)
+    journal = CalibrationJournal(journal_path, calibration_key(model, cfg, x=xv, y=yv, verify_iters=verify_iters))
     ref = journal.get("robust_reference")
     if ref is None:
         ref = robust_reference(robust, xv, yv, eps=cfg.threat.eps, device=device, seed=seed, n_iter=verify_iters,
@@ -137,7 +151,7 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
         journal.put("robust_reference", ref)
     settings = GateCalibrationSettings.from_config(cfg, verify_iters=verify_iters, gamma_scales=GAMMA_SCALES,
                                                    alpha_his=ALPHA_HIS)
-    pool = AdversarialPool(xv, eps=cfg.threat.eps, path=stem.parent / f"{stem.name}-calibration-replay")
+    pool = AdversarialPool(xv, eps=cfg.threat.eps, path=pool_stem)
     cal = calibrate_gate(model, xv, yv, settings, robust_reference=ref, device=device, progress=is_main(),
                          journal=journal, pool=pool, clean_data=(x_all, y_all) if cfg.mixer.calibration_clean == "split" else None)
     cal["robust_reference_attack"] = {
@@ -146,8 +160,8 @@ def calibrate_mixer_and_save(model: AdaptiveMixedClassifier, cfg: Config, robust
         **({"square_queries": cfg.mixer.calibration_square_queries} if "square" in cfg.mixer.calibration_autoattack else {})}
     save_adaptive(stem, model, calibration=cal, dataset=cfg.data.name, **metadata)
     write_json(stem.parent / "calibration.json", cal)
-    journal.discard()
-    pool.discard()
+    if not keep_state:
+        discard_calibration_state(stem)
     ch = cal["chosen"]
     checks = "".join(f", {a.upper()} (official)" for a in cfg.mixer.calibration_autoattack)
     return (f"saved {stem}.safetensors (+ .json)\n"

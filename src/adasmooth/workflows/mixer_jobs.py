@@ -21,7 +21,7 @@ from ..models.cost import format_gate_cost, gate_cost
 from ..pretrained import pretrained_dir
 from ..seeding import seeded_subset
 from ..training import fit_mixer
-from .calibrate import calibrate_mixer_and_save
+from .calibrate import calibrate_mixer_and_save, discard_calibration_state
 from .common import load_subset, nonlinear_section
 
 logger = logging.getLogger(__name__)
@@ -102,11 +102,14 @@ def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: 
         return f"stopped at step {summary['steps']}/{summary['total_steps']}; continue with --resume"
     saved = calibrate_mixer_and_save(model, cfg, robust, out / "mixer", metadata={"training": summary,
                                      "config": config_source}, n_calibrate=n_calibrate,
-                                     verify_iters=verify_iters, device=device)
+                                     verify_iters=verify_iters, device=device, keep_state=True)
     done = f"{cost}\ntrained {summary['steps']} steps in {summary['seconds']:.0f} s\n{saved}\n"
     if cfg.mixer.train_split != "train":
-        return done + "gate separation not measured: the validation images were in the training set"
-    return done + held_out_separation(model, cfg, out / "separation.json", n=n_calibrate, device=device)
+        done += "gate separation not measured: the validation images were in the training set"
+    else:
+        done += held_out_separation(model, cfg, out / "separation.json", n=n_calibrate, device=device)
+    discard_calibration_state(out / "mixer")  # kept until here: a rerun reads the checks back, not attacks again
+    return done
 
 
 def held_out_separation(model: AdaptiveMixedClassifier, cfg: Config, path: Path, *, n: int, device: str) -> str:
