@@ -114,10 +114,12 @@ def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: 
 
 def held_out_separation(model: AdaptiveMixedClassifier, cfg: Config, path: Path, *, n: int, device: str) -> str:
     """The gate's AUROC between clean validation inputs and final iterates of gate-aware APGD-CE for
-    w in {0, 0.5, 1, 2} (``path``: the JSON); returns the line to print."""
+    w in {0, 0.5, 1, 2} (``path``: the JSON; finished batches kept in ``.chunks-separation`` beside it, so a
+    rerun resumes); returns the line to print."""
     _, _, _, xv, yv = load_subset(cfg, "val", n, cfg.mixer.seed)
     sep = gate_separation(model, xv, yv, eps=cfg.threat.eps, norm=cfg.threat.norm, seed=cfg.mixer.seed,
-                          batch_size=cfg.evaluate.batch_size, device=device)
+                          batch_size=cfg.evaluate.batch_size, device=device,
+                          cache_dir=path.with_name(f".chunks-{path.stem}"))
     write_json(path, {"split": "val", **sep.to_dict()})
     return (f"gate separation on {len(yv)} validation points (AUROC of α, clean vs gate-aware APGD-CE final iterates): "
             + ", ".join(f"w={w:g}: {v:.3f}" for w, v in sep.auroc.items()))
