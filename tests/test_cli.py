@@ -26,46 +26,6 @@ def test_resume_with_nothing_to_resume_starts_afresh_and_half_a_state_is_a_clear
     assert "cannot resume" in capsys.readouterr().err
 
 
-@needs_fmnist
-@pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    """The one end-to-end demo: every kind of row under its plan, the files it writes, the table it prints.
-    AutoAttack runs its APGD half here: FAB-T and Square's 5,000 queries on every row would take most of the
-    suite's time. The standard set's four sub-attacks run through the adapter in test_evaluation."""
-    out = tmp_path / "demo"
-    rows = "standard,robust,mixed,adaptive,nonlinear"
-    cfg = tmp_path / "demo.yaml"
-    cfg.write_text("demo:\n  autoattack_version: apgd\n")
-    assert main(["demo", "--config", str(cfg), "--n", "6", "--n-sweep", "10", "--rows", rows, "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "AutoAttack" in printed and "gap closed" in printed and "Mixed, α=" in printed
-    assert "shipped comparison on 1,000 test points" in printed  # the shipped curve, keyed to the shipped weights
-    res = json.loads((out / "results.json").read_text())
-    for png in ("tradeoff.png", "margins.png", "alpha.png", "alpha-usefulness.png"):
-        assert (out / png).stat().st_size > 10_000
-    assert res["alpha"]["adaptive"]["usefulness"]["n"] == 10000  # every clean test image
-    rob = res["test"]["robust"]
-    assert set(rob) == set(rows.split(","))
-    for r in rob.values():
-        assert r["n"] == 6 and r["eps"] == 0.1 and r["norm"] == "Linf"
-        assert r["robust_accuracy"] <= r["clean_accuracy"]
-        assert r["robust_accuracy"] <= min(a["accuracy"] for a in r["attacks"])  # the worst case over the plan
-        assert r["sanity"]["eps_zero_equals_clean"]["ok"]
-    assert [a["type"] for a in rob["mixed"]["attacks"]] == ["pgd", "transfer", "transfer", "autoattack"]
-    assert {"gate-apgd", "autoattack"} <= {a["type"] for a in rob["adaptive"]["attacks"]}
-    names = {a["name"] for a in rob["nonlinear"]["attacks"]}  # a logit map is also attacked through its surrogate
-    aa = "autoattack-apgd-ce+apgd-t"
-    assert {aa, f"{aa}-surrogate", "pgd20-ce-surrogate"} <= names
-    assert rob["standard"]["robust_accuracy"] <= 1 / 6  # an undefended model falls to AutoAttack
-    full = res["test"]["clean_accuracy_full"]
-    assert full["n"] == 10000 and "nonlinear" in full
-    assert res["sweep_validation"]["settings"]["n_robust"] == 10
-    assert res["sweep_source"] == "computed"  # 10 sweep points: not the shipped record's settings
-    record = json.loads((out / "sweep.json").read_text())
-    assert record["kind"] == "validation-sweep" and record["sweep"] == res["sweep_validation"]
-    assert res["figure_of_merit"] is not None
-
-
 def test_demo_rows_default_to_the_adaptive_model_and_its_bases(tmp_path, monkeypatch):
     from adasmooth import workflows
 

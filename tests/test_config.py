@@ -37,9 +37,10 @@ def test_impossible_values():
     with pytest.raises(ConfigError, match="calibration_square_queries"):
         config_from_dict({"mixer": {"calibration_square_queries": 0}})
     assert config_from_dict({"mixer": {"calibration_autoattack": []}}).mixer.calibration_autoattack == ()
-    with pytest.raises(ConfigError, match=r"demo\.autoattack_version.*got 'apgd-ce'"):
-        config_from_dict({"demo": {"autoattack_version": "apgd-ce"}})
-    assert config_from_dict({"demo": {"autoattack_version": "apgd"}}).demo.autoattack_version == "apgd"
+    with pytest.raises(ConfigError, match=r"demo\.autoattack_version.*got 'apgd-t'"):
+        config_from_dict({"demo": {"autoattack_version": "apgd-t"}})
+    for quick in ("apgd", "apgd-ce"):
+        assert config_from_dict({"demo": {"autoattack_version": quick}}).demo.autoattack_version == quick
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -1,12 +1,14 @@
-"""The demo workflow's choices, called directly (the whole command runs end to end in the slow test_cli test)."""
+"""The demo workflow's choices, called directly, and the whole command end to end (slow)."""
 
 import json
 import shutil
 
 import pytest
 import torch
+from conftest import needs_fmnist
 
 from adasmooth.calibration.sweep import SweepPoint, SweepResult
+from adasmooth.cli import main
 from adasmooth.config import load_config
 from adasmooth.io import CheckpointError
 from adasmooth.pretrained import load_pretrained, pretrained_dir
@@ -86,3 +88,46 @@ def test_clean_flags_from_the_bases_logits_equal_each_models_own_pass():
     assert demo_mod.clean_flags_from_bases(MixedClassifier(other, rob, alpha=0.7), pair, x, y, cache,
                                            batch_size=128, device="cpu") is None
     assert demo_mod.clean_flags_from_bases(other, pair, x, y, cache, batch_size=128, device="cpu") is None
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    """The one end-to-end demo: every kind of row under its plan, the files it writes, the table it prints.
+    AutoAttack runs its APGD-CE alone here: APGD-T's nine targets took half of this test's time, and FAB-T and
+    Square's 5,000 queries on every row would take most of the suite's. The standard set's four sub-attacks run
+    through the adapter in test_evaluation."""
+    out = tmp_path / "demo"
+    rows = "standard,robust,mixed,adaptive,nonlinear"
+    cfg = tmp_path / "demo.yaml"
+    # three sweep points instead of ten: the sweep itself runs in test_evaluate_sweep_and_margins_commands
+    cfg.write_text("demo:\n  autoattack_version: apgd-ce\nsweep:\n  alphas: [0.8, 0.9, 1.0]\n")
+    assert main(["demo", "--config", str(cfg), "--n", "6", "--n-sweep", "10", "--rows", rows, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "AutoAttack" in printed and "gap closed" in printed and "Mixed, α=" in printed
+    assert "worst case over AutoAttack-apgd-ce, PGD" in printed  # the quick look is named beside every row's merit
+    assert "shipped comparison on 1,000 test points" in printed  # the shipped curve, keyed to the shipped weights
+    res = json.loads((out / "results.json").read_text())
+    for png in ("tradeoff.png", "margins.png", "alpha.png", "alpha-usefulness.png"):
+        assert (out / png).stat().st_size > 10_000
+    assert res["alpha"]["adaptive"]["usefulness"]["n"] == 10000  # every clean test image
+    rob = res["test"]["robust"]
+    assert set(rob) == set(rows.split(","))
+    for r in rob.values():
+        assert r["n"] == 6 and r["eps"] == 0.1 and r["norm"] == "Linf"
+        assert r["robust_accuracy"] <= r["clean_accuracy"]
+        assert r["robust_accuracy"] <= min(a["accuracy"] for a in r["attacks"])  # the worst case over the plan
+        assert r["sanity"]["eps_zero_equals_clean"]["ok"]
+    assert [a["type"] for a in rob["mixed"]["attacks"]] == ["pgd", "transfer", "transfer", "autoattack"]
+    assert {"gate-apgd", "autoattack"} <= {a["type"] for a in rob["adaptive"]["attacks"]}
+    names = {a["name"] for a in rob["nonlinear"]["attacks"]}  # a logit map is also attacked through its surrogate
+    aa = "autoattack-apgd-ce"
+    assert {aa, f"{aa}-surrogate", "pgd20-ce-surrogate"} <= names
+    assert rob["standard"]["robust_accuracy"] <= 1 / 6  # an undefended model falls to AutoAttack
+    full = res["test"]["clean_accuracy_full"]
+    assert full["n"] == 10000 and "nonlinear" in full
+    assert res["sweep_validation"]["settings"]["n_robust"] == 10
+    assert res["sweep_source"] == "computed"  # 10 sweep points: not the shipped record's settings
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["kind"] == "validation-sweep" and record["sweep"] == res["sweep_validation"]
+    assert res["figure_of_merit"] is not None

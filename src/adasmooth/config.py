@@ -98,7 +98,7 @@ class SweepConfig:
 @dataclass(frozen=True)
 class DemoConfig:
     n_autoattack: int = 60  # test points under standard AutoAttack (the slow part: about 5 s per point for three rows on 2 CPU cores)
-    autoattack_version: str = "standard"  # or plus, rand; apgd: its APGD-CE + APGD-T only (a quick look)
+    autoattack_version: str = "standard"  # or plus, rand; apgd (APGD-CE + APGD-T) or apgd-ce: quick looks
     seed: int = 0
 
 

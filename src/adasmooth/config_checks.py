@@ -126,6 +126,6 @@ def check_values(cfg, source: str) -> None:
     if cfg.nonlinear.standard_map not in ("identity", "hard-one-hot"):
         raise ConfigError(f"{source}: 'nonlinear.standard_map' must be identity or hard-one-hot, got "
                           f"{cfg.nonlinear.standard_map!r}")
-    if cfg.demo.autoattack_version not in ("standard", "plus", "rand", "apgd"):
-        raise ConfigError(f"{source}: 'demo.autoattack_version' must be standard, plus, rand or apgd (APGD-CE + "
-                          f"APGD-T only), got {cfg.demo.autoattack_version!r}")
+    if cfg.demo.autoattack_version not in ("standard", "plus", "rand", "apgd", "apgd-ce"):
+        raise ConfigError(f"{source}: 'demo.autoattack_version' must be standard, plus, rand, apgd (APGD-CE + "
+                          f"APGD-T only) or apgd-ce (APGD-CE only), got {cfg.demo.autoattack_version!r}")

@@ -40,11 +40,11 @@ DEFAULT_ROWS = ("standard", "robust", "adaptive")
 ALL_ROWS = ("standard", "robust", "mixed", "adaptive", "nonlinear", "adaptive_nonlinear")
 # what each mixture's worst case is taken over, for the table's footnotes
 ATTACK_SETS = {
-    "mixed": "worst case over AutoAttack-{aa}, PGD and transfer from each base model",
-    "nonlinear": "worst case over AutoAttack and PGD, each also guided by the straight-through surrogate, "
+    "mixed": "worst case over {aa}, PGD and transfer from each base model",
+    "nonlinear": "worst case over {aa} and PGD, each also guided by the straight-through surrogate, "
                  "and transfer from each base model",
-    "adaptive": "worst case over AutoAttack, PGD, gate-aware APGD-CE/APGD-T (w=0.5) and transfer from each base model",
-    "adaptive_nonlinear": "the adaptive attack set plus surrogate-guided PGD and AutoAttack",
+    "adaptive": "worst case over {aa}, PGD, gate-aware APGD-CE/APGD-T (w=0.5) and transfer from each base model",
+    "adaptive_nonlinear": "the adaptive attack set plus surrogate-guided PGD and {aa}",
 }
 
 
@@ -103,10 +103,12 @@ class DemoResult:
             aa = next(a["accuracy"] for a in rep.attacks if a["type"] == "autoattack")
             lines.append(f"{r.label:<40s} {100 * r.evaluation.clean_full:7.2f}% {100 * aa:10.2f}% "
                          f"{100 * rep.robust_accuracy:10.2f}%")
+        version = self.cfg.demo.autoattack_version
+        aa_label = "AutoAttack" if version == "standard" else f"AutoAttack-{version}"
         for r in (r for r in self.rows if r.merit is not None):
             prefix = "" if r.key == "mixed" else r.key.replace("_", " + ") + ": "
             lines.append(f"{prefix}gap closed {100 * r.merit['gap_closed']:.1f}%, robust kept "
-                         f"{100 * r.merit['robust_kept']:.1f}% ({ATTACK_SETS[r.key].format(aa=self.cfg.demo.autoattack_version)})")
+                         f"{100 * r.merit['robust_kept']:.1f}% ({ATTACK_SETS[r.key].format(aa=aa_label)})")
         bad = [f"{r.key}:{c}" for r in self.rows for c, v in r.evaluation.report.sanity.items()
                if isinstance(v, dict) and not v.get("ok", True)]
         warn = [w for r in self.rows for w in r.evaluation.report.sanity.get("autoattack_warnings", [])]
