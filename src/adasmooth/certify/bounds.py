@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import beta
 
 
 def check_delta(delta: float) -> None:
@@ -23,6 +22,8 @@ def clopper_pearson_lower(successes, trials, delta: float):
     n = np.broadcast_to(np.asarray(trials, dtype=np.float64), k.shape)
     _check_counts(k, n)
     with np.errstate(invalid="ignore"):
+        from scipy.stats import beta  # scipy.stats takes seconds to import: only where it is used
+
         out = beta.ppf(delta, k, n - k + 1)
     out = np.where(k == 0, 0.0, out)
     return out if out.ndim else float(out)
@@ -35,6 +36,8 @@ def clopper_pearson_upper(successes, trials, delta: float):
     n = np.broadcast_to(np.asarray(trials, dtype=np.float64), k.shape)
     _check_counts(k, n)
     with np.errstate(invalid="ignore"):
+        from scipy.stats import beta
+
         out = beta.ppf(1.0 - delta, k + 1, n - k)
     out = np.where(k == n, 1.0, out)
     return out if out.ndim else float(out)

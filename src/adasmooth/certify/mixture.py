@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.stats import norm
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -126,6 +125,8 @@ def certify_from_votes(votes: Votes, y: torch.Tensor | np.ndarray, *, alphas: Se
     count_a = counts[rows, chosen]
     p_cohen = np.asarray(clopper_pearson_lower(count_a, n, delta), dtype=np.float64)
     smooth_class = np.where(p_cohen > 0.5, chosen, ABSTAIN)
+    from scipy.stats import norm  # scipy.stats takes seconds to import: only where it is used
+
     smooth_radius = np.where(p_cohen > 0.5, sigma * norm.ppf(np.clip(p_cohen, 0.5, 1.0)), 0.0)
 
     others = counts.copy()

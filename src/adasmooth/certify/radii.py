@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import norm
 
 
 def check_alpha_for_certificate(alpha) -> np.ndarray:
@@ -78,6 +77,8 @@ def smoothing_radius(p_a, p_b, alpha, sigma: float):
     if np.any((pa < 0) | (pa > 1) | (pb < 0) | (pb > 1)):
         raise ValueError("p_a and p_b must be probabilities in [0, 1]")
     with np.errstate(divide="ignore", invalid="ignore"):
+        from scipy.stats import norm  # scipy.stats takes seconds to import: only where it is used
+
         r = 0.5 * float(sigma) * (norm.ppf(a * pa) - norm.ppf(a * pb + 1.0 - a))
     r = np.where(np.isnan(r), 0.0, r)  # inf − inf: no margin at all
     return _like(np.maximum(r, 0.0), ref)

@@ -10,7 +10,6 @@ import logging
 
 import numpy as np
 import torch
-from scipy.stats import binomtest, norm
 from torch import nn
 
 from .bounds import check_delta, clopper_pearson_lower, smallest_useful_n
@@ -88,6 +87,8 @@ class Smooth:
         counts = self.sample_counts(x, n, generator=generator)
         top2 = counts.topk(2, dim=1)
         out = top2.indices[:, 0].clone()
+        from scipy.stats import binomtest  # scipy.stats takes seconds to import: only where it is used
+
         for i, (c1, c2) in enumerate(top2.values.tolist()):
             if c1 + c2 == 0 or binomtest(c1, c1 + c2, 0.5).pvalue > alpha:
                 out[i] = ABSTAIN
@@ -107,6 +108,8 @@ class Smooth:
         chosen = self.sample_counts(x, n0, generator=generator).argmax(1)
         counts = self.sample_counts(x, n, generator=generator)
         p_a = np.asarray(clopper_pearson_lower(counts.gather(1, chosen[:, None])[:, 0].numpy(), n, delta))
+        from scipy.stats import norm
+
         radius = np.where(p_a > 0.5, self.sigma * norm.ppf(np.clip(p_a, 0.5, 1.0)), 0.0)
         pred = torch.where(torch.as_tensor(p_a > 0.5), chosen, torch.full_like(chosen, ABSTAIN))
         return pred, torch.as_tensor(radius, dtype=torch.float64)

@@ -32,7 +32,6 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
 
 from .autoattack import planned_sub_attacks
 
@@ -313,7 +312,9 @@ def _nearest_fixed(model: ComparedModel, fixed: list[ComparedModel], flags: dict
     near = min(fixed, key=lambda f: (abs(f.robust - model.robust), -f.clean))
     mine, theirs = flags[model.name], flags[near.name]
     only_model, only_fixed = int(((mine == 1) & (theirs == 0)).sum()), int(((mine == 0) & (theirs == 1)).sum())
-    p = stats.binomtest(only_model, only_model + only_fixed).pvalue if only_model + only_fixed else 1.0
+    from scipy.stats import binomtest  # imported here: scipy.stats takes seconds to import, and only this needs it
+
+    p = binomtest(only_model, only_model + only_fixed).pvalue if only_model + only_fixed else 1.0
     return {"name": near.name, "robust_only_model": only_model, "robust_only_fixed": only_fixed,
             "sign_test_p": float(p)}
 
