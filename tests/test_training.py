@@ -44,7 +44,7 @@ def test_standard_training_lowers_the_loss_and_writes_a_checkpoint(tiny_fmnist, 
 def test_resume_equals_an_uninterrupted_run(tiny_fmnist, tmp_path):
     cfg = _cfg(tiny_fmnist)
     full, _ = train_base(cfg, "adversarial", tmp_path / "full", progress=False)
-    train_base(cfg, "adversarial", tmp_path / "split", progress=False, max_epochs=1)
+    one_epoch, _ = train_base(cfg, "adversarial", tmp_path / "split", progress=False, max_epochs=1)
     resumed, _ = train_base(cfg, "adversarial", tmp_path / "split", progress=False, resume=True)
     assert_same_state(full, resumed)
 
@@ -60,7 +60,7 @@ def test_bf16_autocast_training_learns_resumes_exactly_and_is_recorded(tiny_fmni
     full, meta = train_base(cfg, "adversarial", tmp_path / "full", progress=False)
     assert meta["settings"]["train"]["amp"] is True
     assert meta["accuracies"]["val_clean"] > 0.5  # chance is 0.1
-    train_base(cfg, "adversarial", tmp_path / "split", progress=False, max_epochs=1)
+    one_epoch, _ = train_base(cfg, "adversarial", tmp_path / "split", progress=False, max_epochs=1)
     resumed, _ = train_base(cfg, "adversarial", tmp_path / "split", progress=False, resume=True)
     assert_same_state(full, resumed)
     # a float32 state is not continued in bf16; float32 states leave the key out, as states written before
@@ -72,8 +72,7 @@ def test_bf16_autocast_training_learns_resumes_exactly_and_is_recorded(tiny_fmni
         train_base(cfg, "adversarial", tmp_path / "fp32", progress=False, resume=True)
     # the two precisions train different weights from the same seed: the setting is not ignored
     x, _ = data_mod.load("fashion-mnist", "val", root=tiny_fmnist)
-    assert not torch.allclose(fp32(x[:8]), train_base(cfg, "adversarial", tmp_path / "one", progress=False,
-                                                      max_epochs=1)[0](x[:8]))
+    assert not torch.allclose(fp32(x[:8]), one_epoch(x[:8]))
 
 
 def test_noise_training_learns_under_noise_and_resumes_by_sigma(tiny_fmnist, tmp_path):
