@@ -44,7 +44,7 @@ def test_standard_training_lowers_the_loss_and_writes_a_checkpoint(tiny_fmnist, 
 def test_resume_equals_an_uninterrupted_run(tiny_fmnist, tmp_path):
     cfg = _cfg(tiny_fmnist)
     full, _ = train_base(cfg, "adversarial", tmp_path / "full", progress=False)
-    one_epoch, _ = train_base(cfg, "adversarial", tmp_path / "split", progress=False, max_epochs=1)
+    train_base(cfg, "adversarial", tmp_path / "split", progress=False, max_epochs=1)
     resumed, _ = train_base(cfg, "adversarial", tmp_path / "split", progress=False, resume=True)
     assert_same_state(full, resumed)
 
