@@ -8,8 +8,9 @@
 # A finished model leaves OUT/<model>/done and is skipped on a rerun; an interrupted one resumes from its
 # cached chunks. Environment: N (1000), AA (standard), ALPHAS ("0.9 0.8 0.95 0.7 0.6"), S_H ("1 2"),
 # ROBUST (a robust checkpoint stem in place of the shipped one: the bases, the fixed mixtures and the mixer all
-# use it), AA_FIXED (the AutoAttack set of the fixed mixtures, default AA; anything else makes the plans differ, and
-# compare then needs --allow-different-plans, which COMPARE_ARGS passes on).
+# use it), AA_FIXED (the AutoAttack set of the fixed mixtures, default AA; a part of it leaves the mixer and the
+# bases with every attack the curve met and more, which compare accepts and reports as a lower bound of the
+# margin), COMPARE_ARGS (more compare arguments, e.g. --allow-different-plans for any other difference).
 # STANDARD (the standard stem that goes with ROBUST; default the shipped Fashion-MNIST one), PY (the Python with
 # adasmooth installed; default .venv/bin/python), LAUNCH (default "$PY -m adasmooth";
 # ".venv/bin/torchrun --nproc-per-node 2 -m adasmooth" splits each model's chunks over two
