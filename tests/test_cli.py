@@ -98,6 +98,9 @@ def test_fit_mixer_command_trains_calibrates_and_saves(tmp_path, tiny_fmnist, ca
     model = load_adaptive(tmp_path / "mix" / "mixer", std, rob)
     meta = json.loads((tmp_path / "mix" / "mixer.json").read_text())
     assert meta["training"]["steps"] == 3 and meta["calibration"]["n"] == 40
+    recipe, command = meta["training"]["recipe"], meta["training"]["command"]  # the record a shipped mixer needs
+    assert recipe["width"] == 8 and recipe["attack_max_iters"] == 2 and recipe["calibration_square_queries"] == 50
+    assert command.startswith("adasmooth fit-mixer --config ") and "--n-calibrate 40" in command
     assert meta["calibration"]["checked"] and "robust_verified" in meta["calibration"]["chosen"]
     verify = meta["calibration"]["verify_attack"]
     assert "square (official)" in verify["name"] and verify["square_queries"] == 50

@@ -26,6 +26,7 @@ DESCRIPTION = ("adaptive smoothing: mix a standard and a robust classifier for a
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(DESCRIPTION).parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a saved record quotes as its command
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("matplotlib", "PIL"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from .. import workflows as wf
@@ -98,7 +99,7 @@ def fit_mixer(args) -> int:
     std, rob = _pair(args, cfg)
     done = wf.fit_and_calibrate(cfg, std, rob, Path(args.out), resume=args.resume, max_steps=args.max_steps,
                                 n_calibrate=args.n_calibrate, verify_iters=args.verify_iters, device=args.device,
-                                config_source=source)
+                                config_source=source, command=shlex.join(["adasmooth", *args.argv]))
     if is_main():
         print(done)
     return 0

@@ -3,6 +3,7 @@ models frozen), then calibrate it on validation and save it."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -75,9 +76,10 @@ def init_gate_from(model: AdaptiveMixedClassifier, stem: str | Path) -> None:
 
 def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: Path, *, resume: bool = False,
                       max_steps: int | None = None, n_calibrate: int = 500, verify_iters: int = 50,
-                      device: str = "cpu", config_source: str | None = None) -> str:
+                      device: str = "cpu", config_source: str | None = None, command: str | None = None) -> str:
     """Train the mixing network on the training split, then (rank 0) calibrate it on validation and save
-    ``out/mixer``. Returns what happened, for the terminal."""
+    ``out/mixer``. Its sidecar keeps the training record with the recipe (the config's mixer section), the
+    device and ``command`` (the command line that ran this, if given). Returns what happened, for the terminal."""
     _, _, device = init_distributed(device)
     x, y = data_mod.load(cfg.data.name, "train", root=cfg.data.root)
     if cfg.mixer.train_split == "train+val":  # the paper's trainer: every training image (α range fixed by config)
@@ -100,7 +102,8 @@ def fit_and_calibrate(cfg: Config, standard: nn.Module, robust: nn.Module, out: 
         return ""  # rank 0 reports, calibrates and saves
     if summary["steps"] < summary["total_steps"]:
         return f"stopped at step {summary['steps']}/{summary['total_steps']}; continue with --resume"
-    saved = calibrate_mixer_and_save(model, cfg, robust, out / "mixer", metadata={"training": summary,
+    record = {**summary, "recipe": dataclasses.asdict(cfg.mixer), "device": str(device), "command": command}
+    saved = calibrate_mixer_and_save(model, cfg, robust, out / "mixer", metadata={"training": record,
                                      "config": config_source}, n_calibrate=n_calibrate,
                                      verify_iters=verify_iters, device=device, keep_state=True)
     done = f"{cost}\ntrained {summary['steps']} steps in {summary['seconds']:.0f} s\n{saved}\n"
