@@ -149,3 +149,40 @@ def test_evaluate_with_bf16_autocast_is_recorded_and_close_to_fp32(tmp_path, tin
     b = json.loads((tmp_path / "bf16" / "mixed-alpha0.8.json").read_text())
     assert b["model"]["inference"]["bf16_autocast"] and "inference" not in a["model"]
     assert abs(a["clean_accuracy"] - b["clean_accuracy"]) <= 0.06  # at most 2 of 36 predictions flip
+
+
+@pytest.mark.slow
+def test_mixer_separation_batches_are_shared_by_two_ranks(tmp_path, tiny_fmnist, trained_pair, capsys):
+    """A mixer's evaluation on two ranks: the attacks' chunks and the gate's separation batches (gate-aware
+    APGD, Square) are split between the ranks, and the report equals the one-process one."""
+    from adasmooth.config import config_from_dict
+    from adasmooth.io import load_model
+    from adasmooth.mixer import save_adaptive
+    from adasmooth.workflows.mixer_jobs import build_adaptive
+
+    std, rob = load_model(trained_pair[1])[0], load_model(trained_pair[3])[0]
+    mixer = build_adaptive(config_from_dict({"mixer": {"width": 4, "blocks": 0, "stages": 1}}), std, rob,
+                           input_shape=(1, 28, 28)).eval()
+    save_adaptive(tmp_path / "mixer", mixer)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("threat:\n  eps: 0.15\nevaluate:\n  pgd_steps: 3\n  batch_size: 8\n  separation_iters: 3\n"
+                   "  separation_square_queries: 10\n")
+    args = ["-v", "evaluate", "--config", str(cfg), "--mixer", str(tmp_path / "mixer"), *trained_pair, "--n-examples", "16",
+            "--chunk-size", "8", "--autoattack", "apgd-ce", "--data-root", str(tiny_fmnist)]
+    one = _torchrun([*args, "--out", str(tmp_path / "one")], 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    proc = _torchrun([*args, "--out", str(tmp_path / "two")], 2)
+    if proc.returncode != 0 and "Address family not supported" in proc.stderr:
+        pytest.skip("this platform cannot open the local sockets gloo needs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "mixer.json").read_text())
+    b = json.loads((tmp_path / "two" / "mixer.json").read_text())
+    assert a["robust_per_example"] == b["robust_per_example"]
+    assert a["alpha"]["settings"]["n"] == 16 and a["alpha"]["square"]["auroc"] is not None
+    assert a["alpha"] == {**b["alpha"], "plot": a["alpha"]["plot"], "usefulness": a["alpha"]["usefulness"]}
+    assert "separation batches: chunk 0 computed on rank 0" in proc.stderr
+    assert "separation batches: chunk 1 computed on rank 1" in proc.stderr
+    assert "separation batches: chunk 0 computed on rank 1" not in proc.stderr  # each batch once, not on every rank
+    assert "separation batches: chunk 1 computed on rank 0" in one.stderr
+    for out in ("one", "two"):  # two batches of 8, each written once by the rank that computed it
+        assert len(list((tmp_path / out / ".chunks-mixer" / "separation").glob("chunk-*.json"))) == 2

@@ -124,6 +124,7 @@ def run_chunks(slices: list[slice], compute: Callable[[int, slice], T], *, store
                 on_cached(c, slices[c])
             continue
         mine[c] = compute(c, slices[c])
+        logger.info("%s: chunk %d computed on rank %d", what, c, rank_and_world()[0])
         if store is not None:
             store.save(c, encode(mine[c]))
             fault_point("chunk-saved")

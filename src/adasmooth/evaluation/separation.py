@@ -127,12 +127,15 @@ class Separation:
 def gate_separation(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, weights=DEFAULT_WEIGHTS,
                     n_iter: int = 40, norm: str = "Linf", seed: int = 0, batch_size: int = 250,
                     device: str | torch.device = "cpu", square_queries: int = 0, fab_targets: int = 0,
-                    cache_dir: str | Path | None = None, progress: bool = False) -> Separation:
+                    cache_dir: str | Path | None = None, progress: bool = False,
+                    distributed: bool = False) -> Separation:
     """α(x) on ``x`` and on gate-aware APGD-CE final iterates for each w in ``weights``, and the AUROCs;
     with ``square_queries`` > 0 also on the official Square attack's final iterates (that many queries); with
     ``fab_targets`` > 0 also on what the official FAB-T (that many target classes, 100 iterations) finds.
     The work goes batch by batch (``batch_size`` examples; Square seeded per batch); with ``cache_dir`` each
-    finished batch is kept there, so an interrupted run (FAB-T on a large gate is hours on a CPU) resumes."""
+    finished batch is kept there, so an interrupted run (FAB-T on a large gate is hours on a CPU) resumes.
+    ``distributed``: the torchrun ranks share the batches (rank r takes batches r, r + W, ...; every rank must
+    call this) and each gets the whole result; otherwise this process does every batch."""
     composite.eval()
     settings = {"attack": "apgd-ce on (1-w)·CE + w·BCE(gamma, 1), highest-loss iterate of every example",
                 "n_iter": n_iter, "eps": eps, "norm": norm, "n": len(y), "seed": seed}
@@ -169,7 +172,7 @@ def gate_separation(composite, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
         bar.update(sl.stop - sl.start)
         return out
 
-    chunks = run_chunks(slices, compute, store=store, local=True, what="separation batches",
+    chunks = run_chunks(slices, compute, store=store, local=not distributed, strict=False, what="separation batches",
                         on_cached=lambda c, sl: bar.update(sl.stop - sl.start))
     bar.close()
 

@@ -152,11 +152,12 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
         device=device, batch_size=bs, dataset=cfg.data.name, split=split, indices=idx, model_info=target.info,
         cache_dir=cache_dir, keep_adversarials=keep_adversarials, progress=progress, label=target.name)
     alpha = None
-    if adaptive and alpha_png is not None and is_main():
+    if adaptive and alpha_png is not None:  # every rank takes its share of the separation batches; rank 0 reports
         sep_idx = idx[: cfg.evaluate.separation_n]  # None: every attacked point
         alpha = alpha_report(plain or target.model, x[sep_idx], y[sep_idx], alpha_png, cfg=cfg, device=device,
                              square_queries=square_queries, fab_targets=fab_targets, progress=progress,
                              cache_dir=None if cache_dir is None else Path(cache_dir) / "separation")
+    if alpha is not None:
         alpha["usefulness"] = gate_usefulness(plain or target.model, x, y, device=device, batch_size=bs,
                                               png=alpha_png.with_name(f"{alpha_png.stem}-usefulness.png"),
                                               scores=scores)
@@ -165,14 +166,17 @@ def evaluate_target(target: EvaluationTarget, attacks: list, x: torch.Tensor, y:
 
 def alpha_report(model, x: torch.Tensor, y: torch.Tensor, png: Path, *, cfg: Config, device: str,
                  square_queries: int = 0, fab_targets: int = 0, cache_dir: Path | None = None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False) -> dict | None:
     """Does the gate separate? α(x) on the clean subset and on the final iterates of gate-aware APGD for
     w in {0, 0.5, 1, 2} (every example, whether or not it was broken), with ``square_queries`` also of the
-    official Square attack, the AUROCs, and the plot; finished batches are kept in ``cache_dir``."""
+    official Square attack, the AUROCs, and the plot; finished batches are kept in ``cache_dir``. Under
+    torchrun every rank calls it and computes its share of the batches; rank 0 gets the report, the others None."""
     sep = gate_separation(model, x, y, eps=cfg.threat.eps, norm=cfg.threat.norm, seed=cfg.evaluate.seed,
                           n_iter=cfg.evaluate.separation_iters, batch_size=cfg.evaluate.batch_size, device=device,
                           square_queries=square_queries, fab_targets=fab_targets, cache_dir=cache_dir,
-                          progress=progress)
+                          progress=progress, distributed=True)
+    if not is_main():
+        return None
     shown = {f"w={w:g}, AUROC {sep.auroc[w]:.2f}": sep.alpha_attacked[w] for w in (0.5, 2.0) if w in sep.alpha_attacked}
     if sep.alpha_square is not None:
         shown[f"Square, AUROC {sep.auroc_square:.2f}"] = sep.alpha_square
