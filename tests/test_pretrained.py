@@ -76,6 +76,46 @@ def test_unknown_name_and_missing_folder(tmp_path, monkeypatch):
         load_pretrained("fashion-mnist")
 
 
+def test_pair_json_names_which_shipped_checkpoints_form_the_pair(tmp_path, monkeypatch):
+    import json
+
+    from adasmooth.config import config_from_dict
+    from adasmooth.io import save_model
+    from adasmooth.models import SmallResNet
+    from adasmooth.pretrained import shipped_pair_stem
+    from adasmooth.workflows.export import base_architectures
+
+    folder = tmp_path / "fashion-mnist"
+    arch = {"in_channels": 1, "num_classes": 10, "width": 4, "blocks": [1, 1, 1]}
+    for seed, stem, width in ((0, "standard", 4), (1, "adversarial", 4), (2, "standard-b", 8)):
+        torch.manual_seed(seed)
+        save_model(folder / stem, SmallResNet(**{**arch, "width": width}), architecture="small_resnet",
+                   arch_args={**arch, "width": width})
+    monkeypatch.setenv("ADASMOOTH_PRETRAINED", str(tmp_path))
+    x = torch.rand(3, 1, 28, 28)
+
+    def standard_out():
+        return load_pretrained("fashion-mnist").standard(x)
+
+    default = standard_out()  # no pair.json: standard and adversarial
+    assert shipped_pair_stem("fashion-mnist", "robust") == folder / "adversarial"
+    (folder / "pair.json").write_text(json.dumps({"kind": "shipped-pair", "standard": "standard-b",
+                                                  "robust": "adversarial"}))
+    assert shipped_pair_stem("fashion-mnist", "standard") == folder / "standard-b"
+    assert not torch.allclose(standard_out(), default)
+    cfg = config_from_dict({})
+    assert base_architectures(cfg)["standard"]["arch_args"]["width"] == 8  # export rebuilds the named model
+    assert base_architectures(cfg)["robust"]["arch_args"]["width"] == 4
+    for bad, match in (({"kind": "shipped-pair", "standard": "../standard", "robust": "adversarial"}, "must name"),
+                       ({"kind": "shipped-pair", "standard": "standard-b"}, "not a shipped-pair record"),
+                       ({"kind": "sweep", "standard": "standard", "robust": "adversarial"}, "not a shipped-pair")):
+        (folder / "pair.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match=match):
+            load_pretrained("fashion-mnist")
+    with pytest.raises(ValueError, match="role must be"):
+        shipped_pair_stem("fashion-mnist", "mixer")
+
+
 @needs_fmnist
 def test_shipped_mixer_reproduces_its_validation_calibration():
     pair = load_pretrained("fashion-mnist")

@@ -16,6 +16,7 @@ from .mixer import load_adaptive
 logger = logging.getLogger(__name__)
 
 PRETRAINED_NAMES = ("fashion-mnist",)
+DEFAULT_PAIR_STEMS = {"standard": "standard", "robust": "adversarial"}  # when no pair.json names others
 
 
 def pretrained_dir() -> Path:
@@ -45,14 +46,28 @@ class PretrainedPair:
     nonlinear: dict | None = None  # the calibrated MixedNUTS map and α of nonlinear.json, when shipped
 
 
+def shipped_pair_stem(name: str, role: str) -> Path:
+    """The checkpoint stem (a path without suffix) of the shipped model that plays ``role`` (``standard`` or
+    ``robust``) in ``name``'s pair: the one ``pair.json`` beside the models names, else ``standard`` /
+    ``adversarial``. The other shipped checkpoints of the folder stay loadable by their own stems."""
+    if role not in DEFAULT_PAIR_STEMS:
+        raise ValueError(f"role must be one of {', '.join(DEFAULT_PAIR_STEMS)}, got {role!r}")
+    record = _shipped_record(name, "pair.json", "shipped-pair", needs=tuple(DEFAULT_PAIR_STEMS))
+    stem = record[role] if record is not None else DEFAULT_PAIR_STEMS[role]
+    if not isinstance(stem, str) or not stem or "/" in stem or "\\" in stem:
+        raise CheckpointError(f"{pretrained_dir() / name / 'pair.json'}: {role} must name a checkpoint of that folder, "
+                              f"got {stem!r}")
+    return pretrained_dir() / name / stem
+
+
 def load_pretrained(name: str = "fashion-mnist", *, device: str = "cpu") -> PretrainedPair:
     """Load the shipped pair for ``name`` (only ``"fashion-mnist"`` today)."""
     if name not in PRETRAINED_NAMES:
         raise ValueError(f"no pretrained models for {name!r}; available: {', '.join(PRETRAINED_NAMES)}")
     folder = pretrained_dir() / name
     try:
-        standard, meta_s = load_model(folder / "standard", expect_num_classes=10, map_location=device)
-        robust, meta_r = load_model(folder / "adversarial", expect_num_classes=10, map_location=device)
+        standard, meta_s = load_model(shipped_pair_stem(name, "standard"), expect_num_classes=10, map_location=device)
+        robust, meta_r = load_model(shipped_pair_stem(name, "robust"), expect_num_classes=10, map_location=device)
     except CheckpointError as exc:
         raise CheckpointError(
             f"{exc}. The shipped models travel inside the package (adasmooth/assets/pretrained; "

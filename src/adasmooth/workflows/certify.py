@@ -15,7 +15,7 @@ from ..config import Config
 from ..distributed import init_distributed, is_main
 from ..io import load_model, write_json
 from ..plots import plot_certified_accuracy
-from ..pretrained import load_pretrained, pretrained_dir
+from ..pretrained import load_pretrained, pretrained_dir, shipped_pair_stem
 from ..speed import fast_inference
 from .common import load_subset
 
@@ -85,7 +85,7 @@ def run_certify(cfg: Config, out: Path, *, standard: str | None = None, robust: 
         return run
     report.update({"dataset": cfg.data.name, "split": split, "indices_seed": c.seed, "robust": stems,
                    "robust_inference": {"torch_compile": compile, "bf16_autocast": bf16},
-                   "standard": standard or str(pretrained_dir() / cfg.data.name / "standard")})
+                   "standard": standard or str(shipped_pair_stem(cfg.data.name, "standard"))})
     write_json(out / "certify.json", report)
     panels = [{"sigma": s["sigma"], "curves": s["certified_accuracy"], "clean": s["clean_accuracy"]}
               for s in report["sigmas"]]

@@ -19,7 +19,7 @@ from ..evaluation.separation import gate_separation, usefulness_auroc, usefulnes
 from ..evaluation.surrogate import has_logit_maps
 from ..io import load_model, write_json
 from ..plots import plot_alpha_hist
-from ..pretrained import pretrained_dir
+from ..pretrained import shipped_pair_stem
 from ..speed import fast_inference
 from .common import build_mixture, is_shipped_pair, load_pair, load_subset
 
@@ -114,7 +114,7 @@ def evaluation_targets(cfg: Config, *, checkpoints: list[str] | None = None, mix
             info = model.describe()
         return [EvaluationTarget(name, model, kind, info)], std, rob
     targets = []
-    for ckpt in checkpoints or [str(pretrained_dir() / cfg.data.name / s) for s in ("standard", "adversarial")]:
+    for ckpt in checkpoints or [str(shipped_pair_stem(cfg.data.name, r)) for r in ("standard", "robust")]:
         model, meta = load_model(ckpt, map_location=device)
         targets.append(EvaluationTarget(Path(ckpt).name, model, "base", {
             "checkpoint": str(ckpt), "architecture": meta.get("architecture"), "arch_args": meta.get("arch_args"),

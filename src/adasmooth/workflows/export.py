@@ -10,9 +10,7 @@ from torch import nn
 from ..bundle import robustbench_model_info, save_bundle
 from ..config import Config
 from ..io import load_tensors, write_json
-from ..pretrained import pretrained_dir
-
-SHIPPED_STEMS = {"standard": "standard", "robust": "adversarial"}
+from ..pretrained import shipped_pair_stem
 
 
 def base_architectures(cfg: Config, *, standard: str | None = None, robust: str | None = None) -> dict[str, dict]:
@@ -24,7 +22,7 @@ def base_architectures(cfg: Config, *, standard: str | None = None, robust: str 
         if spec.architecture is not None and not given:
             archs[role] = {"architecture": spec.architecture, "arch_args": spec.args}
             continue
-        meta = load_tensors(given or pretrained_dir() / cfg.data.name / SHIPPED_STEMS[role])[1]
+        meta = load_tensors(given or shipped_pair_stem(cfg.data.name, role))[1]
         archs[role] = {"architecture": meta["architecture"], "arch_args": meta.get("arch_args", {})}
     return archs
 
