@@ -44,6 +44,18 @@ def _torchrun(args, nproc):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
+def _one_process_and_two_ranks(args, tmp_path):
+    """``args`` with ``--out tmp_path/one`` on one torchrun process (the same launcher and thread count as the
+    ranks) and ``--out tmp_path/two`` on two gloo ranks; both must succeed. Returns both processes."""
+    one = _torchrun([*args, "--out", str(tmp_path / "one")], 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun([*args, "--out", str(tmp_path / "two")], 2)
+    if two.returncode != 0 and "Address family not supported" in two.stderr:
+        pytest.skip("this platform cannot open the local sockets gloo needs")
+    assert two.returncode == 0, two.stderr[-3000:]
+    return one, two
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_fmnist, trained_pair, capsys):
     single = tmp_path / "single"
@@ -121,12 +133,7 @@ def test_fit_mixer_on_two_ranks_equals_one_process(tmp_path, tiny_fmnist, traine
     args = ["fit-mixer", "--config", str(cfg), *trained_pair, "--max-steps", "3", "--data-root", str(tiny_fmnist)]
     # the one-process reference runs under the same launcher and thread count: attacks amplify the
     # last-bit differences that another number of BLAS threads would introduce
-    one = _torchrun([*args, "--out", str(tmp_path / "one")], 1)
-    assert one.returncode == 0, one.stderr[-3000:]
-    proc = _torchrun([*args, "--out", str(tmp_path / "two")], 2)
-    if proc.returncode != 0 and "Address family not supported" in proc.stderr:
-        pytest.skip("this platform cannot open the local sockets gloo needs")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _one_process_and_two_ranks(args, tmp_path)
     a = load_file(str(tmp_path / "one" / "mixer-last.safetensors"))
     b = load_file(str(tmp_path / "two" / "mixer-last.safetensors"))
     assert a.keys() == b.keys() and any(k.startswith("model.gate.") for k in a)
@@ -169,12 +176,7 @@ def test_mixer_separation_batches_are_shared_by_two_ranks(tmp_path, tiny_fmnist,
                    "  separation_square_queries: 10\n")
     args = ["-v", "evaluate", "--config", str(cfg), "--mixer", str(tmp_path / "mixer"), *trained_pair, "--n-examples", "16",
             "--chunk-size", "8", "--autoattack", "apgd-ce", "--data-root", str(tiny_fmnist)]
-    one = _torchrun([*args, "--out", str(tmp_path / "one")], 1)
-    assert one.returncode == 0, one.stderr[-3000:]
-    proc = _torchrun([*args, "--out", str(tmp_path / "two")], 2)
-    if proc.returncode != 0 and "Address family not supported" in proc.stderr:
-        pytest.skip("this platform cannot open the local sockets gloo needs")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, proc = _one_process_and_two_ranks(args, tmp_path)
     a = json.loads((tmp_path / "one" / "mixer.json").read_text())
     b = json.loads((tmp_path / "two" / "mixer.json").read_text())
     assert a["robust_per_example"] == b["robust_per_example"]
